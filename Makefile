@@ -1,0 +1,59 @@
+# Khala: the two commands are `make run` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# Defaults used by `make test` (override on the command line or in the environment).
+TEST_DATABASE_URL ?= postgres://root@127.0.0.1:5432/khala
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: run test venv deps-base deps-test migrate demo-user serve serve-uvicorn pytest proto-check js-deps js-test bench clean
+
+$(VENV)/bin/activate:
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Khala needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+venv: $(VENV)/bin/activate
+
+# Stamp files: reinstall only when a requirements file changes.
+$(VENV)/.deps-base: requirements/base.txt | venv
+	$(PIP) install --quiet -r requirements/base.txt
+	touch $@
+
+$(VENV)/.deps-test: requirements/base.txt requirements/test.txt | venv
+	$(PIP) install --quiet -r requirements/test.txt
+	touch $@
+
+deps-base: $(VENV)/.deps-base
+deps-test: $(VENV)/.deps-test
+
+migrate: deps-base
+	$(PY) manage.py migrate --noinput
+
+demo-user: migrate
+	$(PY) manage.py ensure_demo_user
+
+serve: deps-base
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) khala_project.asgi:application
+
+serve-uvicorn: deps-base
+	$(VENV)/bin/uvicorn --host $(HOST) --port $(PORT) --no-access-log khala_project.asgi:application
+
+## make run: install everything, migrate, ensure the demo user, start daphne on 127.0.0.1:8000.
+run: demo-user serve
+
+## make test: the whole suite against PostgreSQL and Redis, plus proto checks and client suites.
+test: deps-test
+	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
+		$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: deps-test
+	@echo "see bench/README.md for each benchmark's command"
+
+clean:
+	rm -rf $(VENV) var node_modules

@@ -1,0 +1,40 @@
+"""ASGI entry point: HTTP goes to Django, WebSocket to the sync routes.
+
+Runs under daphne (``daphne khala_project.asgi:application``) and uvicorn
+(``uvicorn khala_project.asgi:application``).
+"""
+
+import logging
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "khala_project.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from sync.routing import websocket_urlpatterns  # noqa: E402
+
+if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
+    logging.getLogger("khala").warning(
+        "REDIS_URL is unset: using the in-memory channel layer, which serves ONE process only. "
+        "Set REDIS_URL before running more than one worker."
+    )
+
+# The admin's CSS/JS are served by the app itself (KHALA_SERVE_STATIC, default on), so a single
+# daphne/uvicorn process is a complete deployment; put a CDN or proxy in front to offload them.
+if os.environ.get("KHALA_SERVE_STATIC", "1").lower() in {"1", "true", "yes", "on"}:
+    http_app = ASGIStaticFilesHandler(django_asgi_app)
+else:
+    http_app = django_asgi_app
+
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+        "websocket": URLRouter(websocket_urlpatterns),
+    }
+)

@@ -1,0 +1,60 @@
+"""Khala's namespaced settings with documented defaults.
+
+``settings.KHALA`` overrides any key below. Values are read lazily on every call so that tests can
+use ``override_settings(KHALA={...})``; never copy a value into a module global at import time.
+"""
+
+from django.conf import settings
+
+DEFAULTS: dict = {
+    # --- projector / write path ---
+    # Payloads whose canonical JSON is larger than this are journaled in pointer mode
+    # (journal payload NULL, clients hydrate over HTTP).
+    "INLINE_PAYLOAD_LIMIT_BYTES": 256 * 1024,
+    # Bearer token required by the internal service endpoints (ingest, session revocation).
+    # Empty: those endpoints answer 503.
+    "SERVICE_TOKEN": "",
+    "RETENTION_BATCH_SIZE": 5000,
+    "RETENTION_INTERVAL_SECONDS": 60.0,
+    # --- tokens ---
+    # "kid1:secret1,kid2:secret2": first = current signer, the rest verify only.
+    "SIGNING_KEYS": "",
+    "TOKEN_ISSUER": "khala",
+    "TOKEN_AUDIENCE": "openagents-sync",
+    "TOKEN_CLAIMS_VERSION": "oa_sync_claims_v1",
+    "TOKEN_TTL_SECONDS": 300,
+    "TOKEN_TTL_MIN_SECONDS": 60,
+    "TOKEN_TTL_MAX_SECONDS": 900,
+    "TOKEN_CLOCK_SKEW_SECONDS": 30,
+    "TOKEN_DEFAULT_SCOPES": ["runtime.codex_worker_summaries"],
+    "TOKEN_ALLOWED_SCOPES": [
+        "runtime.run_summaries",
+        "runtime.codex_worker_summaries",
+        "runtime.codex_worker_events",
+        "runtime.notifications",
+    ],
+    # --- delivery ---
+    "REPLAY_BATCH_SIZE": 200,
+    "REPLAY_BATCH_MAX_SIZE": 200,
+    "REPLAY_BATCH_MAX_BYTES": 2 * 1024 * 1024,
+    "HEARTBEAT_INTERVAL_SECONDS": 15.0,
+    "HEARTBEAT_TIMEOUT_SECONDS": 60.0,
+    "OUTBOUND_QUEUE_LIMIT": 1000,
+    "MAX_FRAME_BYTES": 1024 * 1024,
+    # Database connections one worker process may open for replay and fan-out reads.
+    "DB_POOL_MAX_SIZE": 4,
+    "COMPAT_ENFORCED": False,
+    # --- surfaces ---
+    "WEB_SYNC_ENABLED": False,
+}
+
+
+def khala_setting(name: str):
+    """Return ``settings.KHALA[name]``, falling back to the documented default."""
+    overrides = getattr(settings, "KHALA", {}) or {}
+    if name in overrides:
+        return overrides[name]
+    try:
+        return DEFAULTS[name]
+    except KeyError:
+        raise KeyError(f"unknown Khala setting {name!r}; add it to khala_project.conf.DEFAULTS") from None

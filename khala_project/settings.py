@@ -1,0 +1,166 @@
+"""Django settings for Khala.
+
+Everything deployment-specific comes from the environment (12-factor). Khala's own knobs live in
+one namespaced ``KHALA`` dict; read them through ``khala_project.conf.khala_setting`` (lazily, so
+tests can use ``override_settings``). The README documents every variable.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("KHALA_VAR_DIR", BASE_DIR / "var"))
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "khala-dev-insecure-secret-key-change-me")
+DEBUG = _env_bool("DEBUG", False)
+ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_prometheus",
+    "channels",
+    "runtime",
+    "projector",
+    "tokens",
+    "sync",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "khala_project.urls"
+ASGI_APPLICATION = "khala_project.asgi.application"
+WSGI_APPLICATION = "khala_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+# DATABASE_URL unset: an embedded SQLite file so `make run` works on a bare laptop. Tests refuse
+# to run on it (tests/conftest.py): correctness is proven on PostgreSQL only.
+# CONN_MAX_AGE stays 0: under ASGI every sync_to_async thread would otherwise keep its own
+# persistent connection (peers.md §D).
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
+else:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "khala.sqlite3",
+            "OPTIONS": {"timeout": 20},
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer --------------------------------------------------------------------------
+# Channel-layer messages are *hints* ("topic T is now at watermark N"); the journal is the truth.
+# RedisPubSubChannelLayer costs one PUBLISH per group message whatever the member count.
+REDIS_URL = os.environ.get("REDIS_URL", "")
+KHALA_CHANNEL_PREFIX = os.environ.get("KHALA_CHANNEL_PREFIX", "khala")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": KHALA_CHANNEL_PREFIX},
+        }
+    }
+else:
+    # One process only: khala_project.asgi logs a warning at startup.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- Auth and API ---------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "khala_project.api_errors.khala_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("KHALA_LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+
+# --- Khala ----------------------------------------------------------------------------------
+# Overrides for khala_project.conf.DEFAULTS. KHALA_SETTINGS_JSON takes a JSON object for any key;
+# the most common ones also have their own variable (documented in the README).
+KHALA: dict = json.loads(os.environ.get("KHALA_SETTINGS_JSON", "{}") or "{}")
+for _env_name, _key, _cast in [
+    ("KHALA_SIGNING_KEYS", "SIGNING_KEYS", str),
+    ("KHALA_SERVICE_TOKEN", "SERVICE_TOKEN", str),
+    ("KHALA_TOKEN_ISSUER", "TOKEN_ISSUER", str),
+    ("KHALA_TOKEN_AUDIENCE", "TOKEN_AUDIENCE", str),
+    ("KHALA_INLINE_PAYLOAD_LIMIT_BYTES", "INLINE_PAYLOAD_LIMIT_BYTES", int),
+    ("KHALA_HEARTBEAT_INTERVAL_SECONDS", "HEARTBEAT_INTERVAL_SECONDS", float),
+    ("KHALA_HEARTBEAT_TIMEOUT_SECONDS", "HEARTBEAT_TIMEOUT_SECONDS", float),
+    ("KHALA_DB_POOL_MAX_SIZE", "DB_POOL_MAX_SIZE", int),
+    ("KHALA_WEB_SYNC_ENABLED", "WEB_SYNC_ENABLED", lambda v: v.strip().lower() in {"1", "true", "yes", "on"}),
+]:
+    if os.environ.get(_env_name):
+        KHALA[_key] = _cast(os.environ[_env_name])

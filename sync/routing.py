@@ -1,0 +1,3 @@
+"""WebSocket routes (filled by the delivery engine)."""
+
+websocket_urlpatterns: list = []
