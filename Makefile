@@ -11,7 +11,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://root@127.0.0.1:5432/khala
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test venv deps-base deps-test migrate demo-user serve serve-uvicorn pytest proto-check js-deps js-test bench clean
+.PHONY: run test test-python test-proto test-js venv deps-base deps-test migrate demo-user serve serve-uvicorn pytest proto-check js-deps js-test bench clean
 
 $(VENV)/bin/activate:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Khala needs Python >= 3.11"'
@@ -48,9 +48,19 @@ serve-uvicorn: deps-base
 run: demo-user serve
 
 ## make test: the whole suite against PostgreSQL and Redis, plus proto checks and client suites.
-test: deps-test
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+test: deps-test test-proto test-python test-js
+
+TEST_ENV = DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)}
+
+# Python suite: server tests (tests/) and the Python client's tests.
+test-python: deps-test
+	$(TEST_ENV) $(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+# Proto contract checks: buf lint, buf breaking against main, generated code up to date.
+test-proto: deps-test
+
+# JavaScript suites (client package; node's test runner against a real server).
+test-js: deps-test
 
 bench: deps-test
 	@echo "see bench/README.md for each benchmark's command"
