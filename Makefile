@@ -57,7 +57,14 @@ test-python: deps-test
 	$(TEST_ENV) $(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # Proto contract checks: buf lint, buf breaking against main, generated code up to date.
-test-proto: deps-test
+# buf comes from the @bufbuild/buf npm package pinned in package.json/package-lock.json.
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+test-proto: deps-test node_modules/.package-lock.json
+	scripts/proto-check.sh
+	PYTHON=$(PY) scripts/verify-proto-generate.sh
 
 # JavaScript suites (client package; node's test runner against a real server).
 test-js: deps-test

@@ -7,11 +7,19 @@ tests can use ``override_settings``). The README documents every variable.
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# proto/ is the import root of the generated openagents.sync.v1 code (`from openagents.sync.v1
+# import sync_pb2`); manage.py, daphne and uvicorn all load these settings first. pytest.ini's
+# `pythonpath` does the same for tests.
+if str(BASE_DIR / "proto") not in sys.path:
+    sys.path.append(str(BASE_DIR / "proto"))
+
 VAR_DIR = Path(os.environ.get("KHALA_VAR_DIR", BASE_DIR / "var"))
 
 
