@@ -33,6 +33,20 @@ DEFAULTS: dict = {
         "runtime.codex_worker_events",
         "runtime.notifications",
     ],
+    # Path of a file whose content is the SIGNING_KEYS value (used only when SIGNING_KEYS is empty;
+    # re-read when the file changes). `make run` points it at var/dev-signing-keys.
+    "SIGNING_KEYS_FILE": "",
+    # Topics the projector declares. A token's allowed topics = its scopes ∩ these (read from settings,
+    # not the TopicSequence table, so verifying a token never touches the database).
+    "DECLARED_TOPICS": [
+        "runtime.run_summaries",
+        "runtime.codex_worker_summaries",
+        "runtime.codex_worker_events",
+        "runtime.notifications",
+    ],
+    # How long a session/device revocation is remembered. None: TOKEN_TTL_MAX_SECONDS +
+    # TOKEN_CLOCK_SKEW_SECONDS, the longest a token minted before the revocation can stay valid.
+    "REVOCATION_TTL_SECONDS": None,
     # --- delivery ---
     "REPLAY_BATCH_SIZE": 200,
     "REPLAY_BATCH_MAX_SIZE": 200,
@@ -44,6 +58,10 @@ DEFAULTS: dict = {
     # Database connections one worker process may open for replay and fan-out reads.
     "DB_POOL_MAX_SIZE": 4,
     "COMPAT_ENFORCED": False,
+    # HTTP hydration list pages: default size, and the largest ``limit`` accepted (more → 400
+    # ``invalid_limit``).
+    "HYDRATION_PAGE_SIZE": 100,
+    "HYDRATION_PAGE_MAX_SIZE": 1000,
     # --- surfaces ---
     "WEB_SYNC_ENABLED": False,
 }

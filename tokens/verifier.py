@@ -1,0 +1,238 @@
+"""Sync-token verification: the one place that decides whether a token opens the sync lane.
+
+Used by the socket (``sync``) and the HTTP hydration endpoints. The policy, in order:
+
+1. A token is required (``missing_token``) and must be three base64url segments of JSON
+   (``invalid_token_format``); tokens longer than ``MAX_TOKEN_LENGTH`` are refused before parsing.
+2. The header is read *unverified*, only to classify and to pick a key: ``alg`` must be in our
+   allow-list (``unsupported_alg``; this rejects ``none`` and HS/RS confusion), ``kid`` must be a
+   non-empty string (``missing_kid``) naming a key of OUR keyring (``unknown_kid``). The header
+   never chooses the algorithm: PyJWT verifies with ``algorithms=ALLOWED_ALGORITHMS`` and the
+   secret of that kid, comparing MACs in constant time (``invalid_signature``).
+3. Claims are checked after the signature (``invalid_claims`` for missing/mistyped ones and
+   ``exp <= iat``), then ``iss``/``aud``/``oa_claims_version`` against settings
+   (``claim_mismatch``, with ``.claim``), then time: ``exp <= now`` is ``token_expired``;
+   ``iat``/``nbf`` more than ``TOKEN_CLOCK_SKEW_SECONDS`` ahead is ``token_not_yet_valid``.
+
+Entitlements: ``allowed_topics`` = the token's scopes ∩ ``DECLARED_TOPICS`` (a setting, so a verify
+never touches the database). Document ownership is ``org_id``/``subject``; delivery filters on it.
+
+Every outcome is counted in ``khala_token_verifications_total{result,reason}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import jwt
+from jwt.api_jws import PyJWS
+
+from khala_project.conf import khala_setting
+from tokens.keyring import KeyringMisconfigured, load_keyring
+from tokens.metrics import TOKEN_VERIFICATIONS
+
+REASONS = (
+    "missing_token",
+    "invalid_token_format",
+    "unsupported_alg",
+    "missing_kid",
+    "unknown_kid",
+    "invalid_signature",
+    "invalid_claims",
+    "token_expired",
+    "token_not_yet_valid",
+    "claim_mismatch",
+)
+
+ALLOWED_ALGORITHMS = ("HS256",)
+# Our tokens are ~600 bytes; anything past 8 KiB is not ours and is refused before any decoding.
+MAX_TOKEN_LENGTH = 8192
+
+# Used when a caller passes no `now`; tests patch it (or pass `now=`) to drive expiry.
+clock = time.time
+
+# enforce_minimum_key_length: the keyring already refuses short secrets; this is a second lock.
+_JWS = PyJWS(options={"enforce_minimum_key_length": True})
+
+
+class TokenRejected(Exception):
+    """A token was refused. ``reason`` is a stable code from ``REASONS``; ``message`` is for humans."""
+
+    def __init__(self, reason: str, message: str, *, claim: str | None = None):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.claim = claim
+
+
+@dataclass(frozen=True)
+class SyncPrincipal:
+    """Who a verified token speaks for and what it may read."""
+
+    subject: str
+    user_id: int
+    org_id: str
+    scopes: tuple[str, ...]
+    allowed_topics: tuple[str, ...]
+    session_id: str
+    device_id: str
+    kid: str
+    expires_at: int
+    # The verified claims as decoded; excluded from eq/hash so the principal stays hashable.
+    claims: dict = field(compare=False, repr=False)
+
+
+def verify_sync_token(token: str | None, *, now: float | None = None) -> SyncPrincipal:
+    """Verify ``token`` and return its principal; raise ``TokenRejected`` otherwise."""
+    try:
+        principal = _verify(token, clock() if now is None else now)
+    except TokenRejected as exc:
+        TOKEN_VERIFICATIONS.labels(result="rejected", reason=exc.reason).inc()
+        raise
+    TOKEN_VERIFICATIONS.labels(result="ok", reason="ok").inc()
+    return principal
+
+
+def _verify(token, now: float) -> SyncPrincipal:
+    if token is None or (isinstance(token, str) and not token.strip()):
+        raise TokenRejected("missing_token", "a sync token is required")
+    if not isinstance(token, str):
+        raise TokenRejected("invalid_token_format", "the token must be a string")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected("invalid_token_format", f"the token is longer than {MAX_TOKEN_LENGTH} characters")
+    segments = token.split(".")
+    if len(segments) != 3 or not segments[0] or not segments[1]:
+        raise TokenRejected("invalid_token_format", "the token must be three base64url segments (header.claims.signature)")
+
+    header = _unverified_header(token)
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+        shown = alg if isinstance(alg, str) and len(alg) <= 16 else type(alg).__name__
+        raise TokenRejected(
+            "unsupported_alg", f"algorithm {shown!r} is not accepted (allowed: {', '.join(ALLOWED_ALGORITHMS)})"
+        )
+    kid = header.get("kid")
+    if not kid:
+        raise TokenRejected("missing_kid", "the token header has no kid")
+    try:
+        keyring = load_keyring()
+    except KeyringMisconfigured:
+        raise TokenRejected("unknown_kid", "this server has no usable verification keys") from None
+    key = keyring.get(kid)
+    if key is None:
+        raise TokenRejected("unknown_kid", "the token's kid is not in this server's keyring")
+
+    try:
+        payload = _JWS.decode(token, key.secret, algorithms=list(ALLOWED_ALGORITHMS))
+    except jwt.InvalidSignatureError:
+        raise TokenRejected("invalid_signature", "the token signature does not verify") from None
+    except jwt.InvalidAlgorithmError:
+        raise TokenRejected("unsupported_alg", "the token algorithm is not accepted") from None
+    except jwt.InvalidTokenError as exc:  # DecodeError and malformed headers
+        raise TokenRejected("invalid_token_format", f"the token cannot be decoded: {exc}") from None
+    try:
+        claims = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise TokenRejected("invalid_token_format", "the token claims are not JSON") from None
+    if not isinstance(claims, dict):
+        raise TokenRejected("invalid_claims", "the token claims must be a JSON object")
+    return _principal(claims, kid, now)
+
+
+def _unverified_header(token: str) -> dict:
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.InvalidTokenError as exc:
+        raise TokenRejected("invalid_token_format", f"the token header cannot be decoded: {exc}") from None
+
+
+def _invalid(message: str, claim: str) -> TokenRejected:
+    return TokenRejected("invalid_claims", message, claim=claim)
+
+
+def _int_claim(claims: dict, name: str, *, default=None) -> int:
+    value = claims.get(name, default)
+    # bool is an int subclass; JSON true is not a timestamp or a user id.
+    if type(value) is not int:
+        raise _invalid(f"claim {name!r} must be an integer", name)
+    return value
+
+
+def _str_claim(claims: dict, name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid(f"claim {name!r} must be a non-empty string", name)
+    return value
+
+
+def _scopes(claims: dict) -> tuple[str, ...]:
+    raw = claims.get("oa_sync_scopes")
+    if isinstance(raw, str):
+        items = raw.split(",")
+    elif isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        items = raw
+    else:
+        raise _invalid("claim 'oa_sync_scopes' must be a list of strings or a comma-separated string", "oa_sync_scopes")
+    scopes = tuple(dict.fromkeys(item.strip() for item in items if item.strip()))
+    if not scopes:
+        raise _invalid("claim 'oa_sync_scopes' is empty", "oa_sync_scopes")
+    return scopes
+
+
+def _check_expected(claims: dict, name: str, expected: str) -> None:
+    value = claims.get(name)
+    if name == "aud" and isinstance(value, list):
+        if not all(isinstance(item, str) for item in value):
+            raise _invalid("claim 'aud' must be a string or a list of strings", name)
+        matches = expected in value
+    elif isinstance(value, str):
+        matches = value == expected
+    else:
+        raise _invalid(f"claim {name!r} must be a string", name)
+    if not matches:
+        raise TokenRejected("claim_mismatch", f"claim {name!r} does not match this server", claim=name)
+
+
+def _principal(claims: dict, kid: str, now: float) -> SyncPrincipal:
+    # 1. Shape: every required claim present with its type.
+    iat = _int_claim(claims, "iat")
+    exp = _int_claim(claims, "exp")
+    nbf = _int_claim(claims, "nbf", default=iat)
+    subject = _str_claim(claims, "sub")
+    _str_claim(claims, "jti")
+    org_id = _str_claim(claims, "oa_org_id")
+    session_id = _str_claim(claims, "oa_session_id")
+    device_id = _str_claim(claims, "oa_device_id")
+    user_id = _int_claim(claims, "oa_user_id")
+    scopes = _scopes(claims)
+    if exp <= iat:
+        raise _invalid("claim 'exp' must be after 'iat'", "exp")
+
+    # 2. Is it meant for us?
+    _check_expected(claims, "iss", khala_setting("TOKEN_ISSUER"))
+    _check_expected(claims, "aud", khala_setting("TOKEN_AUDIENCE"))
+    _check_expected(claims, "oa_claims_version", khala_setting("TOKEN_CLAIMS_VERSION"))
+
+    # 3. Time. No leeway on exp (a client refreshes before it); skew only for clocks running ahead.
+    if exp <= now:
+        raise TokenRejected("token_expired", "the token has expired; mint a new one")
+    skew = khala_setting("TOKEN_CLOCK_SKEW_SECONDS")
+    if iat > now + skew or nbf > now + skew:
+        raise TokenRejected("token_not_yet_valid", "the token is not valid yet (issuer clock ahead?)")
+
+    declared = set(khala_setting("DECLARED_TOPICS"))
+    return SyncPrincipal(
+        subject=subject,
+        user_id=user_id,
+        org_id=org_id,
+        scopes=scopes,
+        allowed_topics=tuple(scope for scope in scopes if scope in declared),
+        session_id=session_id,
+        device_id=device_id,
+        kid=kid,
+        expires_at=exp,
+        claims=claims,
+    )
