@@ -53,11 +53,21 @@ DEFAULTS: dict = {
     "REPLAY_BATCH_MAX_BYTES": 2 * 1024 * 1024,
     "HEARTBEAT_INTERVAL_SECONDS": 15.0,
     "HEARTBEAT_TIMEOUT_SECONDS": 60.0,
+    # Per-socket outbound queue bounds (frames, bytes); overflow closes the socket (slow_consumer).
     "OUTBOUND_QUEUE_LIMIT": 1000,
+    "OUTBOUND_QUEUE_MAX_BYTES": 8 * 1024 * 1024,
     "MAX_FRAME_BYTES": 1024 * 1024,
+    # Each worker re-reads its topics' heads this often, so a lost hint only delays delivery.
+    "HEAD_CHECK_INTERVAL_SECONDS": 1.0,
     # Database connections one worker process may open for replay and fan-out reads.
     "DB_POOL_MAX_SIZE": 4,
+    # Compatibility gate at join (upstream §5.2; docs/protocol/OA_SYNC_WS_MAPPING.md §6.3).
     "COMPAT_ENFORCED": False,
+    "COMPAT_PROTOCOL_VERSION": "khala.ws.v1",
+    "COMPAT_MIN_SCHEMA_VERSION": 1,
+    "COMPAT_MAX_SCHEMA_VERSION": 1,
+    "COMPAT_MIN_CLIENT_BUILD_ID": "00000000T000000Z",
+    "COMPAT_MAX_CLIENT_BUILD_ID": "",  # empty: no upper bound
     # HTTP hydration list pages: default size, and the largest ``limit`` accepted (more → 400
     # ``invalid_limit``).
     "HYDRATION_PAGE_SIZE": 100,
