@@ -39,7 +39,7 @@ DEBUG = _env_bool("DEBUG", False)
 ALLOWED_HOSTS = _env_list("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "khala_project.admin_site.KhalaAdminConfig",  # django.contrib.admin with Khala's site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",

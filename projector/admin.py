@@ -1,0 +1,483 @@
+"""Operator pages of the write path: topics (policy, actions), journal, read models, checkpoints, overview.
+
+Nothing here counts journal rows: sizes come from ``projector.journal_stats`` (catalogue estimates
+and watermark arithmetic) and list pages from ``EstimatedCountAdminMixin`` (planner estimates,
+one page per query). Every figure that is an estimate says so on the page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from django.utils.html import format_html
+
+from khala_project.admin_site import EstimatedCountAdminMixin, ReadOnlyAdminMixin, pretty_json
+from projector import journal_stats
+from projector.delivery_status import delivery_status
+from projector.models import ProjectionCheckpoint, ReadModelDocument, StreamEvent, TopicSequence
+
+log = logging.getLogger(__name__)
+
+# Bounds of the editable retention policy. A window under a minute would prune rows before most
+# clients could read them; over a year the journal is a second copy of the authority.
+RETENTION_SECONDS_MIN = 60
+RETENTION_SECONDS_MAX = 366 * 86400
+REPLAY_BUDGET_MIN = 1
+REPLAY_BUDGET_MAX = 10_000_000
+QOS_TIERS = [("hot", "hot"), ("warm", "warm"), ("cold", "cold")]
+POLICY_FIELDS = ("retention_seconds", "replay_budget_events", "qos_tier", "snapshot_enabled", "force_pointer_mode")
+
+
+def _fmt_bytes(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{value} B"  # pragma: no cover - loop always returns
+
+
+def _fmt_age(at: dt.datetime | None, now: dt.datetime) -> str:
+    if at is None:
+        return "—"
+    seconds = max(int((now - at).total_seconds()), 0)
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    if seconds < 172800:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
+
+
+def _fmt_duration(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} d"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+class TopicPolicyForm(forms.ModelForm):
+    """The editable part of a topic: its retention policy. Allocator state is never editable here."""
+
+    qos_tier = forms.ChoiceField(choices=QOS_TIERS)
+    retention_seconds = forms.IntegerField(
+        min_value=RETENTION_SECONDS_MIN,
+        max_value=RETENTION_SECONDS_MAX,
+        help_text=(
+            f"Journal rows older than this are pruned ({RETENTION_SECONDS_MIN} s … {RETENTION_SECONDS_MAX // 86400} d). "
+            "Shortening it turns the cursors of clients offline longer than the new window stale: they re-snapshot."
+        ),
+    )
+    replay_budget_events = forms.IntegerField(
+        min_value=REPLAY_BUDGET_MIN,
+        max_value=REPLAY_BUDGET_MAX,
+        help_text="A client further behind than this many events gets stale_cursor and re-snapshots instead of replaying.",
+    )
+
+    class Meta:
+        model = TopicSequence
+        fields = POLICY_FIELDS
+
+
+@admin.register(TopicSequence)
+class TopicSequenceAdmin(admin.ModelAdmin):
+    form = TopicPolicyForm
+    list_display = (
+        "topic",
+        "head_watermark",
+        "pruned_through",
+        "oldest_retained",
+        "journal_rows",
+        "journal_bytes",
+        "live_connections",
+        "subscribers",
+        "stale_cursors_last_hour",
+        "retention",
+        "replay_budget_events",
+        "epoch",
+    )
+    readonly_fields = (
+        "topic",
+        "last_watermark",
+        "pruned_through",
+        "stream_epoch",
+        "topic_class",
+        "oldest_retained",
+        "journal_rows",
+    )
+    fieldsets = (
+        ("Allocator state (read-only)", {"fields": ("topic", "topic_class", "last_watermark", "pruned_through", "oldest_retained", "journal_rows", "stream_epoch")}),
+        ("Retention policy", {"fields": POLICY_FIELDS}),
+    )
+    actions = ("run_retention_now", "reproject_topic", "bump_epoch")
+    change_list_template = "admin/projector/topicsequence/change_list.html"
+    list_display_links = ("topic",)
+
+    # --- page-level data: one query for every topic, cached on the request -------------------
+
+    def _stats(self, request) -> dict[str, journal_stats.TopicStats]:
+        if not hasattr(request, "_khala_topic_stats"):
+            request._khala_topic_stats = journal_stats.topic_stats()
+        return request._khala_topic_stats
+
+    def _journal_table(self, request) -> journal_stats.TableStats:
+        if not hasattr(request, "_khala_journal_table"):
+            request._khala_journal_table = journal_stats.table_stats(journal_stats.JOURNAL_TABLE)
+        return request._khala_journal_table
+
+    def _delivery(self, request):
+        if not hasattr(request, "_khala_delivery"):
+            request._khala_delivery = delivery_status()
+        return request._khala_delivery
+
+    def get_queryset(self, request):
+        self._request = request  # list_display callables only receive the object
+        return super().get_queryset(request)
+
+    def get_object(self, request, object_id, from_field=None):
+        self._request = request
+        return super().get_object(request, object_id, from_field)
+
+    def has_add_permission(self, request):
+        return False  # topics are declared by migrations, never invented in a form
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # deleting a sequence row would lose the topic's watermark history
+
+    # --- columns -------------------------------------------------------------------------------
+
+    @admin.display(description="head watermark", ordering="last_watermark")
+    def head_watermark(self, obj):
+        return obj.last_watermark
+
+    @admin.display(description="oldest retained")
+    def oldest_retained(self, obj):
+        stats = self._stats(self._request).get(obj.topic)
+        if stats is None or stats.oldest_retained_watermark is None:
+            return "— (empty)"
+        return format_html(
+            "{} <small>({})</small>",
+            stats.oldest_retained_watermark,
+            _fmt_age(stats.oldest_retained_at, timezone.now()),
+        )
+
+    @admin.display(description="journal rows (≤, from watermarks)")
+    def journal_rows(self, obj):
+        return max(obj.last_watermark - obj.pruned_through, 0)
+
+    @admin.display(description="journal bytes (estimate)")
+    def journal_bytes(self, obj):
+        request = self._request
+        estimates = journal_stats.estimated_topic_bytes(self._stats(request), self._journal_table(request))
+        return _fmt_bytes(estimates.get(obj.topic))
+
+    @admin.display(description="live connections")
+    def live_connections(self, obj):
+        status = self._delivery(self._request)
+        return "n/a" if status is None else status.connections
+
+    @admin.display(description="subscribers")
+    def subscribers(self, obj):
+        status = self._delivery(self._request)
+        return "n/a" if status is None else status.subscribers.get(obj.topic, 0)
+
+    @admin.display(description="stale cursors (1 h)")
+    def stale_cursors_last_hour(self, obj):
+        status = self._delivery(self._request)
+        return "n/a" if status is None else status.stale_cursors_last_hour.get(obj.topic, 0)
+
+    @admin.display(description="retention", ordering="retention_seconds")
+    def retention(self, obj):
+        return _fmt_duration(obj.retention_seconds)
+
+    @admin.display(description="stream epoch")
+    def epoch(self, obj):
+        return format_html('<code title="{}">{}…</code>', obj.stream_epoch, obj.stream_epoch[:8])
+
+    # --- saving: policy columns only ---------------------------------------------------------
+
+    def save_model(self, request, obj, form, change):
+        # The form was loaded earlier; writers have moved last_watermark since. A full save()
+        # would write the stale value back and make the allocator hand out watermarks twice.
+        obj.save(update_fields=[*POLICY_FIELDS, "updated_at"])
+
+    # --- the page header: table-level estimates and what the delivery figures mean -----------
+
+    def changelist_view(self, request, extra_context=None):
+        journal = self._journal_table(request)
+        read_models = journal_stats.table_stats(journal_stats.READ_MODEL_TABLE)
+        delivery = self._delivery(request)
+        context = {
+            "journal_table": journal,
+            "journal_bytes_h": _fmt_bytes(journal.total_bytes),
+            "read_model_table": read_models,
+            "read_model_bytes_h": _fmt_bytes(read_models.total_bytes),
+            "delivery": delivery,
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, extra_context=context)
+
+    # --- actions -------------------------------------------------------------------------------
+
+    @admin.action(description="Run retention now", permissions=["change"])
+    def run_retention_now(self, request, queryset):
+        from projector.admin_actions import run_retention_for_topics
+
+        for line in run_retention_for_topics([t.topic for t in queryset]):
+            self.message_user(request, line, messages.SUCCESS)
+
+    @admin.action(description="Reproject topic (rebuild read models from the authority)", permissions=["change"])
+    def reproject_topic(self, request, queryset):
+        from projector.admin_actions import reproject_topics
+
+        try:
+            for line in reproject_topics([t.topic for t in queryset]):
+                self.message_user(request, line, messages.SUCCESS)
+        except ValueError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+
+    @admin.action(description="Bump stream epoch (every client re-snapshots)", permissions=["change"])
+    def bump_epoch(self, request, queryset):
+        from projector.admin_actions import bump_epochs
+
+        if request.POST.get("confirm") == "yes":
+            for line in bump_epochs([t.topic for t in queryset]):
+                self.message_user(request, line, messages.WARNING)
+            return None
+        delivery = self._delivery(request)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Bump stream epoch?",
+            "opts": self.model._meta,
+            "topics": list(queryset),
+            "delivery": delivery,
+            "subscribers": {t.topic: (delivery.subscribers.get(t.topic, 0) if delivery else None) for t in queryset},
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/projector/topicsequence/bump_epoch_confirmation.html", context)
+
+
+class TopicFilter(admin.SimpleListFilter):
+    """Topics from ``sync_topic_sequences`` (a handful of rows), never ``SELECT DISTINCT`` on the journal."""
+
+    title = "topic"
+    parameter_name = "topic"
+
+    def lookups(self, request, model_admin):
+        return [(t, t) for t in TopicSequence.objects.order_by("topic").values_list("topic", flat=True)]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(topic=self.value())
+        return queryset
+
+
+class JournalBrowserFilters(admin.ListFilter):
+    """doc_key (exact) and a watermark range, typed into a small form in the sidebar.
+
+    Exact ``doc_key`` uses the ``(topic, doc_key, watermark)`` index; a substring search would
+    scan the journal, so there is none.
+    """
+
+    title = "doc_key / watermark range"
+    template = "admin/projector/journal_filter.html"
+    params = ("doc_key", "watermark_from", "watermark_to")
+
+    def __init__(self, request, params, model, model_admin):
+        super().__init__(request, params, model, model_admin)
+        self.values = {}
+        for name in self.params:
+            if name in params:
+                value = params.pop(name)
+                value = value[-1] if isinstance(value, list) else value
+                self.used_parameters[name] = value
+                self.values[name] = value
+
+    def has_output(self):
+        return True
+
+    def choices(self, changelist):
+        # The form submits by GET: carry the other active filters (topic, ordering) along.
+        others = {k: v for k, v in changelist.params.items() if k not in self.params}
+        return [
+            {
+                "values": self.values,
+                "others": sorted(others.items()),
+                "clear_query_string": changelist.get_query_string(remove=list(self.params)),
+            }
+        ]
+
+    def expected_parameters(self):
+        return list(self.params)
+
+    def queryset(self, request, queryset):
+        from django.contrib.admin.options import IncorrectLookupParameters
+
+        doc_key = self.values.get("doc_key", "").strip()
+        if doc_key:
+            queryset = queryset.filter(doc_key=doc_key)
+        for name, lookup in (("watermark_from", "watermark__gte"), ("watermark_to", "watermark__lte")):
+            raw = self.values.get(name, "").strip()
+            if raw:
+                try:
+                    value = int(raw)
+                except ValueError:
+                    # The admin answers this with its "invalid filter" page (?e=1), not a 500.
+                    raise IncorrectLookupParameters(f"{name} must be an integer watermark") from None
+                queryset = queryset.filter(**{lookup: value})
+        return queryset
+
+
+def _payload_mode(obj) -> str:
+    if obj.payload is None:
+        return format_html('<span class="khala-pointer" title="payload NULL: clients hydrate over HTTP">{}</span>', "pointer")
+    return "inline"
+
+
+@admin.register(StreamEvent)
+class StreamEventAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("watermark", "topic", "doc_key", "doc_version", "owner", "public", "mode", "payload_bytes", "inserted_at")
+    list_filter = (TopicFilter, JournalBrowserFilters)
+    # The (topic, watermark) unique index serves this order, filtered or not.
+    ordering = ("topic", "-watermark")
+    sortable_by = ()
+    list_per_page = 50
+    fields = ("topic", "watermark", "doc_key", "doc_version", "owner", "public", "mode", "payload_bytes", "payload_hash_hex", "inserted_at", "payload_pretty")
+    readonly_fields = fields
+
+    @admin.display(description="mode")
+    def mode(self, obj):
+        return _payload_mode(obj)
+
+    @admin.display(description="payload_hash (sha-256)")
+    def payload_hash_hex(self, obj):
+        return bytes(obj.payload_hash).hex()
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj):
+        if obj.payload is None:
+            return format_html(
+                '<span class="khala-pointer">{}</span>',
+                "pointer mode: the journal stores no payload; clients hydrate it from the read model over HTTP",
+            )
+        return pretty_json(obj.payload)
+
+
+@admin.register(ReadModelDocument)
+class ReadModelDocumentAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("doc_key", "topic", "doc_version", "owner", "public", "watermark", "updated_at")
+    list_filter = (TopicFilter, JournalBrowserFilters)
+    ordering = ("topic", "doc_key")
+    sortable_by = ()
+    list_per_page = 50
+    fields = ("topic", "doc_key", "doc_version", "owner", "public", "watermark", "payload_hash_hex", "created_at", "updated_at", "payload_pretty")
+    readonly_fields = fields
+
+    @admin.display(description="payload_hash (sha-256)")
+    def payload_hash_hex(self, obj):
+        return bytes(obj.payload_hash).hex()
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj):
+        return pretty_json(obj.payload)
+
+
+class ProjectionNameFilter(admin.SimpleListFilter):
+    title = "projection"
+    parameter_name = "projection_name"
+
+    def lookups(self, request, model_admin):
+        names = ("run_summary", "codex_worker_summary")
+        return [(n, n) for n in names]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(projection_name=self.value()) if self.value() else queryset
+
+
+@admin.register(ProjectionCheckpoint)
+class ProjectionCheckpointAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ("projection_name", "entity_id", "document_id", "last_runtime_seq", "projection_version", "summary_hash", "last_projected_at")
+    list_filter = (ProjectionNameFilter,)
+    ordering = ("projection_name", "entity_id")
+    sortable_by = ()
+    list_per_page = 50
+
+
+# --- overview page (registered by khala_project.admin_site) -----------------------------------
+
+CHART_WIDTH = 640
+CHART_HEIGHT = 160
+CHART_COLORS = ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b83280", "#4a5568")
+
+
+def _chart(series: journal_stats.ThroughputSeries) -> dict:
+    """Polyline points of a rows-per-bucket chart; drawn as inline SVG by the template."""
+    peak = max((max(v) for v in series.rows_per_bucket.values() if v), default=0) or 1
+    buckets = len(series.bucket_starts)
+    step = CHART_WIDTH / max(buckets - 1, 1)
+    lines = []
+    for index, (topic, values) in enumerate(sorted(series.rows_per_bucket.items())):
+        points = " ".join(
+            f"{i * step:.1f},{CHART_HEIGHT - (value / peak) * (CHART_HEIGHT - 10):.1f}" for i, value in enumerate(values)
+        )
+        lines.append(
+            {
+                "topic": topic,
+                "points": points,
+                "color": CHART_COLORS[index % len(CHART_COLORS)],
+                "total": sum(values),
+                "last": values[-1] if values else 0,
+                "per_second": round(sum(values) / (buckets * series.bucket_seconds), 2),
+            }
+        )
+    return {
+        "lines": lines,
+        "peak": peak,
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "first": series.bucket_starts[0] if series.bucket_starts else None,
+        "minutes": buckets * series.bucket_seconds // 60,
+    }
+
+
+def overview_view(request):
+    now = timezone.now()
+    stats = journal_stats.topic_stats()
+    series = journal_stats.throughput(60, now=now)
+    delivery = delivery_status()
+    topics = []
+    for topic, s in stats.items():
+        head_age = (now - s.head_inserted_at).total_seconds() if s.head_inserted_at else None
+        topics.append(
+            {
+                "stats": s,
+                "head_age": _fmt_age(s.head_inserted_at, now),
+                "head_age_seconds": head_age,
+                "rows_last_hour": sum(series.rows_per_bucket.get(topic, [])),
+                "rows_last_minute": (series.rows_per_bucket.get(topic) or [0])[-1],
+                "delivery_lag": delivery.delivery_lag.get(topic) if delivery else None,
+            }
+        )
+    context = {
+        **admin.site.each_context(request),
+        "title": "Khala overview",
+        "topics": topics,
+        "chart": _chart(series),
+        "delivery": delivery,
+        "journal_table": journal_stats.table_stats(journal_stats.JOURNAL_TABLE),
+        "now": now,
+    }
+    return TemplateResponse(request, "admin/khala/overview.html", context)
