@@ -1,0 +1,157 @@
+"""Read side of HTTP hydration: one document, or one consistent snapshot page of a topic.
+
+Both reads apply the owner filter of the WebSocket lane: a principal sees the documents whose
+``owner`` equals its token's ``org_id`` and the documents marked ``public``. Anything else is
+reported exactly like a missing document.
+
+Why a list page is read in one REPEATABLE READ transaction
+----------------------------------------------------------
+The sink writes the read model, the journal row and ``sync_topic_sequences.last_watermark`` in
+one transaction, so in any snapshot the read models reflect exactly the writes with
+``watermark <= last_watermark`` of that same snapshot. Reading the page *and* the sequence row
+in one snapshot therefore makes ``head_watermark`` an exact statement: "this page is the state
+at head_watermark". Two separate statements under READ COMMITTED could see a newer head than the
+page (a client resuming from that head would skip the write in between) or an older one.
+
+Pages are keyset-paginated on ``doc_key`` (index ``(topic, owner, doc_key)``), never OFFSET, and
+each page is its own snapshot; ``docs/protocol/OA_SYNC_WS_MAPPING.md`` ("HTTP hydration") says
+how a client stitches pages and the live stream together (resume from the FIRST page's head).
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass
+
+import orjson
+from django.db import connection, transaction
+
+from projector.payload_hash import to_wire
+
+CURSOR_VERSION = 1
+
+
+class HydrationError(Exception):
+    """A request that cannot be served; ``code`` is the stable API error code."""
+
+    def __init__(self, code: str, message: str, http_status: int = 400, **extra):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.extra = extra
+
+
+@dataclass(frozen=True)
+class Page:
+    documents: list[dict]
+    head_watermark: int
+    stream_epoch: str
+    next_cursor: str | None
+
+
+def _document(doc_key, doc_version, payload, payload_hash, watermark) -> dict:
+    return {
+        "doc_key": doc_key,
+        "doc_version": doc_version,
+        "payload": payload,
+        "payload_hash": to_wire(payload_hash),
+        "watermark": watermark,
+    }
+
+
+def _decode_json(value):
+    # JSONB comes back already decoded from psycopg; keep a bytes/str path for safety.
+    if isinstance(value, (bytes, bytearray, memoryview, str)):
+        return orjson.loads(bytes(value) if not isinstance(value, str) else value)
+    return value
+
+
+def get_document(topic: str, doc_key: str, owner: str) -> dict:
+    """The latest state of one document visible to ``owner``; ``document_not_found`` otherwise."""
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT doc_key, doc_version, payload, payload_hash, watermark FROM sync_read_models "
+            "WHERE topic = %s AND doc_key = %s AND (owner = %s OR public)",
+            [topic, doc_key, owner],
+        )
+        row = cur.fetchone()
+    if row is None:
+        # Same answer for "absent" and "owned by someone else": existence must not leak.
+        raise HydrationError("document_not_found", "no such document", http_status=404)
+    doc_key, doc_version, payload, payload_hash, watermark = row
+    return _document(doc_key, doc_version, _decode_json(payload), bytes(payload_hash), watermark)
+
+
+def encode_cursor(topic: str, stream_epoch: str, after_doc_key: str) -> str:
+    raw = orjson.dumps({"v": CURSOR_VERSION, "t": topic, "e": stream_epoch, "k": after_doc_key})
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str, topic: str) -> tuple[str, str]:
+    """``(stream_epoch, after_doc_key)`` of an opaque cursor; ``invalid_cursor`` if it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = orjson.loads(raw)
+    except (binascii.Error, ValueError, orjson.JSONDecodeError):
+        raise HydrationError("invalid_cursor", "cursor is not a value returned by this API") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("v") != CURSOR_VERSION
+        or not isinstance(data.get("e"), str)
+        or not isinstance(data.get("k"), str)
+        or not isinstance(data.get("t"), str)
+    ):
+        raise HydrationError("invalid_cursor", "cursor is not a value returned by this API")
+    if data["t"] != topic:
+        raise HydrationError("invalid_cursor", "cursor belongs to another topic")
+    return data["e"], data["k"]
+
+
+def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) -> Page:
+    """One page of the documents of ``topic`` visible to ``owner``, ordered by ``doc_key``.
+
+    ``head_watermark``/``stream_epoch`` come from the same snapshot as the page (module doc).
+    A cursor minted under another ``stream_epoch`` (the journal was reset or restored between
+    two pages) answers 409 ``stream_epoch_changed``: the pages would not belong to one history,
+    so the client starts again from the first page.
+    """
+    cursor_epoch, after = decode_cursor(cursor, topic) if cursor else (None, None)
+    if connection.in_atomic_block:
+        # SET TRANSACTION must be the first statement of a transaction; inside an outer atomic
+        # block the snapshot guarantee could not be given, so refuse instead of lying.
+        raise RuntimeError("list_page must not run inside an outer transaction")
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cur.execute(
+            "SELECT last_watermark, stream_epoch FROM sync_topic_sequences WHERE topic = %s", [topic]
+        )
+        seq = cur.fetchone()
+        if seq is None:
+            raise HydrationError("unknown_topic", f"unknown topic {topic!r}", http_status=404, topic=topic)
+        head_watermark, stream_epoch = seq
+        if cursor_epoch is not None and cursor_epoch != stream_epoch:
+            raise HydrationError(
+                "stream_epoch_changed",
+                "the topic's stream epoch changed while paging; start again from the first page",
+                http_status=409,
+                stream_epoch=stream_epoch,
+            )
+        # Two index-ordered branches (own documents via (topic, owner, doc_key); public ones of
+        # other owners) merged by doc_key, instead of one OR that cannot use the owner index.
+        # LIMIT n+1 tells whether another page exists without a COUNT.
+        after_sql = "" if after is None else " AND doc_key > %(after)s"
+        cur.execute(
+            "(SELECT doc_key, doc_version, payload, payload_hash, watermark FROM sync_read_models "
+            " WHERE topic = %(topic)s AND owner = %(owner)s" + after_sql + " ORDER BY doc_key LIMIT %(n)s)"
+            " UNION ALL "
+            "(SELECT doc_key, doc_version, payload, payload_hash, watermark FROM sync_read_models "
+            " WHERE topic = %(topic)s AND public AND owner <> %(owner)s" + after_sql + " ORDER BY doc_key LIMIT %(n)s)"
+            " ORDER BY doc_key LIMIT %(n)s",
+            {"topic": topic, "owner": owner, "after": after, "n": limit + 1},
+        )
+        rows = cur.fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    documents = [_document(k, v, _decode_json(p), bytes(h), w) for k, v, p, h, w in rows]
+    next_cursor = encode_cursor(topic, stream_epoch, rows[-1][0]) if more else None
+    return Page(documents, head_watermark, stream_epoch, next_cursor)

@@ -1,0 +1,97 @@
+"""HTTP hydration endpoints (thin: auth in ``hydration_auth``, reads in ``hydration``).
+
+``GET /api/sync/v1/doc/<topic>/<path:doc_key>`` and ``GET /api/sync/v1/list/<topic>?cursor=&limit=``.
+Every response, errors included, carries ``Cache-Control: no-store``: the bodies are per-principal
+and a shared cache must never serve one user's documents to another.
+"""
+
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from khala_project.api_errors import ApiError, error_body
+from khala_project.conf import khala_setting
+from sync import hydration
+from sync.hydration_auth import SyncTokenAuthentication, TopicEntitlement
+
+
+class ListQuerySerializer(serializers.Serializer):
+    cursor = serializers.CharField(required=False, allow_blank=False, max_length=2048, trim_whitespace=False)
+    limit = serializers.IntegerField(required=False, min_value=1)
+
+    def validate_limit(self, value):
+        maximum = khala_setting("HYDRATION_PAGE_MAX_SIZE")
+        if value > maximum:
+            raise serializers.ValidationError(f"at most {maximum}")
+        return value
+
+
+# Which stable code a failed query field maps to (first failing field wins, in this order).
+_FIELD_CODES = (("limit", "invalid_limit"), ("cursor", "invalid_cursor"))
+
+
+class NoStoreAPIView(APIView):
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class HydrationView(NoStoreAPIView):
+    authentication_classes = [SyncTokenAuthentication]
+    permission_classes = [TopicEntitlement]
+    throttle_classes: list = []
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        # DRF puts the challenge on ``exc.auth_header``; the project handler renders ApiError
+        # itself, so copy it onto the 401 here.
+        auth_header = getattr(exc, "auth_header", None)
+        if auth_header and response is not None and response.status_code == 401:
+            response["WWW-Authenticate"] = auth_header
+        return response
+
+    def run(self, read, *args, **kwargs):
+        try:
+            return read(*args, **kwargs)
+        except hydration.HydrationError as exc:
+            raise ApiError(exc.code, exc.message, http_status=exc.http_status, **exc.extra) from None
+
+
+class DocumentView(HydrationView):
+    def get(self, request, topic: str, doc_key: str):
+        document = self.run(hydration.get_document, topic, doc_key, request.user.org_id)
+        return Response(document)
+
+
+class ListView(HydrationView):
+    def get(self, request, topic: str):
+        # An empty ``cursor=`` / ``limit=`` means "not given" (first page, default size).
+        params = {name: request.query_params[name] for name in ("cursor", "limit") if request.query_params.get(name)}
+        query = ListQuerySerializer(data=params)
+        if not query.is_valid():
+            field, code = next((f, c) for f, c in _FIELD_CODES if f in query.errors)
+            raise ApiError(code, f"{field}: {'; '.join(str(e) for e in query.errors[field])}")
+        limit = query.validated_data.get("limit", khala_setting("HYDRATION_PAGE_SIZE"))
+        page = self.run(
+            hydration.list_page, topic, request.user.org_id, limit=limit, cursor=query.validated_data.get("cursor")
+        )
+        return Response(
+            {
+                "topic": topic,
+                "documents": page.documents,
+                "head_watermark": page.head_watermark,
+                "stream_epoch": page.stream_epoch,
+                "next_cursor": page.next_cursor,
+            }
+        )
+
+
+class NotFoundView(NoStoreAPIView):
+    """Malformed hydration paths (no doc key, extra segments): the API's 404 shape, not Django's page."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    def get(self, request, *args, **kwargs):
+        return Response(error_body("not_found", "no such hydration endpoint"), status=404)
