@@ -168,3 +168,27 @@ def retire_key(ring: Keyring, kid: str) -> Keyring:
 def rotate_keys(ring: Keyring, key: SigningKey) -> Keyring:
     """Add ``key`` as the new current signer in one step; the old keys stay as verify-only."""
     return promote_key(add_key(ring, key), key.kid)
+
+
+def describe(ring: Keyring) -> list[tuple[str, str]]:
+    """``[(kid, role)]`` with role ``current`` for the signer and ``verify-only`` for the rest."""
+    return [(key.kid, "current" if index == 0 else "verify-only") for index, key in enumerate(ring.keys)]
+
+
+def masked_setting(ring: Keyring) -> str:
+    """The ``SIGNING_KEYS`` value with every secret replaced, safe to print or log."""
+    return ",".join(f"{key.kid}:<secret hidden>" for key in ring.keys)
+
+
+def write_keys_file(path: str, ring: Keyring, *, overwrite: bool = False) -> None:
+    """Write the ring's value to ``path`` (mode 0600), for ``KHALA_SIGNING_KEYS_FILE``."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise KeyringMisconfigured(f"{path} exists; pass --force to overwrite it") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(ring.to_setting() + "\n")
+    os.chmod(path, 0o600)  # O_TRUNC keeps an existing file's mode

@@ -1,1 +1,9 @@
-urlpatterns: list = []
+from django.urls import path
+
+from tokens import views
+
+urlpatterns = [
+    path("api/sync/token", views.SyncTokenView.as_view(), name="sync-token"),
+    path("api/khala/token", views.LegacyTokenView.as_view(), name="khala-token"),
+    path("api/internal/sync/sessions/revoke", views.RevokeSessionsView.as_view(), name="sync-sessions-revoke"),
+]

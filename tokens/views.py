@@ -1,0 +1,61 @@
+"""HTTP endpoints of the tokens app. Thin: serializers validate, ``tokens.issuer``/``revocation`` decide."""
+
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from khala_project.api_errors import ApiError
+from tokens import issuer, revocation
+from tokens.authentication import IsService, ServiceTokenAuthentication
+from tokens.serializers import LegacyTokenRequestSerializer, RevokeRequestSerializer, SyncTokenRequestSerializer
+
+# Tokens are credentials: no cache may keep a response.
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _mint(mint, unavailable_code: str, **kwargs) -> dict:
+    try:
+        return mint(**kwargs)
+    except issuer.InvalidScope as exc:
+        raise ApiError("invalid_scope", str(exc), http_status=422) from None
+    except issuer.InvalidTTL as exc:
+        raise ApiError("invalid_ttl", str(exc), http_status=422) from None
+    except issuer.TokenUnavailable as exc:
+        raise ApiError(unavailable_code, f"sync tokens are unavailable: {exc}", http_status=503) from None
+
+
+class SyncTokenView(APIView):
+    """``POST /api/sync/token``: a sync token for the signed-in user (session or API token)."""
+
+    def post(self, request):
+        serializer = SyncTokenRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = _mint(issuer.mint_sync_token, "sync_token_unavailable", user=request.user, **serializer.validated_data)
+        return Response({"data": data}, headers=NO_STORE)
+
+
+class LegacyTokenView(APIView):
+    """``POST /api/khala/token``: legacy request and flat response; the token is a full sync token."""
+
+    def post(self, request):
+        serializer = LegacyTokenRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = _mint(issuer.mint_legacy_token, "khala_token_unavailable", user=request.user, **serializer.validated_data)
+        return Response(data, headers=NO_STORE)
+
+
+class RevokeSessionsView(APIView):
+    """``POST /api/internal/sync/sessions/revoke`` (service token)."""
+
+    authentication_classes = [ServiceTokenAuthentication]
+    permission_classes = [IsService]
+
+    def post(self, request):
+        serializer = RevokeRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        fields = serializer.validated_data
+        try:
+            result = revocation.revoke(fields.get("session_ids"), fields.get("device_ids"), fields.get("reason"))
+        except revocation.InvalidRevocation as exc:
+            raise ApiError("invalid_request", str(exc), http_status=400) from None
+        result["revoked_at"] = result["revoked_at"].isoformat().replace("+00:00", "Z")
+        return Response({"data": result}, headers=NO_STORE)
