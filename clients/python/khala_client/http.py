@@ -1,0 +1,157 @@
+"""The HTTP side of the protocol: sync-token minting and hydration (one document, snapshot pages).
+
+Uses the standard library (``urllib``) in a worker thread, so the client has no HTTP dependency.
+Every failure is a ``HttpError`` with the server's stable ``code`` (the body is
+``{"error": {"code", "message", ...}}``) or a transport code (``http_unreachable``,
+``bad_response``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import KhalaError
+from .protocol import http_base
+
+TOKEN_PATH = "/api/sync/token"
+DOC_PATH = "/api/sync/v1/doc/"
+LIST_PATH = "/api/sync/v1/list/"
+
+
+class HttpError(KhalaError):
+    def __init__(self, code: str, message: str = "", details: Any = None, status: int | None = None):
+        super().__init__(code, message, details)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Page:
+    documents: list[dict]
+    head_watermark: int
+    stream_epoch: str | None
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """All documents of a topic, to resume from ``head_watermark`` (the FIRST page's head)."""
+
+    topic: str
+    documents: list[dict]
+    head_watermark: int
+    stream_epoch: str | None
+
+
+def _error_from_body(status: int, body: bytes) -> HttpError:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("code"), str):
+        return HttpError(err["code"], str(err.get("message", "")), err, status)
+    return HttpError(f"http_{status}", body[:200].decode("utf-8", "replace"), None, status)
+
+
+class HttpApi:
+    def __init__(self, url: str, *, timeout: float = 15.0):
+        self.base = http_base(url)
+        self.timeout = timeout
+
+    def _request_sync(self, method: str, path: str, headers: dict, body: bytes | None) -> Any:
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers={"Accept": "application/json", **headers})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise _error_from_body(exc.code, exc.read()) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise HttpError("http_unreachable", f"{method} {path}: {exc}") from None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise HttpError("bad_response", f"{method} {path}: response is not JSON") from None
+
+    async def request(self, method: str, path: str, *, headers: dict | None = None, json_body: Any = None) -> Any:
+        body = None
+        headers = dict(headers or {})
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        return await asyncio.to_thread(self._request_sync, method, path, headers, body)
+
+    # --- tokens -----------------------------------------------------------------------------------
+
+    async def mint_sync_token(self, api_token: str, *, scopes: list[str] | None = None, ttl_seconds: int | None = None) -> dict:
+        """``POST /api/sync/token`` with ``Authorization: Token <api token>``; returns the ``data`` object."""
+        body: dict[str, Any] = {}
+        if scopes:
+            body["scopes"] = list(scopes)
+        if ttl_seconds is not None:
+            body["ttl_seconds"] = int(ttl_seconds)
+        data = await self.request("POST", TOKEN_PATH, headers={"Authorization": f"Token {api_token}"}, json_body=body)
+        data = data.get("data", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict) or not isinstance(data.get("token"), str):
+            raise HttpError("bad_response", "token response has no token")
+        return data
+
+    # --- hydration --------------------------------------------------------------------------------
+
+    async def get_document(self, topic: str, doc_key: str, token: str) -> dict:
+        """``GET /api/sync/v1/doc/<topic>/<doc_key>`` → ``{doc_key, doc_version, payload, payload_hash, watermark}``."""
+        path = DOC_PATH + urllib.parse.quote(topic, safe="") + "/" + urllib.parse.quote(doc_key, safe="/:")
+        data = await self.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        if not isinstance(data, dict) or "doc_version" not in data:
+            raise HttpError("bad_response", "document response lacks doc_version")
+        return data
+
+    async def list_page(self, topic: str, token: str, *, cursor: str | None = None, limit: int | None = None) -> Page:
+        query = {}
+        if cursor:
+            query["cursor"] = cursor
+        if limit:
+            query["limit"] = str(limit)
+        path = LIST_PATH + urllib.parse.quote(topic, safe="") + ("?" + urllib.parse.urlencode(query) if query else "")
+        data = await self.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        if not isinstance(data, dict):
+            raise HttpError("bad_response", "list response is not an object")
+        docs = next((data[k] for k in ("documents", "items", "docs") if isinstance(data.get(k), list)), None)
+        head = data.get("head_watermark")
+        if docs is None or not isinstance(head, int):
+            raise HttpError("bad_response", "list response needs documents and head_watermark")
+        return Page(docs, head, data.get("stream_epoch"), data.get("next_cursor"))
+
+    async def snapshot(self, topic: str, token: str, *, limit: int | None = None, on_page=None, attempts: int = 3) -> Snapshot:
+        """Every page of ``topic``. The resume point is the FIRST page's ``head_watermark``.
+
+        Each page is its own consistent snapshot. A document written after the first page was
+        read either shows up on a later page (newer version) or is replayed from the journal
+        after the first page's head; resuming from a *later* page's head could skip a write to a
+        document on an earlier page. If the stream epoch changes while paging (409
+        ``stream_epoch_changed``), start again, at most ``attempts`` times.
+        """
+        for attempt in range(attempts):
+            documents: list[dict] = []
+            try:
+                page = await self.list_page(topic, token, limit=limit)
+                first = page
+                documents.extend(page.documents)
+                if on_page:
+                    on_page(len(documents))
+                while page.next_cursor:
+                    page = await self.list_page(topic, token, cursor=page.next_cursor, limit=limit)
+                    documents.extend(page.documents)
+                    if on_page:
+                        on_page(len(documents))
+            except HttpError as exc:
+                if exc.code == "stream_epoch_changed" and attempt + 1 < attempts:
+                    continue
+                raise
+            return Snapshot(topic, documents, first.head_watermark, first.stream_epoch)
+        raise HttpError("stream_epoch_changed", "stream epoch kept changing while paging")  # pragma: no cover
