@@ -16,6 +16,11 @@ DEFAULTS: dict = {
     "SERVICE_TOKEN": "",
     "RETENTION_BATCH_SIZE": 5000,
     "RETENTION_INTERVAL_SECONDS": 60.0,
+    # Hard cap on one document's canonical JSON (larger: `payload_too_large`, nothing written).
+    "MAX_PAYLOAD_BYTES": 4 * 1024 * 1024,
+    # POST /api/internal/sync/projections: most documents per request, and largest request body.
+    "INGEST_MAX_DOCUMENTS": 500,
+    "INGEST_MAX_BODY_BYTES": 16 * 1024 * 1024,
     # --- tokens ---
     # "kid1:secret1,kid2:secret2": first = current signer, the rest verify only.
     "SIGNING_KEYS": "",

@@ -5,7 +5,11 @@ subscribed a moment too late); delivery always reads the journal, and a worker's
 check catches up on anything a lost hint would have announced. Never put document data in a hint.
 """
 
+import asyncio
+import atexit
 import logging
+import os
+import threading
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -37,5 +41,81 @@ async def publish_hint_async(topic: str, watermark: int, stream_epoch: str) -> N
 
 
 def publish_hint(topic: str, watermark: int, stream_epoch: str) -> None:
-    """Publish from sync code (e.g. a ``transaction.on_commit`` callback)."""
+    """Publish from sync code and wait for it (one event loop and Redis connection per call).
+
+    Fine for a management command; the sink uses ``submit_hint`` instead.
+    """
     async_to_sync(publish_hint_async)(topic, watermark, stream_epoch)
+
+
+class HintPublisher:
+    """One background thread per process that publishes hints from its own event loop.
+
+    Why: ``async_to_sync`` per commit would build an event loop and (with the Redis pub/sub layer)
+    a Redis connection for every write, which costs more than the write itself. Here a commit
+    only records ``topic -> highest watermark`` under a lock; the thread publishes the latest
+    value per topic. Hints submitted while a publish is in flight are coalesced into one message
+    per topic carrying the highest watermark (receivers read ``watermark > last_sent`` from the
+    journal, so skipping intermediate hints loses nothing). A hint for a new ``stream_epoch``
+    replaces whatever was pending for the topic.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._pending: dict[str, tuple[int, str]] = {}
+        self._in_flight = 0
+        self._thread: threading.Thread | None = None
+        self._pid = None
+
+    def submit(self, topic: str, watermark: int, stream_epoch: str) -> None:
+        with self._cond:
+            current = self._pending.get(topic)
+            if current is None or current[1] != stream_epoch or watermark > current[0]:
+                self._pending[topic] = (watermark, stream_epoch)
+            self._ensure_thread()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything submitted so far was handed to the channel layer."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending and not self._in_flight, timeout)
+
+    def _ensure_thread(self) -> None:
+        # After os.fork() the child inherits the object but not the thread: start a new one.
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+            self._pid = os.getpid()
+            self._in_flight = 0
+            self._thread = threading.Thread(target=self._run, name="khala-hint-publisher", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                with self._cond:
+                    self._cond.wait_for(lambda: self._pending)
+                    batch, self._pending = self._pending, {}
+                    self._in_flight = len(batch)
+                for topic, (watermark, stream_epoch) in batch.items():
+                    loop.run_until_complete(publish_hint_async(topic, watermark, stream_epoch))
+                with self._cond:
+                    self._in_flight = 0
+                    self._cond.notify_all()
+        except Exception:  # pragma: no cover - publish_hint_async already swallows layer errors
+            log.exception("hint publisher stopped")
+
+
+_publisher = HintPublisher()
+
+
+def submit_hint(topic: str, watermark: int, stream_epoch: str) -> None:
+    """Hand a hint to the background publisher and return at once (for on_commit callbacks)."""
+    _publisher.submit(topic, watermark, stream_epoch)
+
+
+def flush_hints(timeout: float = 5.0) -> bool:
+    """Block until submitted hints were published (commands call this before exiting)."""
+    return _publisher.flush(timeout)
+
+
+atexit.register(flush_hints, 2.0)

@@ -1,0 +1,85 @@
+"""Prometheus metrics of the write path (all ``khala_*``; label values are bounded).
+
+``topic`` labels only ever carry declared topics (a handful of ``sync_topic_sequences`` rows);
+anything a caller sent that is not a declared topic is counted under ``topic="_invalid"``, so a
+typo storm cannot blow up the series count. ``code`` labels are the sink's stable error codes.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INVALID_TOPIC_LABEL = "_invalid"
+
+PROJECTION_WRITES = Counter(
+    "khala_projection_writes_total",
+    "Documents offered to the sink, by outcome (written | stale: older doc_version, a no-op).",
+    ["topic", "result"],
+)
+JOURNAL_APPENDS = Counter(
+    "khala_journal_appends_total",
+    "Journal rows appended, by payload mode (inline | pointer).",
+    ["topic", "mode"],
+)
+JOURNAL_APPEND_BYTES = Counter(
+    "khala_journal_append_bytes_total",
+    "Canonical JSON bytes of the documents appended to the journal (pointer mode included).",
+    ["topic"],
+)
+SINK_DURATION = Histogram(
+    "khala_sink_duration_seconds",
+    "Wall time of one sink call (op = project | project_many), commit included when the sink owns it.",
+    ["op"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+SINK_ERRORS = Counter(
+    "khala_sink_errors_total",
+    "Sink calls refused or failed, by stable error code.",
+    ["topic", "code"],
+)
+ALLOCATOR_FAILURES = Counter(
+    "khala_allocator_failures_total",
+    "Watermark allocations that failed (reason = unknown_topic | database).",
+    ["reason"],
+)
+PROJECTOR_RUNS = Counter(
+    "khala_projector_runs_total",
+    "Projector decisions per entity (projection = run_summary | codex_worker_summary | ...).",
+    ["projection", "result", "reason"],
+)
+PROJECTOR_DRIFT = Counter(
+    "khala_projector_drift_total",
+    "Checkpoints whose summary hash drifted at an unchanged authority seq.",
+    ["projection"],
+)
+PROJECTION_FAILURES = Counter(
+    "khala_projection_failures_total",
+    "Best-effort projections after an authority commit that raised (the authority write stood).",
+    ["entity"],
+)
+RETENTION_DELETED = Counter(
+    "khala_retention_deleted_total",
+    "Journal rows deleted by retention.",
+    ["topic"],
+)
+JOURNAL_OLDEST_WATERMARK = Gauge(
+    "khala_journal_oldest_watermark",
+    "Oldest retained watermark per topic after the last retention pass (0 when the journal is empty).",
+    ["topic"],
+)
+JOURNAL_HEAD_WATERMARK = Gauge(
+    "khala_journal_head_watermark",
+    "Last allocated watermark per topic at the last retention pass.",
+    ["topic"],
+)
+JOURNAL_PRUNED_THROUGH = Gauge(
+    "khala_journal_pruned_through",
+    "Retention floor per topic: the highest watermark retention has deleted.",
+    ["topic"],
+)
+RETENTION_LAST_RUN = Gauge(
+    "khala_retention_last_run_timestamp_seconds",
+    "Unix time at which the last retention pass finished.",
+)
+
+
+def topic_label(topic: str, declared: bool) -> str:
+    return topic if declared else INVALID_TOPIC_LABEL

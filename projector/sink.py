@@ -1,0 +1,402 @@
+"""ProjectorSink (KHALA-008): the only writer of read models and the stream journal.
+
+``project()`` and ``project_many()`` do, in ONE transaction (the caller's, if one is open):
+
+1. upsert the read-model row, never moving ``doc_version`` backwards (an older version is a
+   no-op that consumes no watermark and appends nothing; an equal version replaces and appends);
+2. allocate the watermark(s) on the topic's ``sync_topic_sequences`` row (``projector.allocator``;
+   the row lock lasts until commit, so commit order = watermark order);
+3. append one ``sync_stream_events`` row per effective write (payload NULL in pointer mode);
+
+and only after COMMIT (``transaction.on_commit``) count the writes and hand a hint
+``{topic, watermark, stream_epoch}`` to ``projector.hints`` (one per topic, highest watermark).
+A rollback (of the caller's transaction too) therefore publishes nothing.
+
+Round trips: ``project()`` is one statement (allocation, upsert and append fused in CTEs); a
+``project_many()`` batch is two statements per topic however many documents it holds (allocate
+the block, then one statement of ``unnest`` arrays for upsert + append + returning unused
+watermarks). Each payload is canonicalised once (``projector.canonical``): the same bytes give the
+hash, the size and the pointer-mode decision.
+"""
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+from khala_project.conf import khala_setting
+from projector import allocator, canonical, metrics
+from projector.hints import submit_hint
+from projector.payload_hash import PayloadHashError
+
+TOPIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,87}\Z")  # the channel-layer group name must fit in 100
+DOC_KEY_RE = re.compile(r"[A-Za-z0-9_.:/@+=~-]{1,255}\Z")
+OWNER_RE = re.compile(r"[A-Za-z0-9_.:/@+=~-]{1,160}\Z")
+MAX_DOC_VERSION = 2**63 - 1
+# jsonb cannot store U+0000; canonical JSON writes it as \u0000 (preceded by an even number of
+# backslashes, otherwise it is a literal backslash followed by "u0000").
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+class SinkError(ValueError):
+    """A refused write. ``code`` is stable (clients and the ingest API switch on it)."""
+
+    def __init__(self, code: str, message: str, *, index: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.index = index
+        self.field = field
+
+
+# Stable codes -> HTTP status used by the ingest API (and documented in docs/sync/SCHEMA.md).
+ERROR_STATUS = {
+    "invalid_topic": 422,
+    "unknown_topic": 422,
+    "invalid_doc_key": 422,
+    "invalid_doc_version": 422,
+    "invalid_owner": 422,
+    "invalid_public": 422,
+    "invalid_payload": 422,
+    "payload_too_large": 413,
+    "invalid_document": 422,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentWrite:
+    topic: str
+    doc_key: str
+    doc_version: int
+    payload: Any
+    owner: str
+    public: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    topic: str
+    doc_key: str
+    doc_version: int
+    written: bool  # False: an older doc_version than the stored one (no-op)
+    watermark: int | None  # the journal row's watermark when written
+    pointer: bool  # journaled without payload (hydrate over HTTP)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    write: DocumentWrite
+    encoded: canonical.CanonicalPayload
+    over_inline_limit: bool
+    index: int | None
+
+
+def _prepare(write: DocumentWrite, index: int | None, inline_limit: int, max_bytes: int) -> _Prepared:
+    topic = write.topic
+    if not isinstance(topic, str) or not TOPIC_RE.match(topic):
+        raise SinkError("invalid_topic", "topic must be 1-88 characters of [A-Za-z0-9._-]", index=index, field="topic")
+    doc_key = write.doc_key
+    if not isinstance(doc_key, str) or not DOC_KEY_RE.match(doc_key):
+        raise SinkError(
+            "invalid_doc_key", "doc_key must be 1-255 characters of [A-Za-z0-9_.:/@+=~-]", index=index, field="doc_key"
+        )
+    version = write.doc_version
+    if type(version) is not int or not 0 <= version <= MAX_DOC_VERSION:
+        raise SinkError(
+            "invalid_doc_version", "doc_version must be an integer between 0 and 2**63-1", index=index, field="doc_version"
+        )
+    if type(write.public) is not bool:
+        raise SinkError("invalid_public", "public must be a boolean", index=index, field="public")
+    owner = write.owner
+    if owner is None and write.public:
+        owner = ""
+        write = DocumentWrite(write.topic, doc_key, version, write.payload, owner, True)
+    if not isinstance(owner, str) or not (OWNER_RE.match(owner) or (owner == "" and write.public)):
+        raise SinkError(
+            "invalid_owner",
+            "owner must be 1-160 characters of [A-Za-z0-9_.:/@+=~-] (it may be empty only for public documents)",
+            index=index,
+            field="owner",
+        )
+    if not isinstance(write.payload, dict):
+        raise SinkError("invalid_payload", "payload must be a JSON object", index=index, field="payload")
+    try:
+        encoded = canonical.encode(write.payload)
+    except PayloadHashError as exc:
+        raise SinkError("invalid_payload", str(exc), index=index, field="payload") from None
+    except (RecursionError, MemoryError):
+        raise SinkError("invalid_payload", "payload is nested too deeply", index=index, field="payload") from None
+    if encoded.size > max_bytes:
+        raise SinkError(
+            "payload_too_large",
+            f"canonical payload is {encoded.size} bytes; the limit is {max_bytes}",
+            index=index,
+            field="payload",
+        )
+    if "u0000" in encoded.text and _NUL_ESCAPE.search(encoded.text):
+        raise SinkError("invalid_payload", "payload strings must not contain U+0000", index=index, field="payload")
+    return _Prepared(write, encoded, encoded.size > inline_limit, index)
+
+
+def _count_error(topic, code: str) -> None:
+    declared = code not in ("invalid_topic", "unknown_topic")
+    metrics.SINK_ERRORS.labels(topic=metrics.topic_label(str(topic), declared), code=code).inc()
+
+
+def _after_commit(stats: list[tuple[str, int, str, int, int, int]]) -> None:
+    """Runs once the transaction committed: count what became durable, then hint."""
+    for topic, head, stream_epoch, inline, pointer, nbytes in stats:
+        metrics.PROJECTION_WRITES.labels(topic=topic, result="written").inc(inline + pointer)
+        if inline:
+            metrics.JOURNAL_APPENDS.labels(topic=topic, mode="inline").inc(inline)
+        if pointer:
+            metrics.JOURNAL_APPENDS.labels(topic=topic, mode="pointer").inc(pointer)
+        metrics.JOURNAL_APPEND_BYTES.labels(topic=topic).inc(nbytes)
+        submit_hint(topic, head, stream_epoch)
+
+
+PROJECT_ONE_SQL = (
+    "WITH"
+    + allocator.LOCKED_SEQUENCE_CTE
+    + """,
+written AS (
+    INSERT INTO sync_read_models AS rm
+           (topic, doc_key, doc_version, owner, public, payload, payload_hash, watermark, created_at, updated_at)
+    SELECT %(topic)s, %(doc_key)s, %(doc_version)s, %(owner)s, %(public)s, %(payload)s::jsonb, %(payload_hash)s,
+           ls.watermark, now(), now()
+      FROM locked_sequence AS ls
+    ON CONFLICT (topic, doc_key) DO UPDATE
+       SET doc_version = EXCLUDED.doc_version, owner = EXCLUDED.owner, public = EXCLUDED.public,
+           payload = EXCLUDED.payload, payload_hash = EXCLUDED.payload_hash, watermark = EXCLUDED.watermark,
+           updated_at = EXCLUDED.updated_at
+     WHERE rm.doc_version <= EXCLUDED.doc_version  -- never backwards; equal replaces
+    RETURNING rm.watermark, rm.payload
+),"""
+    + allocator.ADVANCED_SEQUENCE_CTE.format(written="written")
+    + """,
+appended AS (
+    INSERT INTO sync_stream_events
+           (topic, watermark, doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, inserted_at)
+    SELECT %(topic)s, w.watermark, %(doc_key)s, %(doc_version)s, %(owner)s, %(public)s,
+           CASE WHEN %(pointer)s OR ls.force_pointer_mode THEN NULL ELSE w.payload END,
+           %(payload_hash)s, %(payload_bytes)s, now()
+      FROM written AS w CROSS JOIN locked_sequence AS ls
+    RETURNING watermark
+)
+SELECT ls.stream_epoch, ls.force_pointer_mode,
+       (SELECT watermark FROM appended), (SELECT last_watermark FROM advanced_sequence)
+  FROM locked_sequence AS ls
+"""
+)
+
+
+def project(
+    topic: str,
+    doc_key: str,
+    doc_version: int,
+    payload: dict,
+    owner: str,
+    *,
+    public: bool = False,
+    using: str | None = None,
+) -> WriteResult:
+    """Write one document (see the module docstring). Raises ``SinkError`` (nothing written)."""
+    started = time.perf_counter()
+    alias = using or DEFAULT_DB_ALIAS
+    write = DocumentWrite(topic, doc_key, doc_version, payload, owner, public)
+    try:
+        prepared = _prepare(
+            write, None, khala_setting("INLINE_PAYLOAD_LIMIT_BYTES"), khala_setting("MAX_PAYLOAD_BYTES")
+        )
+    except SinkError as exc:
+        _count_error(topic, exc.code)
+        raise
+    write, encoded = prepared.write, prepared.encoded
+    params = {
+        "topic": write.topic,
+        "doc_key": write.doc_key,
+        "doc_version": write.doc_version,
+        "owner": write.owner,
+        "public": write.public,
+        "payload": encoded.text,
+        "payload_hash": encoded.digest,
+        "payload_bytes": encoded.size,
+        "pointer": prepared.over_inline_limit,
+    }
+    with transaction.atomic(using=alias):
+        with connections[alias].cursor() as cursor:
+            cursor.execute(PROJECT_ONE_SQL, params)
+            row = cursor.fetchone()
+        if row is None:
+            metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
+            _count_error(topic, "unknown_topic")
+            raise SinkError("unknown_topic", f"unknown topic {topic!r}", field="topic")
+        stream_epoch, forced, watermark, advanced_to = row
+        if watermark is not None:
+            # Defence in depth for the fused statement: the journal row must carry exactly the
+            # watermark the sequence row was advanced to (raising rolls everything back).
+            if watermark != advanced_to:  # pragma: no cover - would be a bug in the SQL above
+                raise RuntimeError(f"allocator mismatch on {topic}: appended {watermark}, advanced {advanced_to}")
+            pointer = prepared.over_inline_limit or forced
+            stats = [(write.topic, watermark, stream_epoch, 0 if pointer else 1, 1 if pointer else 0, encoded.size)]
+            transaction.on_commit(lambda: _after_commit(stats), using=alias)
+        else:
+            pointer = False
+            metrics.PROJECTION_WRITES.labels(topic=write.topic, result="stale").inc()
+    metrics.SINK_DURATION.labels(op="project").observe(time.perf_counter() - started)
+    return WriteResult(write.topic, write.doc_key, write.doc_version, watermark is not None, watermark, pointer)
+
+
+PROJECT_BATCH_SQL = """
+WITH input AS (
+    SELECT *
+      FROM unnest(%(doc_keys)s::text[], %(doc_versions)s::bigint[], %(owners)s::text[], %(publics)s::boolean[],
+                  %(payloads)s::jsonb[], %(hashes)s::bytea[], %(sizes)s::integer[], %(pointers)s::boolean[])
+           WITH ORDINALITY AS t(doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, pointer, ord)
+),
+effective AS (
+    -- This statement runs after allocate() took the topic's row lock, so its snapshot already
+    -- contains every earlier writer of this topic: the doc_version comparison is exact.
+    SELECT i.*, %(first)s - 1 + row_number() OVER (ORDER BY i.ord) AS watermark
+      FROM input AS i
+      LEFT JOIN sync_read_models AS r ON r.topic = %(topic)s AND r.doc_key = i.doc_key
+     WHERE r.doc_version IS NULL OR r.doc_version <= i.doc_version
+),
+latest AS (
+    SELECT DISTINCT ON (doc_key) * FROM effective ORDER BY doc_key, ord DESC
+),
+upserted AS (
+    INSERT INTO sync_read_models AS rm
+           (topic, doc_key, doc_version, owner, public, payload, payload_hash, watermark, created_at, updated_at)
+    SELECT %(topic)s, doc_key, doc_version, owner, public, payload, payload_hash, watermark, now(), now()
+      FROM latest
+    ON CONFLICT (topic, doc_key) DO UPDATE
+       SET doc_version = EXCLUDED.doc_version, owner = EXCLUDED.owner, public = EXCLUDED.public,
+           payload = EXCLUDED.payload, payload_hash = EXCLUDED.payload_hash, watermark = EXCLUDED.watermark,
+           updated_at = EXCLUDED.updated_at
+     WHERE rm.doc_version <= EXCLUDED.doc_version
+    RETURNING 1
+),
+appended AS (
+    INSERT INTO sync_stream_events
+           (topic, watermark, doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, inserted_at)
+    SELECT %(topic)s, watermark, doc_key, doc_version, owner, public,
+           CASE WHEN pointer OR %(forced)s THEN NULL ELSE payload END, payload_hash, payload_bytes, now()
+      FROM effective
+    RETURNING 1
+),
+settled AS (
+    -- Give back the watermarks of no-op writes. Safe: we still hold the row lock and nobody
+    -- has seen them, so committed watermarks stay gap-free.
+    UPDATE sync_topic_sequences
+       SET last_watermark = %(first)s - 1 + (SELECT count(*) FROM effective)
+     WHERE topic = %(topic)s AND %(last)s <> %(first)s - 1 + (SELECT count(*) FROM effective)
+    RETURNING last_watermark
+)
+SELECT ord, watermark, (SELECT count(*) FROM upserted), (SELECT count(*) FROM appended)
+  FROM effective
+ ORDER BY ord
+"""
+
+
+def _newest_only(prepared: list[_Prepared]) -> tuple[list[_Prepared], list[_Prepared]]:
+    """Drop in-batch writes older than an earlier write of the same document (sequential semantics)."""
+    newest: dict[tuple[str, str], int] = {}
+    kept, dropped = [], []
+    for item in prepared:
+        key = (item.write.topic, item.write.doc_key)
+        seen = newest.get(key)
+        if seen is not None and item.write.doc_version < seen:
+            dropped.append(item)
+            continue
+        newest[key] = item.write.doc_version
+        kept.append(item)
+    return kept, dropped
+
+
+def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -> list[WriteResult]:
+    """Write a batch atomically: all documents or none. Results are in input order.
+
+    Writes are applied as if one after another: a write older than the stored version, or than
+    an earlier write of the same document in the batch, is a no-op (``written=False``).
+    """
+    started = time.perf_counter()
+    alias = using or DEFAULT_DB_ALIAS
+    inline_limit = khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")
+    max_bytes = khala_setting("MAX_PAYLOAD_BYTES")
+    prepared = []
+    for index, write in enumerate(writes):
+        if not isinstance(write, DocumentWrite):
+            _count_error("", "invalid_document")
+            raise SinkError("invalid_document", "each item must be a DocumentWrite", index=index)
+        try:
+            prepared.append(_prepare(write, index, inline_limit, max_bytes))
+        except SinkError as exc:
+            _count_error(write.topic, exc.code)
+            raise
+    if not prepared:
+        return []
+    candidates, superseded = _newest_only(prepared)
+    by_topic: dict[str, list[_Prepared]] = {}
+    for item in candidates:
+        by_topic.setdefault(item.write.topic, []).append(item)
+
+    outcome: dict[int, tuple[int, bool]] = {}  # input index -> (watermark, pointer)
+    stats = []
+    with transaction.atomic(using=alias):
+        # Sorted topics: two batches that span the same topics lock the rows in the same order.
+        for topic in sorted(by_topic):
+            items = by_topic[topic]
+            try:
+                block = allocator.allocate(topic, len(items), using=connections[alias])
+            except allocator.UnknownTopic:
+                _count_error(topic, "unknown_topic")
+                raise SinkError(
+                    "unknown_topic", f"unknown topic {topic!r}", index=items[0].index, field="topic"
+                ) from None
+            params = {
+                "topic": topic,
+                "first": block.first,
+                "last": block.last,
+                "forced": block.force_pointer_mode,
+                "doc_keys": [i.write.doc_key for i in items],
+                "doc_versions": [i.write.doc_version for i in items],
+                "owners": [i.write.owner for i in items],
+                "publics": [i.write.public for i in items],
+                "payloads": [i.encoded.text for i in items],
+                "hashes": [i.encoded.digest for i in items],
+                "sizes": [i.encoded.size for i in items],
+                "pointers": [i.over_inline_limit for i in items],
+            }
+            with connections[alias].cursor() as cursor:
+                cursor.execute(PROJECT_BATCH_SQL, params)
+                rows = cursor.fetchall()
+            inline = pointer_count = nbytes = 0
+            for ordinal, watermark, _upserted, _appended in rows:
+                item = items[ordinal - 1]
+                pointer = item.over_inline_limit or block.force_pointer_mode
+                outcome[item.index] = (watermark, pointer)
+                if pointer:
+                    pointer_count += 1
+                else:
+                    inline += 1
+                nbytes += item.encoded.size
+            if rows:
+                stats.append((topic, rows[-1][1], block.stream_epoch, inline, pointer_count, nbytes))
+            stale = len(items) - len(rows)
+            if stale:
+                metrics.PROJECTION_WRITES.labels(topic=topic, result="stale").inc(stale)
+        if stats:
+            transaction.on_commit(lambda: _after_commit(stats), using=alias)
+
+    for item in superseded:  # the topics are declared: the transaction above succeeded
+        metrics.PROJECTION_WRITES.labels(topic=item.write.topic, result="stale").inc()
+    results = []
+    for item in prepared:
+        w = item.write
+        watermark, pointer = outcome.get(item.index, (None, False))
+        results.append(WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer))
+    metrics.SINK_DURATION.labels(op="project_many").observe(time.perf_counter() - started)
+    return results
