@@ -106,12 +106,17 @@ def field_types(message_cls):
 
 # The shapes the delivery code and the clients rely on; a change here is a contract change (ADR-0002).
 EXPECTED_FIELDS = {
-    "TopicCursor": {"topic": "string", "watermark": "int64"},
-    "TopicWatermark": {"topic": "string", "watermark": "int64"},
+    "TopicCursor": {"topic": "string", "watermark": "int64", "stream_epoch": "string"},
+    "TopicWatermark": {"topic": "string", "watermark": "int64", "stream_epoch": "string", "head_watermark": "int64"},
+    "Join": {"frames": "bool"},
     "Joined": {
         "subscription_id": "string",
         "allowed_topics": "repeated string",
         "current_watermarks": "repeated TopicWatermark",
+        "heartbeat_interval_ms": "int32",
+        "heartbeat_timeout_ms": "int32",
+        "replay_batch_max_size": "int32",
+        "protocol_version": "string",
     },
     "Subscribe": {
         "topics": "repeated string",
@@ -123,6 +128,7 @@ EXPECTED_FIELDS = {
         "subscription_id": "string",
         "topics": "repeated string",
         "current_watermarks": "repeated TopicWatermark",
+        "request_id": "string",
     },
     "Unsubscribe": {"topics": "repeated string"},
     "Unsubscribed": {"subscription_id": "string", "topics": "repeated string"},
@@ -149,6 +155,16 @@ EXPECTED_FIELDS = {
         "head_watermark": "int64",
         "replay_lag": "int64",
         "replay_budget_events": "int64",
+        "stream_epoch": "string",
+        "qos_tier": "string",
+    },
+    "SnapshotPlan": {"format": "string", "topics": "repeated SnapshotTopic"},
+    "SnapshotTopic": {
+        "topic": "string",
+        "head_watermark": "int64",
+        "stream_epoch": "string",
+        "snapshot_enabled": "bool",
+        "list_url": "string",
     },
     "Error": {
         "code": "SyncErrorCode",
@@ -162,6 +178,17 @@ EXPECTED_FIELDS = {
         "upgrade_required": "bool",
         "action": "string",
         "queue_limit": "int32",
+        "reason": "string",
+        "event": "string",
+        "limit_bytes": "int64",
+        "snapshot": "SnapshotPlan",
+        "retryable": "bool",
+        "surface": "string",
+        "min_client_build_id": "string",
+        "max_client_build_id": "string",
+        "min_schema_version": "int32",
+        "max_schema_version": "int32",
+        "protocol_version": "string",
     },
     "KhalaFrame": {
         "topic": "string",
@@ -183,12 +210,19 @@ HASH = bytes(range(32))
 
 # One fully populated instance per message (every field non-default), used for the round trips.
 SAMPLES = {
-    "TopicCursor": sync_pb2.TopicCursor(topic="runtime.run_summaries", watermark=41),
-    "TopicWatermark": sync_pb2.TopicWatermark(topic="runtime.notifications", watermark=7),
+    "TopicCursor": sync_pb2.TopicCursor(topic="runtime.run_summaries", watermark=41, stream_epoch="9b1e"),
+    "TopicWatermark": sync_pb2.TopicWatermark(
+        topic="runtime.notifications", watermark=7, stream_epoch="9b1e", head_watermark=9
+    ),
+    "Join": sync_pb2.Join(frames=True),
     "Joined": sync_pb2.Joined(
         subscription_id="sub_1",
         allowed_topics=["runtime.run_summaries"],
         current_watermarks=[sync_pb2.TopicWatermark(topic="runtime.run_summaries", watermark=3)],
+        heartbeat_interval_ms=15000,
+        heartbeat_timeout_ms=60000,
+        replay_batch_max_size=200,
+        protocol_version="khala.ws.v1",
     ),
     "Subscribe": sync_pb2.Subscribe(
         topics=["runtime.run_summaries", "runtime.codex_worker_events"],
@@ -200,6 +234,7 @@ SAMPLES = {
         subscription_id="sub_1",
         topics=["runtime.run_summaries"],
         current_watermarks=[sync_pb2.TopicWatermark(topic="runtime.run_summaries", watermark=12)],
+        request_id="req-1",
     ),
     "Unsubscribe": sync_pb2.Unsubscribe(topics=["runtime.notifications"]),
     "Unsubscribed": sync_pb2.Unsubscribed(subscription_id="sub_1", topics=["runtime.run_summaries"]),
@@ -228,6 +263,19 @@ SAMPLES = {
         head_watermark=50,
         replay_lag=49,
         replay_budget_events=20,
+        stream_epoch="9b1e",
+        qos_tier="warm",
+    ),
+    "SnapshotPlan": sync_pb2.SnapshotPlan(
+        format="openagents.sync.snapshot.v1",
+        topics=[sync_pb2.SnapshotTopic(topic="runtime.run_summaries", head_watermark=50)],
+    ),
+    "SnapshotTopic": sync_pb2.SnapshotTopic(
+        topic="runtime.run_summaries",
+        head_watermark=50,
+        stream_epoch="9b1e",
+        snapshot_enabled=True,
+        list_url="/api/sync/v1/list/runtime.run_summaries",
     ),
     "Error": sync_pb2.Error(
         code=errors_pb2.SYNC_ERROR_CODE_STALE_CURSOR,
@@ -243,6 +291,17 @@ SAMPLES = {
         upgrade_required=True,
         action="disconnect",
         queue_limit=256,
+        reason="token_expired",
+        event="sync:nope",
+        limit_bytes=1048576,
+        snapshot=sync_pb2.SnapshotPlan(format="openagents.sync.snapshot.v1"),
+        retryable=True,
+        surface="khala_websocket",
+        min_client_build_id="20260221T120000Z",
+        max_client_build_id="20270101T000000Z",
+        min_schema_version=1,
+        max_schema_version=1,
+        protocol_version="khala.ws.v1",
     ),
     "KhalaFrame": sync_pb2.KhalaFrame(
         topic="runtime.run_summaries",

@@ -25,39 +25,45 @@ _sym_db = _symbol_database.Default()
 from openagents.sync.v1 import errors_pb2 as openagents_dot_sync_dot_v1_dot_errors__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dopenagents/sync/v1/sync.proto\x12\x12openagents.sync.v1\x1a\x1fopenagents/sync/v1/errors.proto\"/\n\x0bTopicCursor\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\twatermark\x18\x02 \x01(\x03\"2\n\x0eTopicWatermark\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\twatermark\x18\x02 \x01(\x03\"y\n\x06Joined\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61llowed_topics\x18\x02 \x03(\t\x12>\n\x12\x63urrent_watermarks\x18\x03 \x03(\x0b\x32\".openagents.sync.v1.TopicWatermark\"\x81\x01\n\tSubscribe\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12\x35\n\x0cresume_after\x18\x02 \x03(\x0b\x32\x1f.openagents.sync.v1.TopicCursor\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x11replay_batch_size\x18\x04 \x01(\x05\"u\n\nSubscribed\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12>\n\x12\x63urrent_watermarks\x18\x03 \x03(\x0b\x32\".openagents.sync.v1.TopicWatermark\"\x1d\n\x0bUnsubscribe\x12\x0e\n\x06topics\x18\x01 \x03(\t\"7\n\x0cUnsubscribed\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\"\x93\x01\n\x06Update\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07\x64oc_key\x18\x02 \x01(\t\x12\x13\n\x0b\x64oc_version\x18\x03 \x01(\x03\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\twatermark\x18\x05 \x01(\x03\x12\x14\n\x0cpayload_hash\x18\x06 \x01(\x0c\x12\x1a\n\x12hydration_required\x18\x07 \x01(\x08\"\x90\x01\n\x0bUpdateBatch\x12+\n\x07updates\x18\x01 \x03(\x0b\x32\x1a.openagents.sync.v1.Update\x12\x17\n\x0freplay_complete\x18\x02 \x01(\x08\x12;\n\x0fhead_watermarks\x18\x03 \x03(\x0b\x32\".openagents.sync.v1.TopicWatermark\"C\n\tHeartbeat\x12\x36\n\nwatermarks\x18\x01 \x03(\x0b\x32\".openagents.sync.v1.TopicWatermark\"\xa4\x01\n\nStaleTopic\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0cresume_after\x18\x03 \x01(\x03\x12\x17\n\x0fretention_floor\x18\x04 \x01(\x03\x12\x16\n\x0ehead_watermark\x18\x05 \x01(\x03\x12\x12\n\nreplay_lag\x18\x06 \x01(\x03\x12\x1c\n\x14replay_budget_events\x18\x07 \x01(\x03\"\xbd\x02\n\x05\x45rror\x12/\n\x04\x63ode\x18\x01 \x01(\x0e\x32!.openagents.sync.v1.SyncErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x03 \x01(\x03\x12\x1c\n\x14\x66ull_resync_required\x18\x04 \x01(\x08\x12\x18\n\x10\x66orbidden_topics\x18\x05 \x03(\t\x12\x34\n\x0cstale_topics\x18\x06 \x03(\x0b\x32\x1e.openagents.sync.v1.StaleTopic\x12\x14\n\x0creason_codes\x18\x07 \x03(\t\x12\x17\n\x0freauth_required\x18\x08 \x01(\x08\x12\x18\n\x10upgrade_required\x18\t \x01(\x08\x12\x0e\n\x06\x61\x63tion\x18\n \x01(\t\x12\x13\n\x0bqueue_limit\x18\x0b \x01(\x05\"\x89\x01\n\nKhalaFrame\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".openagents.sync.v1.KhalaFrameKind\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x0c\x12\x16\n\x0eschema_version\x18\x05 \x01(\x05*\xb2\x01\n\x0eKhalaFrameKind\x12 \n\x1cKHALA_FRAME_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bKHALA_FRAME_KIND_SUBSCRIBED\x10\x01\x12!\n\x1dKHALA_FRAME_KIND_UPDATE_BATCH\x10\x02\x12\x1e\n\x1aKHALA_FRAME_KIND_HEARTBEAT\x10\x03\x12\x1a\n\x16KHALA_FRAME_KIND_ERROR\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dopenagents/sync/v1/sync.proto\x12\x12openagents.sync.v1\x1a\x1fopenagents/sync/v1/errors.proto\"E\n\x0bTopicCursor\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\twatermark\x18\x02 \x01(\x03\x12\x14\n\x0cstream_epoch\x18\x03 \x01(\t\"`\n\x0eTopicWatermark\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\twatermark\x18\x02 \x01(\x03\x12\x14\n\x0cstream_epoch\x18\x03 \x01(\t\x12\x16\n\x0ehead_watermark\x18\x04 \x01(\x03\"\x16\n\x04Join\x12\x0e\n\x06\x66rames\x18\x01 \x01(\x08\"\xef\x01\n\x06Joined\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61llowed_topics\x18\x02 \x03(\t\x12>\n\x12\x63urrent_watermarks\x18\x03 \x03(\x0b\x32\".openagents.sync.v1.TopicWatermark\x12\x1d\n\x15heartbeat_interval_ms\x18\x04 \x01(\x05\x12\x1c\n\x14heartbeat_timeout_ms\x18\x05 \x01(\x05\x12\x1d\n\x15replay_batch_max_size\x18\x06 \x01(\x05\x12\x18\n\x10protocol_version\x18\x07 \x01(\t\"\x81\x01\n\tSubscribe\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12\x35\n\x0cresume_after\x18\x02 \x03(\x0b\x32\x1f.openagents.sync.v1.TopicCursor\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x19\n\x11replay_batch_size\x18\x04 \x01(\x05\"\x89\x01\n\nSubscribed\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\x12>\n\x12\x63urrent_watermarks\x18\x03 \x03(\x0b\x32\".openagents.sync.v1.TopicWatermark\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x1d\n\x0bUnsubscribe\x12\x0e\n\x06topics\x18\x01 \x03(\t\"7\n\x0cUnsubscribed\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0e\n\x06topics\x18\x02 \x03(\t\"\x93\x01\n\x06Update\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0f\n\x07\x64oc_key\x18\x02 \x01(\t\x12\x13\n\x0b\x64oc_version\x18\x03 \x01(\x03\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\twatermark\x18\x05 \x01(\x03\x12\x14\n\x0cpayload_hash\x18\x06 \x01(\x0c\x12\x1a\n\x12hydration_required\x18\x07 \x01(\x08\"\x90\x01\n\x0bUpdateBatch\x12+\n\x07updates\x18\x01 \x03(\x0b\x32\x1a.openagents.sync.v1.Update\x12\x17\n\x0freplay_complete\x18\x02 \x01(\x08\x12;\n\x0fhead_watermarks\x18\x03 \x03(\x0b\x32\".openagents.sync.v1.TopicWatermark\"C\n\tHeartbeat\x12\x36\n\nwatermarks\x18\x01 \x03(\x0b\x32\".openagents.sync.v1.TopicWatermark\"\xcc\x01\n\nStaleTopic\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0cresume_after\x18\x03 \x01(\x03\x12\x17\n\x0fretention_floor\x18\x04 \x01(\x03\x12\x16\n\x0ehead_watermark\x18\x05 \x01(\x03\x12\x12\n\nreplay_lag\x18\x06 \x01(\x03\x12\x1c\n\x14replay_budget_events\x18\x07 \x01(\x03\x12\x14\n\x0cstream_epoch\x18\x08 \x01(\t\x12\x10\n\x08qos_tier\x18\t \x01(\t\"Q\n\x0cSnapshotPlan\x12\x0e\n\x06\x66ormat\x18\x01 \x01(\t\x12\x31\n\x06topics\x18\x02 \x03(\x0b\x32!.openagents.sync.v1.SnapshotTopic\"x\n\rSnapshotTopic\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x16\n\x0ehead_watermark\x18\x02 \x01(\x03\x12\x14\n\x0cstream_epoch\x18\x03 \x01(\t\x12\x18\n\x10snapshot_enabled\x18\x04 \x01(\x08\x12\x10\n\x08list_url\x18\x05 \x01(\t\"\xd5\x04\n\x05\x45rror\x12/\n\x04\x63ode\x18\x01 \x01(\x0e\x32!.openagents.sync.v1.SyncErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x03 \x01(\x03\x12\x1c\n\x14\x66ull_resync_required\x18\x04 \x01(\x08\x12\x18\n\x10\x66orbidden_topics\x18\x05 \x03(\t\x12\x34\n\x0cstale_topics\x18\x06 \x03(\x0b\x32\x1e.openagents.sync.v1.StaleTopic\x12\x14\n\x0creason_codes\x18\x07 \x03(\t\x12\x17\n\x0freauth_required\x18\x08 \x01(\x08\x12\x18\n\x10upgrade_required\x18\t \x01(\x08\x12\x0e\n\x06\x61\x63tion\x18\n \x01(\t\x12\x13\n\x0bqueue_limit\x18\x0b \x01(\x05\x12\x0e\n\x06reason\x18\x0c \x01(\t\x12\r\n\x05\x65vent\x18\r \x01(\t\x12\x13\n\x0blimit_bytes\x18\x0e \x01(\x03\x12\x32\n\x08snapshot\x18\x0f \x01(\x0b\x32 .openagents.sync.v1.SnapshotPlan\x12\x11\n\tretryable\x18\x10 \x01(\x08\x12\x0f\n\x07surface\x18\x11 \x01(\t\x12\x1b\n\x13min_client_build_id\x18\x12 \x01(\t\x12\x1b\n\x13max_client_build_id\x18\x13 \x01(\t\x12\x1a\n\x12min_schema_version\x18\x14 \x01(\x05\x12\x1a\n\x12max_schema_version\x18\x15 \x01(\x05\x12\x18\n\x10protocol_version\x18\x16 \x01(\t\"\x89\x01\n\nKhalaFrame\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".openagents.sync.v1.KhalaFrameKind\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x0c\x12\x16\n\x0eschema_version\x18\x05 \x01(\x05*\xb2\x01\n\x0eKhalaFrameKind\x12 \n\x1cKHALA_FRAME_KIND_UNSPECIFIED\x10\x00\x12\x1f\n\x1bKHALA_FRAME_KIND_SUBSCRIBED\x10\x01\x12!\n\x1dKHALA_FRAME_KIND_UPDATE_BATCH\x10\x02\x12\x1e\n\x1aKHALA_FRAME_KIND_HEARTBEAT\x10\x03\x12\x1a\n\x16KHALA_FRAME_KIND_ERROR\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'openagents.sync.v1.sync_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KHALAFRAMEKIND']._serialized_start=1643
-  _globals['_KHALAFRAMEKIND']._serialized_end=1821
+  _globals['_KHALAFRAMEKIND']._serialized_start=2400
+  _globals['_KHALAFRAMEKIND']._serialized_end=2578
   _globals['_TOPICCURSOR']._serialized_start=86
-  _globals['_TOPICCURSOR']._serialized_end=133
-  _globals['_TOPICWATERMARK']._serialized_start=135
-  _globals['_TOPICWATERMARK']._serialized_end=185
-  _globals['_JOINED']._serialized_start=187
-  _globals['_JOINED']._serialized_end=308
-  _globals['_SUBSCRIBE']._serialized_start=311
-  _globals['_SUBSCRIBE']._serialized_end=440
-  _globals['_SUBSCRIBED']._serialized_start=442
-  _globals['_SUBSCRIBED']._serialized_end=559
-  _globals['_UNSUBSCRIBE']._serialized_start=561
-  _globals['_UNSUBSCRIBE']._serialized_end=590
-  _globals['_UNSUBSCRIBED']._serialized_start=592
-  _globals['_UNSUBSCRIBED']._serialized_end=647
-  _globals['_UPDATE']._serialized_start=650
-  _globals['_UPDATE']._serialized_end=797
-  _globals['_UPDATEBATCH']._serialized_start=800
-  _globals['_UPDATEBATCH']._serialized_end=944
-  _globals['_HEARTBEAT']._serialized_start=946
-  _globals['_HEARTBEAT']._serialized_end=1013
-  _globals['_STALETOPIC']._serialized_start=1016
-  _globals['_STALETOPIC']._serialized_end=1180
-  _globals['_ERROR']._serialized_start=1183
-  _globals['_ERROR']._serialized_end=1500
-  _globals['_KHALAFRAME']._serialized_start=1503
-  _globals['_KHALAFRAME']._serialized_end=1640
+  _globals['_TOPICCURSOR']._serialized_end=155
+  _globals['_TOPICWATERMARK']._serialized_start=157
+  _globals['_TOPICWATERMARK']._serialized_end=253
+  _globals['_JOIN']._serialized_start=255
+  _globals['_JOIN']._serialized_end=277
+  _globals['_JOINED']._serialized_start=280
+  _globals['_JOINED']._serialized_end=519
+  _globals['_SUBSCRIBE']._serialized_start=522
+  _globals['_SUBSCRIBE']._serialized_end=651
+  _globals['_SUBSCRIBED']._serialized_start=654
+  _globals['_SUBSCRIBED']._serialized_end=791
+  _globals['_UNSUBSCRIBE']._serialized_start=793
+  _globals['_UNSUBSCRIBE']._serialized_end=822
+  _globals['_UNSUBSCRIBED']._serialized_start=824
+  _globals['_UNSUBSCRIBED']._serialized_end=879
+  _globals['_UPDATE']._serialized_start=882
+  _globals['_UPDATE']._serialized_end=1029
+  _globals['_UPDATEBATCH']._serialized_start=1032
+  _globals['_UPDATEBATCH']._serialized_end=1176
+  _globals['_HEARTBEAT']._serialized_start=1178
+  _globals['_HEARTBEAT']._serialized_end=1245
+  _globals['_STALETOPIC']._serialized_start=1248
+  _globals['_STALETOPIC']._serialized_end=1452
+  _globals['_SNAPSHOTPLAN']._serialized_start=1454
+  _globals['_SNAPSHOTPLAN']._serialized_end=1535
+  _globals['_SNAPSHOTTOPIC']._serialized_start=1537
+  _globals['_SNAPSHOTTOPIC']._serialized_end=1657
+  _globals['_ERROR']._serialized_start=1660
+  _globals['_ERROR']._serialized_end=2257
+  _globals['_KHALAFRAME']._serialized_start=2260
+  _globals['_KHALAFRAME']._serialized_end=2397
 # @@protoc_insertion_point(module_scope)
