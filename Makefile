@@ -11,7 +11,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://root@127.0.0.1:5432/khala
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: run test test-python test-proto test-js venv deps-base deps-test migrate demo-user serve serve-uvicorn pytest proto-check js-deps js-test bench clean
+.PHONY: dev-signing-keys run test test-python test-proto test-js venv deps-base deps-test migrate demo-user serve serve-uvicorn pytest proto-check js-deps js-test bench clean
 
 $(VENV)/bin/activate:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Khala needs Python >= 3.11"'
@@ -44,8 +44,15 @@ serve: deps-base
 serve-uvicorn: deps-base
 	$(VENV)/bin/uvicorn --host $(HOST) --port $(PORT) --no-access-log khala_project.asgi:application
 
+# A development signing key in var/dev-signing-keys, generated once, used only when
+# KHALA_SIGNING_KEYS is unset (see README "Sync tokens" and docs/sync/KEY_ROTATION.md).
+run dev-signing-keys: export KHALA_SIGNING_KEYS_FILE ?= $(CURDIR)/var/dev-signing-keys
+dev-signing-keys: deps-base
+	@if [ -z "$$KHALA_SIGNING_KEYS" ] && [ ! -s "$$KHALA_SIGNING_KEYS_FILE" ]; then \
+		$(PY) manage.py sync_keys generate --output "$$KHALA_SIGNING_KEYS_FILE"; fi
+
 ## make run: install everything, migrate, ensure the demo user, start daphne on 127.0.0.1:8000.
-run: demo-user serve
+run: dev-signing-keys demo-user serve
 
 ## make test: the whole suite against PostgreSQL and Redis, plus proto checks and client suites.
 test: deps-test test-proto test-python test-js

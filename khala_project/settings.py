@@ -161,6 +161,7 @@ LOGGING = {
 KHALA: dict = json.loads(os.environ.get("KHALA_SETTINGS_JSON", "{}") or "{}")
 for _env_name, _key, _cast in [
     ("KHALA_SIGNING_KEYS", "SIGNING_KEYS", str),
+    ("KHALA_SIGNING_KEYS_FILE", "SIGNING_KEYS_FILE", str),
     ("KHALA_SERVICE_TOKEN", "SERVICE_TOKEN", str),
     ("KHALA_TOKEN_ISSUER", "TOKEN_ISSUER", str),
     ("KHALA_TOKEN_AUDIENCE", "TOKEN_AUDIENCE", str),

@@ -101,6 +101,19 @@ def test_signed_payload_that_is_not_json_is_invalid_format():
     assert rejected(token).reason == "invalid_token_format"
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"alg": "HS256", "kid": "kid-a", "crit": ["exp"]},
+        {"alg": "HS256", "kid": "kid-a", "b64": False, "crit": ["b64"]},
+        {"alg": "HS256", "kid": "kid-a", "b64": False},
+    ],
+    ids=repr,
+)
+def test_critical_and_unencoded_payload_headers_are_refused(header):
+    assert rejected(craft(valid_claims(), header=header)).reason == "invalid_token_format"
+
+
 def test_non_string_kid_is_invalid_format():
     assert rejected(craft(valid_claims(), header={"alg": "HS256", "kid": 42})).reason == "invalid_token_format"
 
