@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
+from django.utils import timezone
 
 
 def new_run_id() -> str:
@@ -71,7 +72,8 @@ class RunEvent(models.Model):
     seq = models.BigIntegerField()
     event_type = models.CharField(max_length=64)
     payload = models.JSONField(default=dict)
-    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+    # Set by the command (injectable clock), not by auto_now_add.
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
 
     class Meta:
         db_table = "runtime_run_events"
@@ -125,7 +127,8 @@ class CodexWorkerEvent(models.Model):
     seq = models.BigIntegerField()
     event_type = models.CharField(max_length=64)
     payload = models.JSONField(default=dict)
-    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
+    # Set by the command (injectable clock), not by auto_now_add.
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
 
     class Meta:
         db_table = "runtime_codex_worker_events"

@@ -1,0 +1,127 @@
+"""Authority commands: the only code that writes runs, codex workers and their events.
+
+Each command is one short transaction. ``seq`` is allocated under a row lock on the parent
+(``SELECT … FOR UPDATE``): concurrent appends to one run queue on that lock, so seqs are
+unique and gap-free; the (parent, seq) unique constraint is the backstop.
+
+Projection happens after COMMIT (``transaction.on_commit`` → ``projector.projector.
+project_after_commit``), best effort: the authority write never fails because projection did.
+"""
+
+from django.db import transaction
+from django.utils import timezone
+
+from runtime.models import (
+    TERMINAL_RUN_STATUSES,
+    CodexWorker,
+    CodexWorkerEvent,
+    Run,
+    RunEvent,
+    RunStatus,
+    WorkerStatus,
+)
+
+# Run events with a meaning for the run's status; any other well-formed type is just recorded.
+RUN_STARTED = "run.started"
+RUN_TERMINAL_EVENTS = {
+    "run.completed": RunStatus.COMPLETED,
+    "run.failed": RunStatus.FAILED,
+    "run.canceled": RunStatus.CANCELED,
+}
+WORKER_HEARTBEAT = "worker.heartbeat"
+WORKER_STATUS = "worker.status"  # payload {"status": one of WorkerStatus}
+WORKER_STOPPED_STATUSES = {WorkerStatus.STOPPED, WorkerStatus.FAILED}
+
+
+class CommandError(Exception):
+    """A refused command; ``code`` is stable and ``http_status`` is what the API answers."""
+
+    def __init__(self, code: str, message: str, http_status: int = 409):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+
+
+def _project_after_commit(entity: str, entity_id: str) -> None:
+    from projector.projector import project_after_commit
+
+    transaction.on_commit(lambda: project_after_commit(entity, entity_id))
+
+
+def create_run(owner, *, thread_id: str = "", now=None) -> Run:
+    with transaction.atomic():
+        run = Run.objects.create(owner=owner, thread_id=thread_id)
+        _project_after_commit("run", run.id)
+    return run
+
+
+def append_run_event(run_id: str, owner, event_type: str, payload: dict, *, now=None) -> RunEvent:
+    """Append the next event of a run owned by ``owner``. Raises ``Run.DoesNotExist`` or ``CommandError``."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        run = Run.objects.select_for_update().get(id=run_id, owner=owner)
+        if run.status in TERMINAL_RUN_STATUSES:
+            raise CommandError("run_terminal", f"run {run_id} is {run.status}; it takes no more events")
+        seq = run.latest_seq + 1
+        event = RunEvent.objects.create(run=run, seq=seq, event_type=event_type, payload=payload, created_at=now)
+        run.latest_seq = seq
+        if event_type == RUN_STARTED and run.status == RunStatus.CREATED:
+            run.status = RunStatus.RUNNING
+        elif event_type in RUN_TERMINAL_EVENTS:
+            run.status = RUN_TERMINAL_EVENTS[event_type]
+            run.terminal_at = now
+            run.terminal_reason_class = str(payload.get("reason_class") or "")[:64]
+            run.terminal_reason = str(payload.get("reason") or "")[:2000]
+        run.save()
+        _project_after_commit("run", run.id)
+    return event
+
+
+def create_codex_worker(owner, *, workspace_ref="", codex_home_ref="", adapter="", metadata=None) -> CodexWorker:
+    with transaction.atomic():
+        worker = CodexWorker.objects.create(
+            owner=owner,
+            workspace_ref=workspace_ref,
+            codex_home_ref=codex_home_ref,
+            adapter=adapter,
+            metadata=metadata or {},
+        )
+        _project_after_commit("codex_worker", worker.id)
+    return worker
+
+
+def append_worker_event(worker_id: str, owner, event_type: str, payload: dict, *, now=None) -> CodexWorkerEvent:
+    """Append the next event of a worker owned by ``owner`` (heartbeats and status changes included)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        worker = CodexWorker.objects.select_for_update().get(id=worker_id, owner=owner)
+        if worker.status in WORKER_STOPPED_STATUSES:
+            raise CommandError("worker_stopped", f"worker {worker_id} is {worker.status}; it takes no more events")
+        new_status = None
+        if event_type == WORKER_STATUS:
+            new_status = payload.get("status")
+            if new_status not in WorkerStatus.values:
+                raise CommandError(
+                    "invalid_status",
+                    f"worker.status needs payload.status in {sorted(WorkerStatus.values)}",
+                    http_status=422,
+                )
+        seq = worker.latest_seq + 1
+        event = CodexWorkerEvent.objects.create(
+            worker=worker, seq=seq, event_type=event_type, payload=payload, created_at=now
+        )
+        worker.latest_seq = seq
+        if event_type == WORKER_HEARTBEAT:
+            worker.last_heartbeat_at = now
+            if worker.status == WorkerStatus.STARTING:
+                new_status = WorkerStatus.RUNNING
+        if new_status:
+            worker.status = new_status
+            if new_status == WorkerStatus.RUNNING and worker.started_at is None:
+                worker.started_at = now
+            if new_status in WORKER_STOPPED_STATUSES:
+                worker.stopped_at = now
+        worker.save()
+        _project_after_commit("codex_worker", worker.id)
+    return event
