@@ -75,6 +75,8 @@ test-proto: deps-test node_modules/.package-lock.json
 
 # JavaScript suites (client package; node's test runner against a real server).
 test-js: deps-test
+	npm ci --prefix tests/phoenix_js --no-audit --no-fund
+	$(TEST_ENV) node --test tests/phoenix_js/*.test.mjs
 
 bench: deps-test
 	@echo "see bench/README.md for each benchmark's command"
