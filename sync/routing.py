@@ -1,3 +1,10 @@
-"""WebSocket routes (filled by the delivery engine)."""
+"""WebSocket routes: the sync socket under its gateway path and the Phoenix default path."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from sync.consumer import SyncSocket
+
+websocket_urlpatterns = [
+    path("sync/socket/websocket", SyncSocket()),
+    path("socket/websocket", SyncSocket()),
+]

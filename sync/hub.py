@@ -1,0 +1,417 @@
+"""The per-process fan-out hub: ONE per worker event loop, shared by all its sockets.
+
+What it does:
+
+- owns the worker's journal reader (``sync.journal.Journal``: one bounded connection pool) and
+  one channel-layer channel. It joins ``sync_topic.<topic>`` for topics that have local followers
+  and ``khala.revocations``;
+- on a hint for a followed topic — or when the periodic head check (every
+  ``HEAD_CHECK_INTERVAL_SECONDS``, one query for all followed topics) finds a head beyond what it
+  read — it reads the new journal rows ONCE per topic (topic-wide, no owner filter), encodes each
+  update ONCE, and offers the range to every local follower (``Session.offer``), which applies the
+  owner filter and its ``last_sent`` rule. Frames are shared between sockets that see the same
+  rows (``LiveBatch``). Hints are lossy; the head check is what makes a lost hint a delay only;
+- ticks every session (heartbeats, idle timeout) and re-checks revocation of all joined sessions
+  once per heartbeat interval (one query), besides reacting to ``sync.revoked`` hints.
+
+The hub never awaits a socket: offers only append to bounded outbound queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import weakref
+
+from channels.layers import get_channel_layer
+
+from khala_project.conf import khala_setting
+from projector.hints import HINT_TYPE, topic_group
+from sync import metrics
+from sync.journal import Journal, JournalPage
+from sync.policies import RevocationCheck
+from sync.protocol import (
+    KIND_UPDATE_BATCH,
+    UPDATE_BATCH,
+    TopicState,
+    batch_payload,
+    encode_khala_frame,
+    encode_push,
+    encode_update,
+    inline_limit,
+    may_see,
+    split_batches,
+)
+from sync.session import LiveRange
+
+log = logging.getLogger(__name__)
+
+REVOCATIONS_GROUP = "khala.revocations"
+REVOKED_TYPE = "sync.revoked"
+PUMP_READ_LIMIT = 1000
+KNOWN_TOPICS_TTL_SECONDS = 10.0
+
+
+class LiveBatch:
+    """The rows of one live range, encoded once; frames cached per distinct visible row set."""
+
+    def __init__(self, topic, start, end, rows, stream_epoch, *, inline_limit_bytes, max_count, max_bytes):
+        self.topic = topic
+        self.start = start
+        self.end = end
+        self.rows = rows
+        self.stream_epoch = stream_epoch
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.encoded = {row.watermark: encode_update(row, inline_limit_bytes) for row in rows}
+        self._by_org: dict = {}
+        self._by_rows: dict = {}
+
+    def frames_for(self, org_id: str, with_frames: bool) -> list:
+        """Shared frames (``join_ref`` null) for a live socket whose position is ``start``."""
+        key = (org_id, with_frames)
+        frames = self._by_org.get(key)
+        if frames is None:
+            visible = tuple(row for row in self.rows if may_see(row, org_id))
+            rows_key = (tuple(row.watermark for row in visible), with_frames)
+            frames = self._by_rows.get(rows_key)
+            if frames is None:
+                frames = self._encode(visible, with_frames, None)
+                self._by_rows[rows_key] = frames
+            self._by_org[key] = frames
+        return frames
+
+    def frames_after(self, after: int, org_id: str, with_frames: bool, join_ref) -> list:
+        """Frames for a socket already past ``start`` (rare: right after its replay)."""
+        visible = tuple(row for row in self.rows if row.watermark > after and may_see(row, org_id))
+        return self._encode(visible, with_frames, join_ref)
+
+    def _encode(self, visible, with_frames, join_ref) -> list:
+        out = []
+        pieces = split_batches([(row.watermark, self.encoded[row.watermark]) for row in visible], self.max_count, self.max_bytes)
+        committed = {row.watermark: row.inserted_at for row in visible}
+        for index, piece in enumerate(pieces):
+            through = self.end if index == len(pieces) - 1 else piece[-1][0]
+            payload = batch_payload(self.topic, [update for _, update in piece], True, through, self.stream_epoch)
+            committed_at = min(committed[wm] for wm, _ in piece)
+            out.append((encode_push(join_ref, UPDATE_BATCH, payload), committed_at))
+            if with_frames:
+                out.append((encode_khala_frame(join_ref, self.topic, piece[-1][0], KIND_UPDATE_BATCH, payload), None))
+        return out
+
+
+class TopicFeed:
+    def __init__(self, topic: str):
+        self.topic = topic
+        self.sessions: set = set()
+        self.cursor: int | None = None  # everything <= cursor was read and offered
+        self.stream_epoch: str | None = None
+        self.state: TopicState | None = None
+        self.pumping = False
+        self.again = False
+
+
+class Hub:
+    def __init__(self, *, journal: Journal | None = None, layer=None, clock=time.monotonic, rng=None):
+        self.journal = journal or Journal()
+        self.layer = layer if layer is not None else get_channel_layer()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.sessions: set = set()
+        self.feeds: dict[str, TopicFeed] = {}
+        self.revocation = RevocationCheck()
+        self.channel: str | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._spawned: set[asyncio.Task] = set()
+        self._known_topics: tuple = ()
+        self._known_at = -1e18
+        self.started = False
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.journal.open()
+        if self.layer is not None:
+            self.channel = await self.layer.new_channel("khala.hub.")
+            await self.layer.group_add(REVOCATIONS_GROUP, self.channel)
+            self._tasks.append(asyncio.create_task(self._receive_loop(), name="khala-hub-receive"))
+        self._tasks.append(asyncio.create_task(self._head_check_loop(), name="khala-hub-head-check"))
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="khala-hub-tick"))
+        self.started = True
+
+    async def stop(self) -> None:
+        for task in self._tasks + list(self._spawned):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._spawned, return_exceptions=True)
+        self._tasks.clear()
+        if self.layer is not None and self.channel is not None:
+            for group in [REVOCATIONS_GROUP] + [topic_group(topic) for topic in self.feeds]:
+                try:
+                    await self.layer.group_discard(group, self.channel)
+                except Exception:
+                    pass
+        await self.journal.close()
+        self.started = False
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+        task.add_done_callback(_log_failure)
+
+    # ---- what sessions use ------------------------------------------------------------------
+
+    def add(self, session) -> None:
+        self.sessions.add(session)
+
+    def remove(self, session) -> None:
+        self.sessions.discard(session)
+
+    def joined(self, session) -> None:
+        """A session joined (nothing to do yet: ticks and revocation checks cover all sessions)."""
+
+    async def known_topics(self) -> tuple:
+        now = self.clock()
+        if now - self._known_at > KNOWN_TOPICS_TTL_SECONDS or not self._known_topics:
+            self._known_topics = await self.journal.known_topics()
+            self._known_at = now
+        return self._known_topics
+
+    def follow(self, session, topic: str) -> None:
+        feed = self.feeds.get(topic)
+        if feed is None:
+            feed = self.feeds[topic] = TopicFeed(topic)
+            if self.layer is not None and self.channel is not None:
+                self._spawn(self.layer.group_add(topic_group(topic), self.channel), "khala-hub-group-add")
+        feed.sessions.add(session)
+        self._spawn(self._pump(feed, "follow"), "khala-hub-pump")
+
+    def unfollow(self, session, topic: str) -> None:
+        feed = self.feeds.get(topic)
+        if feed is None:
+            return
+        feed.sessions.discard(session)
+        if not feed.sessions:
+            del self.feeds[topic]
+            if self.layer is not None and self.channel is not None:
+                self._spawn(self.layer.group_discard(topic_group(topic), self.channel), "khala-hub-group-discard")
+
+    def head(self, topic: str) -> int:
+        feed = self.feeds.get(topic)
+        if feed is None:
+            return 0
+        head = feed.cursor or 0
+        if feed.state is not None:
+            head = max(head, feed.state.head_watermark)
+        return head
+
+    def topic_state(self, topic: str) -> TopicState | None:
+        feed = self.feeds.get(topic)
+        return feed.state if feed is not None else None
+
+    def topic_policy(self, topic: str) -> tuple:
+        """(replay_budget_events, qos_tier, snapshot_enabled) last seen for ``topic``."""
+        state = self.topic_state(topic)
+        if state is None:
+            return (10000, "warm", False)
+        return (state.replay_budget_events, state.qos_tier, state.snapshot_enabled)
+
+    # ---- reading and offering live rows ---------------------------------------------------------
+
+    async def _pump(self, feed: TopicFeed, trigger: str) -> None:
+        """Read the topic from the feed's cursor to the end of the journal and offer each range."""
+        if feed.pumping:
+            feed.again = True
+            return
+        feed.pumping = True
+        try:
+            while self.feeds.get(feed.topic) is feed:
+                feed.again = False
+                if feed.cursor is None:
+                    states = await self.journal.topic_states([feed.topic])
+                    state = states.get(feed.topic)
+                    if state is None:
+                        return
+                    feed.state, feed.cursor, feed.stream_epoch = state, state.head_watermark, state.stream_epoch
+                metrics.HUB_JOURNAL_READS.labels(trigger=trigger).inc()
+                page = await self.journal.read_after(feed.topic, feed.cursor, PUMP_READ_LIMIT)
+                if page.stream_epoch is None:
+                    return
+                if page.stream_epoch != feed.stream_epoch:
+                    # The journal was reset/restored: its watermarks are another history. Every
+                    # follower gets a range of the new epoch and reports stale_cursor.
+                    feed.stream_epoch = page.stream_epoch
+                    feed.cursor = page.head_watermark
+                    self._offer(feed, LiveRange(page.head_watermark, page.head_watermark, (), page.stream_epoch))
+                    continue
+                if page.rows:
+                    # A floor above the cursor means rows were pruned before this worker read
+                    # them: the range starts at the floor, so followers behind it see a gap,
+                    # read the journal, and report stale_cursor. Nothing is skipped silently.
+                    start = max(feed.cursor, page.pruned_through)
+                    end = page.rows[-1].watermark
+                    batch = LiveBatch(
+                        feed.topic, start, end, tuple(page.rows), feed.stream_epoch,
+                        inline_limit_bytes=inline_limit(
+                            int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), int(khala_setting("REPLAY_BATCH_MAX_BYTES"))
+                        ),
+                        max_count=int(khala_setting("REPLAY_BATCH_MAX_SIZE")),
+                        max_bytes=int(khala_setting("REPLAY_BATCH_MAX_BYTES")),
+                    )
+                    feed.cursor = end
+                    self._offer(feed, LiveRange(start, end, tuple(page.rows), feed.stream_epoch, batch))
+                if len(page.rows) < PUMP_READ_LIMIT and not feed.again:
+                    return
+        finally:
+            feed.pumping = False
+
+    def _offer(self, feed: TopicFeed, live: LiveRange) -> None:
+        for session in list(feed.sessions):
+            try:
+                session.offer(feed.topic, live)
+            except Exception:  # one broken session must not stop the fan-out
+                log.exception("offer to a session failed")
+                session.close("internal")
+
+    def page_for_epoch_change(self, topic: str):
+        """Topic state after the hub saw a new stream epoch (for the followers' stale payload)."""
+        feed = self.feeds.get(topic)
+        return JournalPage(
+            [],
+            feed.cursor if feed else 0,
+            feed.state.pruned_through if feed and feed.state else 0,
+            feed.stream_epoch if feed else None,
+        )
+
+    # ---- hints, head checks, ticks ------------------------------------------------------------
+
+    def on_hint(self, message: dict) -> None:
+        feed = self.feeds.get(message.get("topic"))
+        if feed is None:
+            return
+        watermark = message.get("watermark")
+        if feed.cursor is None or not isinstance(watermark, int) or watermark > feed.cursor or (
+            message.get("stream_epoch") not in (None, feed.stream_epoch)
+        ):
+            self._spawn(self._pump(feed, "hint"), "khala-hub-pump")
+
+    def on_revoked(self, message: dict) -> None:
+        sessions = set(message.get("session_ids") or ())
+        devices = set(message.get("device_ids") or ())
+        reason = message.get("reason") or "user_requested"
+        for session in list(self.sessions):
+            principal = session.principal
+            if principal is not None and (principal.session_id in sessions or principal.device_id in devices):
+                session.revoke(reason)
+
+    async def _receive_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # The layer lost Redis: hints are lost meanwhile, the head check covers them.
+                log.warning("hub: channel layer receive failed; retrying", exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            kind = message.get("type")
+            if kind == HINT_TYPE:
+                self.on_hint(message)
+            elif kind == REVOKED_TYPE:
+                self.on_revoked(message)
+
+    async def head_check(self) -> None:
+        """One query for all followed topics; pump every topic whose head is past its cursor."""
+        if not self.feeds:
+            return
+        states = await self.journal.topic_states(list(self.feeds))
+        for topic, state in states.items():
+            feed = self.feeds.get(topic)
+            if feed is None:
+                continue
+            feed.state = state
+            if feed.cursor is None:
+                continue
+            if state.head_watermark > feed.cursor or state.stream_epoch != feed.stream_epoch:
+                if not feed.pumping:
+                    metrics.HUB_LOST_HINT_CATCHUPS.inc()
+                self._spawn(self._pump(feed, "head_check"), "khala-hub-pump")
+
+    async def _head_check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(float(khala_setting("HEAD_CHECK_INTERVAL_SECONDS")))
+            try:
+                await self.head_check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("hub: head check failed", exc_info=True)
+
+    def tick(self, now: float) -> None:
+        for session in list(self.sessions):
+            session.tick(now)
+
+    async def check_revocations(self) -> None:
+        joined = [s for s in self.sessions if s.principal is not None and not s.closed]
+        if not joined:
+            return
+        revoked = await self.revocation.revoked_among({s.principal for s in joined})
+        for session in joined:
+            principal = session.principal
+            if principal is not None:
+                reason = revoked.get((principal.session_id, principal.device_id))
+                if reason:
+                    session.revoke(reason)
+
+    async def _tick_loop(self) -> None:
+        interval = float(khala_setting("HEARTBEAT_INTERVAL_SECONDS"))
+        step = max(min(1.0, interval / 4), 0.01)
+        next_revocation_check = self.clock() + interval
+        while True:
+            await asyncio.sleep(step)
+            now = self.clock()
+            self.tick(now)
+            if now >= next_revocation_check:
+                next_revocation_check = now + interval
+                self._spawn(self.check_revocations(), "khala-hub-revocations")
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("hub task %s failed", task.get_name(), exc_info=task.exception())
+
+
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future]" = weakref.WeakKeyDictionary()
+
+
+async def get_hub() -> Hub:
+    """The hub of the running event loop, started on first use."""
+    loop = asyncio.get_running_loop()
+    future = _hubs.get(loop)
+    if future is None:
+        future = loop.create_future()
+        _hubs[loop] = future
+        hub = Hub()
+        try:
+            await hub.start()
+        except BaseException as exc:
+            del _hubs[loop]
+            future.set_exception(exc)
+            future.exception()  # mark retrieved
+            raise
+        future.set_result(hub)
+    return await asyncio.shield(future)
+
+
+async def stop_hub() -> None:
+    """Stop the running loop's hub (tests; servers just exit)."""
+    loop = asyncio.get_running_loop()
+    future = _hubs.pop(loop, None)
+    if future is not None and future.done() and not future.exception():
+        await future.result().stop()

@@ -1,0 +1,155 @@
+"""Async reads of the journal and topic state: the ONLY database access of the WebSocket lane.
+
+Why not the ORM through ``sync_to_async``: ``thread_sensitive=True`` (the default) runs every call
+on one shared thread, serialising all sockets' replays, and each executor thread would hold its own
+connection (peers.md §D). Here one bounded ``psycopg_pool.AsyncConnectionPool`` per worker process
+(event loop) serves every socket: at most ``DB_POOL_MAX_SIZE`` connections whatever the number of
+sockets; a socket never holds a connection, it borrows one for a single statement.
+
+Every read that delivers rows returns the topic's ``pruned_through`` and ``stream_epoch`` from the
+SAME statement (one snapshot), so a reader can prove that no row after its cursor was pruned or
+replaced under it: retention raises ``pruned_through`` in the transaction that deletes the rows.
+
+Payloads are selected as ``payload::text`` and spliced into frames unparsed (``sync.protocol``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import connections
+from psycopg.conninfo import make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from khala_project.conf import khala_setting
+from sync.protocol import JournalRow, TopicState
+
+_ROW_COLUMNS = (
+    "e.watermark, e.doc_key, e.doc_version, e.owner, e.public, e.payload::text, e.payload_hash, "
+    "e.payload_bytes, extract(epoch from e.inserted_at)::float8"
+)
+
+# All rows after a cursor, topic-wide (the hub's live read).
+_READ_AFTER = f"""
+WITH seq AS (SELECT last_watermark, pruned_through, stream_epoch FROM sync_topic_sequences WHERE topic = %(topic)s)
+SELECT seq.last_watermark, seq.pruned_through, seq.stream_epoch, {_ROW_COLUMNS}
+FROM seq LEFT JOIN LATERAL (
+    SELECT * FROM sync_stream_events
+    WHERE topic = %(topic)s AND watermark > %(after)s
+    ORDER BY watermark LIMIT %(limit)s
+) e ON true
+ORDER BY e.watermark
+"""
+
+# Rows a principal may see in (after, through]: its org's rows merged with the public ones, each
+# branch an ordered scan of its own index (topic, owner, watermark) / partial (topic, watermark).
+_READ_VISIBLE = f"""
+WITH seq AS (SELECT last_watermark, pruned_through, stream_epoch FROM sync_topic_sequences WHERE topic = %(topic)s)
+SELECT seq.last_watermark, seq.pruned_through, seq.stream_epoch, {_ROW_COLUMNS}
+FROM seq LEFT JOIN LATERAL (
+    (SELECT * FROM sync_stream_events
+     WHERE topic = %(topic)s AND owner = %(owner)s AND NOT public
+       AND watermark > %(after)s AND watermark <= %(through)s
+     ORDER BY watermark LIMIT %(limit)s)
+    UNION ALL
+    (SELECT * FROM sync_stream_events
+     WHERE topic = %(topic)s AND public
+       AND watermark > %(after)s AND watermark <= %(through)s
+     ORDER BY watermark LIMIT %(limit)s)
+    ORDER BY watermark LIMIT %(limit)s
+) e ON true
+ORDER BY e.watermark
+"""
+
+_TOPIC_STATES = """
+SELECT topic, last_watermark, pruned_through, stream_epoch, replay_budget_events, qos_tier, snapshot_enabled
+FROM sync_topic_sequences WHERE topic = ANY(%(topics)s)
+"""
+
+_ALL_TOPICS = "SELECT topic FROM sync_topic_sequences ORDER BY topic"
+
+
+@dataclass(frozen=True, slots=True)
+class JournalPage:
+    """Rows read in one statement, with the topic's head, retention floor and epoch of that same
+    snapshot (all rows <= ``head_watermark`` are committed and visible in it). The three are None
+    when the topic does not exist."""
+
+    rows: list[JournalRow]
+    head_watermark: int | None
+    pruned_through: int | None
+    stream_epoch: str | None
+
+
+def django_conninfo(alias: str = "default") -> str:
+    """libpq conninfo of a Django database (the test database under pytest-django)."""
+    db = connections[alias].settings_dict
+    params = {
+        "dbname": db["NAME"],
+        "user": db.get("USER") or None,
+        "password": db.get("PASSWORD") or None,
+        "host": db.get("HOST") or None,
+        "port": str(db["PORT"]) if db.get("PORT") else None,
+        "application_name": "khala-sync",
+    }
+    return make_conninfo(**{k: v for k, v in params.items() if v is not None})
+
+
+class Journal:
+    """Async reader over a bounded pool. Create one per event loop (``sync.hub`` does)."""
+
+    def __init__(self, conninfo: str | None = None, *, max_size: int | None = None):
+        self._conninfo = conninfo or django_conninfo()
+        size = int(max_size or khala_setting("DB_POOL_MAX_SIZE"))
+        self.pool = AsyncConnectionPool(
+            self._conninfo,
+            min_size=1,
+            max_size=size,
+            open=False,
+            kwargs={"autocommit": True},
+            name="khala-sync",
+        )
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def _fetch(self, query: str, params: dict) -> list[tuple]:
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(query, params)
+            return await cursor.fetchall()
+
+    async def known_topics(self) -> tuple[str, ...]:
+        return tuple(row[0] for row in await self._fetch(_ALL_TOPICS, {}))
+
+    async def topic_states(self, topics) -> dict[str, TopicState]:
+        rows = await self._fetch(_TOPIC_STATES, {"topics": list(topics)})
+        return {
+            topic: TopicState(topic, head, pruned, epoch, budget, qos, snapshot)
+            for topic, head, pruned, epoch, budget, qos, snapshot in rows
+        }
+
+    async def read_after(self, topic: str, after: int, limit: int) -> JournalPage:
+        """Topic-wide rows with ``watermark > after``, ascending, at most ``limit``. Committed rows
+        are contiguous (commit order = watermark order), so no upper bound is needed."""
+        return self._page(topic, await self._fetch(_READ_AFTER, {"topic": topic, "after": after, "limit": limit}))
+
+    async def read_visible(self, topic: str, after: int, through: int, owner: str, limit: int) -> JournalPage:
+        """Rows ``after < watermark <= through`` that ``owner`` may see (its own or public).
+        Pass ``through=MAX_WATERMARK`` to read up to the head of the statement's snapshot."""
+        params = {"topic": topic, "after": after, "through": through, "owner": owner, "limit": limit}
+        return self._page(topic, await self._fetch(_READ_VISIBLE, params))
+
+    @staticmethod
+    def _page(topic: str, rows: list[tuple]) -> JournalPage:
+        if not rows:
+            return JournalPage([], None, None, None)
+        head, pruned, epoch = rows[0][0], rows[0][1], rows[0][2]
+        out = [
+            JournalRow(topic, wm, doc_key, version, owner, public, payload, bytes(digest) if digest else None, size, ts)
+            for _h, _p, _e, wm, doc_key, version, owner, public, payload, digest, size, ts in rows
+            if wm is not None
+        ]
+        return JournalPage(out, head, pruned, epoch)

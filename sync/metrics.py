@@ -1,0 +1,60 @@
+"""Prometheus metrics of the WebSocket delivery lane (all ``khala_*``; label values are bounded:
+result/status/reason/code strings from fixed sets, never ids, topics only from declared topics).
+
+Each worker process exports its own series on ``GET /metrics``.
+"""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACTIVE_CONNECTIONS = Gauge("khala_ws_active_connections", "Open sync WebSocket connections of this worker.")
+JOINS = Counter(
+    "khala_ws_joins_total",
+    "sync:v1 joins by result (ok | unauthorized | reauth_required | upgrade_required).",
+    ["result"],
+)
+SUBSCRIBES = Counter(
+    "khala_ws_subscribes_total",
+    "sync:subscribe requests by result (ok or the error code).",
+    ["result"],
+)
+RECONNECTS = Counter(
+    "khala_ws_reconnects_total",
+    "Subscribes that resumed from a cursor (a resume watermark > 0): how reconnects are counted.",
+)
+REPLAY_BATCHES = Counter("khala_replay_batches_total", "sync:update_batch frames built by replay and catch-up.")
+REPLAY_ROWS = Counter("khala_replay_rows_total", "Updates sent by replay and catch-up.")
+CATCHUP_DURATION = Histogram(
+    "khala_replay_catchup_duration_seconds",
+    "Wall time of a subscribe from request to reply (replay included), by status (ok | stale_cursor).",
+    ["status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+LIVE_DELIVERY_LAG = Histogram(
+    "khala_live_delivery_lag_seconds",
+    "Commit of a journal row (its inserted_at) to the live frame carrying it being written to the socket.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LIVE_FRAMES = Counter("khala_live_frames_total", "Live sync:update_batch frames queued to sockets.")
+STALE_CURSORS = Counter(
+    "khala_stale_cursors_total",
+    "Refused resume cursors by reason (stream_epoch_mismatch | cursor_ahead_of_head | "
+    "retention_floor_breach | replay_budget_exceeded).",
+    ["reason"],
+)
+SLOW_CONSUMER_CLOSES = Counter("khala_ws_slow_consumer_closes_total", "Sockets closed because their outbound queue overflowed.")
+HEARTBEAT_TIMEOUTS = Counter("khala_ws_heartbeat_timeouts_total", "Sockets closed after the idle timeout.")
+REVOCATION_CLOSES = Counter("khala_ws_revocation_closes_total", "Sockets closed because their session or device was revoked.")
+FRAMES_REJECTED = Counter(
+    "khala_ws_frames_rejected_total",
+    "Client frames answered with an error, by error code (sync.errors codes).",
+    ["code"],
+)
+HUB_JOURNAL_READS = Counter(
+    "khala_hub_journal_reads_total",
+    "Topic-wide journal reads by a worker's hub, by trigger (hint | head_check).",
+    ["trigger"],
+)
+HUB_LOST_HINT_CATCHUPS = Counter(
+    "khala_hub_head_check_catchups_total",
+    "Times a worker's periodic head check found rows no hint had announced (a lost or late hint).",
+)

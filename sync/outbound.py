@@ -1,0 +1,81 @@
+"""Per-socket bounded outbound queue and its writer (the only place frames reach the socket).
+
+A session never writes to the socket itself: it ``offer``s encoded frames here. One writer task
+per socket drains the queue through a ``SocketWriter`` (``sync.transport``) that waits until the
+server's transport has room. A client that stops reading therefore stops the writer, the queue
+fills, and ``offer`` returns False: the session closes the socket as ``slow_consumer``. Memory per
+socket is bounded by the queue limits; fan-out never awaits a socket, so one stuck client does not
+delay the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+
+from sync import metrics
+
+
+class OutboundQueue:
+    """FIFO of ``(text, committed_at)`` bounded by item count and total characters."""
+
+    def __init__(self, max_items: int, max_bytes: int):
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._items: deque = deque()
+        self._size = 0
+        self._ready = asyncio.Event()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def offer(self, text: str, committed_at: float | None = None) -> bool:
+        """Queue a frame; False when the queue is full (the caller closes the socket)."""
+        if self.closed:
+            return True  # the socket is going away; nothing to grow
+        length = len(text)
+        if len(self._items) >= self.max_items or (self._items and self._size + length > self.max_bytes):
+            return False
+        self._items.append((text, committed_at))
+        self._size += length
+        self._ready.set()
+        self._empty.clear()
+        return True
+
+    async def get(self) -> tuple[str, float | None]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        text, committed_at = self._items.popleft()
+        self._size -= len(text)
+        if not self._items:
+            self._empty.set()
+        return text, committed_at
+
+    async def wait_empty(self) -> None:
+        """Until every queued frame was taken by the writer (and handed to the transport)."""
+        await self._empty.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._items.clear()
+        self._size = 0
+        self._empty.set()
+
+
+async def run_writer(queue: OutboundQueue, writer, wall_clock=time.time) -> None:
+    """Drain ``queue`` into ``writer`` until cancelled. ``committed_at`` (a live frame's oldest row
+    commit time) feeds the commit → send lag histogram once the frame is handed to the transport."""
+    while True:
+        text, committed_at = await queue.get()
+        await writer.send_text(text)
+        if committed_at is not None:
+            metrics.LIVE_DELIVERY_LAG.observe(max(wall_clock() - committed_at, 0.0))

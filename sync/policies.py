@@ -1,0 +1,120 @@
+"""Join policies of the sync socket: one small class per decision, one hook each.
+
+- ``CompatibilityGate.check(params, claims)``: upstream §5.2, only when ``COMPAT_ENFORCED``.
+- ``TokenAuthentication.authenticate(token)``: ``tokens.verifier`` (CPU only, no database).
+- ``RevocationCheck.revoked_reason(principal)`` / ``revoked_among(principals)``: ``tokens.revocation``
+  (sync ORM) run through ``database_sync_to_async``; called at join and once per heartbeat
+  interval per worker (one query for all its sockets), never per frame.
+
+Each returns/raises values the session turns into frames with codes from ``sync.errors``.
+"""
+
+from __future__ import annotations
+
+from channels.db import database_sync_to_async
+
+from khala_project.conf import khala_setting
+from sync.errors import error_payload
+from sync.protocol import PROTOCOL_VERSION
+
+
+class JoinRefused(Exception):
+    """The join is refused with ``payload`` (an error-table payload); the socket then closes."""
+
+    def __init__(self, payload: dict):
+        super().__init__(payload["code"])
+        self.payload = payload
+        self.code = payload["code"]
+
+
+class CompatibilityGate:
+    """Refuses client builds/protocols/schemas outside the configured window (upstream §5.2)."""
+
+    def enabled(self) -> bool:
+        return bool(khala_setting("COMPAT_ENFORCED"))
+
+    def check(self, params: dict, claims: dict) -> None:
+        if not self.enabled():
+            return
+
+        def value(param, claim):
+            raw = params.get(param)
+            return raw if raw not in (None, "") else claims.get(claim)
+
+        build = value("client_build_id", "oa_client_build_id")
+        protocol = value("protocol_version", "oa_protocol_version")
+        schema = value("schema_version", "oa_schema_version")
+        min_build = khala_setting("COMPAT_MIN_CLIENT_BUILD_ID")
+        max_build = khala_setting("COMPAT_MAX_CLIENT_BUILD_ID") or None
+        min_schema = int(khala_setting("COMPAT_MIN_SCHEMA_VERSION"))
+        max_schema = int(khala_setting("COMPAT_MAX_SCHEMA_VERSION"))
+        expected_protocol = khala_setting("COMPAT_PROTOCOL_VERSION")
+        try:
+            schema_number = int(schema) if schema not in (None, "") else None
+        except (TypeError, ValueError):
+            schema_number = None
+        reason = None
+        if not isinstance(build, str) or not build.strip():
+            reason, message = "invalid_client_build", "client_build_id is required"
+        elif protocol != expected_protocol:
+            reason, message = "unsupported_protocol_version", f"protocol_version must be {expected_protocol!r}"
+        elif schema_number is None or not (min_schema <= schema_number <= max_schema):
+            reason, message = "unsupported_schema_version", f"schema_version must be within [{min_schema}, {max_schema}]"
+        elif build < min_build:
+            reason, message = "upgrade_required", f"client build is older than {min_build}"
+        elif max_build is not None and build > max_build:
+            reason, message = "unsupported_client_build", f"client build is newer than {max_build}"
+        if reason is not None:
+            raise JoinRefused(
+                error_payload(
+                    "upgrade_required",
+                    message,
+                    reason=reason,
+                    retryable=False,
+                    upgrade_required=True,
+                    surface="khala_websocket",
+                    min_client_build_id=min_build,
+                    max_client_build_id=max_build,
+                    min_schema_version=min_schema,
+                    max_schema_version=max_schema,
+                    protocol_version=expected_protocol or PROTOCOL_VERSION,
+                )
+            )
+
+
+class TokenAuthentication:
+    def authenticate(self, token):
+        from tokens.verifier import TokenRejected, verify_sync_token
+
+        try:
+            return verify_sync_token(token)
+        except TokenRejected as exc:
+            raise JoinRefused(error_payload("unauthorized", None, reason=exc.reason)) from None
+
+
+def reauth_payload(reason: str) -> dict:
+    return error_payload("reauth_required", None, reauth_required=True, reason=reason)
+
+
+class RevocationCheck:
+    async def revoked_reason(self, principal) -> str | None:
+        from tokens.revocation import revoked_reason
+
+        return await database_sync_to_async(revoked_reason)(principal.session_id, principal.device_id)
+
+    async def revoked_among(self, principals) -> dict:
+        """``{(session_id, device_id): reason}`` for the revoked ones among ``principals``."""
+        from tokens.revocation import revoked_among
+
+        principals = list(principals)
+        if not principals:
+            return {}
+        found = await database_sync_to_async(revoked_among)(
+            [p.session_id for p in principals], [p.device_id for p in principals]
+        )
+        out = {}
+        for p in principals:
+            reason = found["session_ids"].get(p.session_id) or found["device_ids"].get(p.device_id)
+            if reason:
+                out[(p.session_id, p.device_id)] = reason
+        return out

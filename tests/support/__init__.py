@@ -1,0 +1,1 @@
+"""Reusable test support: real ASGI server processes (``servers``) and their pytest fixtures."""
