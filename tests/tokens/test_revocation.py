@@ -205,6 +205,27 @@ def test_revocation_is_visible_from_a_second_process():
     assert json.loads(result.stdout.strip().splitlines()[-1]) == ["compromised", "compromised", None]
 
 
+async def _next_of_type(layer, channel, message_type):
+    while True:
+        message = await layer.receive(channel)
+        if message["type"] == message_type:
+            return message
+
+
+async def _until_subscribed(layer, channel, timeout=10.0):
+    # SUBSCRIBE is sent without waiting for Redis to confirm it, so probe the group until a probe
+    # comes back: from then on a publish to the group reaches us.
+    async def probe():
+        while True:
+            await layer.group_send(revocation.REVOCATIONS_GROUP, {"type": "test.probe"})
+            try:
+                return await asyncio.wait_for(_next_of_type(layer, channel, "test.probe"), timeout=0.5)
+            except asyncio.TimeoutError:
+                continue
+
+    await asyncio.wait_for(probe(), timeout=timeout)
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_sync_revoked_is_sent_on_the_redis_layer_after_commit():
     layer = get_channel_layer()
@@ -212,8 +233,9 @@ async def test_sync_revoked_is_sent_on_the_redis_layer_after_commit():
     channel = await layer.new_channel()
     await layer.group_add(revocation.REVOCATIONS_GROUP, channel)
     try:
+        await _until_subscribed(layer, channel)
         await database_sync_to_async(revocation.revoke)(["sess_live"], ["dev_live"], "Admin_Kick")
-        message = await asyncio.wait_for(layer.receive(channel), timeout=10)
+        message = await asyncio.wait_for(_next_of_type(layer, channel, "sync.revoked"), timeout=10)
     finally:
         await layer.group_discard(revocation.REVOCATIONS_GROUP, channel)
     assert message == {
