@@ -1,0 +1,110 @@
+"""Heartbeats and the idle timeout of ``sync.session.Session``, driven by a fake clock."""
+
+import asyncio
+import json
+import random
+
+import pytest
+
+from sync.outbound import OutboundQueue
+from sync.session import Session, Status
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class FakeClock:
+    def __init__(self, now=1000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class FakeHub:
+    """Just enough hub for a session that joins and is never subscribed."""
+
+    def __init__(self):
+        self.rng = random.Random(7)
+        self.joined_sessions = []
+
+    def joined(self, session):
+        self.joined_sessions.append(session)
+
+    def head(self, topic):
+        return 0
+
+
+def drain(queue: OutboundQueue) -> list:
+    frames = []
+    while len(queue):
+        text, _ = queue._items.popleft()
+        frames.append(json.loads(text))
+    queue._size = 0
+    return frames
+
+
+async def joined_session(mint, settings_khala):
+    clock = FakeClock()
+    closes = []
+    queue = OutboundQueue(100, 1 << 20)
+    session = Session(
+        FakeHub(),
+        params={"token": mint(1)},
+        close_socket=lambda code, flush, last=None: closes.append(code),
+        outbound=queue,
+        clock=clock,
+    )
+    task = asyncio.create_task(session.run())
+    session.handle_text(json.dumps(["1", "1", "sync:v1", "phx_join", {}]))
+    for _ in range(200):  # the join runs on the session's task; wait for its reply
+        if len(queue):
+            break
+        await asyncio.sleep(0.01)
+    [reply] = drain(queue)
+    assert reply[4]["status"] == "ok"
+    return session, clock, queue, closes, task
+
+
+async def test_server_heartbeats_follow_the_interval(mint, khala):
+    khala(HEARTBEAT_INTERVAL_SECONDS=15.0, HEARTBEAT_TIMEOUT_SECONDS=60.0)
+    session, clock, queue, closes, task = await joined_session(mint, khala)
+    first = session.next_heartbeat
+    assert 1000.0 <= first <= 1015.0  # jittered within the first interval
+    session.tick(first - 0.001)
+    assert drain(queue) == []
+    session.tick(first)
+    [beat] = drain(queue)
+    assert beat[2:4] == ["sync:v1", "sync:heartbeat"] and beat[4] == {"watermarks": []}
+    session.tick(first + 14.9)
+    assert drain(queue) == []
+    clock.now = first + 15
+    session.handle_text(json.dumps([None, "9", "phoenix", "heartbeat", {}]))  # activity
+    assert drain(queue)[0][3] == "phx_reply"
+    session.tick(first + 15)
+    assert [f[3] for f in drain(queue)] == ["sync:heartbeat"]
+    assert closes == []
+    task.cancel()
+
+
+async def test_idle_socket_is_closed_after_the_timeout(mint, khala):
+    khala(HEARTBEAT_INTERVAL_SECONDS=15.0, HEARTBEAT_TIMEOUT_SECONDS=60.0)
+    session, clock, queue, closes, task = await joined_session(mint, khala)
+    clock.now = 1050.0
+    session.handle_text(json.dumps(["1", "2", "sync:v1", "sync:heartbeat", {}]))  # activity at 1050
+    drain(queue)
+    session.tick(1109.9)
+    assert closes == []
+    drain(queue)
+    session.tick(1110.0)
+    frames = drain(queue)
+    assert frames[-1][3] == "sync:error"
+    assert frames[-1][4] == {
+        "code": "heartbeat_timeout",
+        "message": "no client activity within the heartbeat timeout",
+        "action": "disconnect",
+    }
+    assert closes == [4408]
+    assert session.status is Status.CLOSED
+    session.tick(2000.0)  # closed sessions stay quiet
+    assert drain(queue) == [] and closes == [4408]
+    task.cancel()
