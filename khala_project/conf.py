@@ -79,6 +79,10 @@ DEFAULTS: dict = {
     "HYDRATION_PAGE_MAX_SIZE": 1000,
     # --- surfaces ---
     "WEB_SYNC_ENABLED": False,
+    # Rollout cohort of the web lane (docs/sync/RUNTIME_CODEX_CUTOVER_RUNBOOK.md): with the flag on,
+    # staff always get the WebSocket lane and other users when a stable hash of their id is below
+    # this percentage (0 = staff only, 100 = everyone).
+    "WEB_SYNC_COHORT_PERCENT": 100,
 }
 
 

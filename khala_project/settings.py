@@ -170,6 +170,7 @@ for _env_name, _key, _cast in [
     ("KHALA_HEARTBEAT_TIMEOUT_SECONDS", "HEARTBEAT_TIMEOUT_SECONDS", float),
     ("KHALA_DB_POOL_MAX_SIZE", "DB_POOL_MAX_SIZE", int),
     ("KHALA_WEB_SYNC_ENABLED", "WEB_SYNC_ENABLED", lambda v: v.strip().lower() in {"1", "true", "yes", "on"}),
+    ("KHALA_WEB_SYNC_COHORT_PERCENT", "WEB_SYNC_COHORT_PERCENT", int),
 ]:
     if os.environ.get(_env_name):
         KHALA[_key] = _cast(os.environ[_env_name])

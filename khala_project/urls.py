@@ -2,12 +2,15 @@ from django.contrib import admin
 from django.urls import include, path
 
 from khala_project import health
+from sync import live_view
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),  # GET /metrics
     path("admin/", admin.site.urls),
+    path("live/", live_view.live_page, name="live"),
+    path("live/state.json", live_view.live_state_view, name="live-state"),
     path("", include("runtime.urls")),
     path("", include("projector.urls")),
     path("", include("tokens.urls")),

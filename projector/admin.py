@@ -103,7 +103,6 @@ class TopicSequenceAdmin(admin.ModelAdmin):
         "journal_bytes",
         "live_connections",
         "subscribers",
-        "stale_cursors_last_hour",
         "retention",
         "replay_budget_events",
         "epoch",
@@ -183,20 +182,15 @@ class TopicSequenceAdmin(admin.ModelAdmin):
         estimates = journal_stats.estimated_topic_bytes(self._stats(request), self._journal_table(request))
         return _fmt_bytes(estimates.get(obj.topic))
 
-    @admin.display(description="live connections")
+    @admin.display(description="live connections (this worker)")
     def live_connections(self, obj):
         status = self._delivery(self._request)
         return "n/a" if status is None else status.connections
 
-    @admin.display(description="subscribers")
+    @admin.display(description="subscribers (this worker)")
     def subscribers(self, obj):
         status = self._delivery(self._request)
         return "n/a" if status is None else status.subscribers.get(obj.topic, 0)
-
-    @admin.display(description="stale cursors (1 h)")
-    def stale_cursors_last_hour(self, obj):
-        status = self._delivery(self._request)
-        return "n/a" if status is None else status.stale_cursors_last_hour.get(obj.topic, 0)
 
     @admin.display(description="retention", ordering="retention_seconds")
     def retention(self, obj):
@@ -250,11 +244,18 @@ class TopicSequenceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Bump stream epoch (every client re-snapshots)", permissions=["change"])
     def bump_epoch(self, request, queryset):
-        from projector.admin_actions import bump_epochs
-
         if request.POST.get("confirm") == "yes":
-            for line in bump_epochs([t.topic for t in queryset]):
-                self.message_user(request, line, messages.WARNING)
+            from projector.topics import bump_stream_epoch
+
+            for topic in queryset:
+                new_epoch = bump_stream_epoch(topic.topic)
+                log.warning("stream epoch of %s bumped by %s: %s -> %s", topic.topic, request.user, topic.stream_epoch, new_epoch)
+                self.log_change(request, topic, f"stream epoch bumped {topic.stream_epoch} -> {new_epoch}")
+                self.message_user(
+                    request,
+                    f"{topic.topic}: stream epoch {topic.stream_epoch[:8]}… → {new_epoch[:8]}…; every client of the topic re-snapshots.",
+                    messages.WARNING,
+                )
             return None
         delivery = self._delivery(request)
         context = {
@@ -468,7 +469,6 @@ def overview_view(request):
                 "head_age_seconds": head_age,
                 "rows_last_hour": sum(series.rows_per_bucket.get(topic, [])),
                 "rows_last_minute": (series.rows_per_bucket.get(topic) or [0])[-1],
-                "delivery_lag": delivery.delivery_lag.get(topic) if delivery else None,
             }
         )
     context = {

@@ -237,3 +237,35 @@ def test_overview_chart_counts_recent_writes(admin_client, journal):
     lines = {line["topic"]: line for line in response.context["chart"]["lines"]}
     assert lines[RUN_SUMMARIES]["total"] == 6
     assert lines[CODEX_WORKER_SUMMARIES]["total"] == 1
+
+
+def _action(admin_client, action, topics, **extra):
+    return admin_client.post(
+        reverse("admin:projector_topicsequence_changelist"),
+        {"action": action, "_selected_action": list(topics), **extra},
+    )
+
+
+def test_bump_epoch_without_confirmation_changes_nothing(admin_client, journal):
+    before = TopicSequence.objects.get(topic=RUN_SUMMARIES).stream_epoch
+    response = _action(admin_client, "bump_epoch", [RUN_SUMMARIES])
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "Every client of this topic will re-snapshot" in html and before in html
+    assert TopicSequence.objects.get(topic=RUN_SUMMARIES).stream_epoch == before
+    # a forged "confirm" with another value is not a confirmation either
+    _action(admin_client, "bump_epoch", [RUN_SUMMARIES], confirm="maybe")
+    assert TopicSequence.objects.get(topic=RUN_SUMMARIES).stream_epoch == before
+
+
+def test_bump_epoch_after_confirmation_changes_only_the_selected_topics(admin_client, journal):
+    epochs = dict(TopicSequence.objects.values_list("topic", "stream_epoch"))
+    heads = dict(TopicSequence.objects.values_list("topic", "last_watermark"))
+    response = _action(admin_client, "bump_epoch", [RUN_SUMMARIES], confirm="yes")
+    assert response.status_code == 302
+    after = dict(TopicSequence.objects.values_list("topic", "stream_epoch"))
+    assert after[RUN_SUMMARIES] != epochs[RUN_SUMMARIES]
+    assert {t: e for t, e in after.items() if t != RUN_SUMMARIES} == {t: e for t, e in epochs.items() if t != RUN_SUMMARIES}
+    assert dict(TopicSequence.objects.values_list("topic", "last_watermark")) == heads  # watermarks untouched
+    messages = [str(m) for m in admin_client.get(response.url).context["messages"]]
+    assert any("re-snapshots" in m for m in messages)
