@@ -103,6 +103,9 @@ def broken_links(source, root=ROOT):
             problems.append(f"{target}: points outside the repository")
         elif not path.exists():
             problems.append(f"{target}: {path.relative_to(root.resolve())} does not exist")
+        elif path.is_dir() and not any(child.is_file() for child in path.rglob("*")):
+            # git keeps no empty folders: the link would be broken in every clone.
+            problems.append(f"{target}: {path.relative_to(root.resolve())} is an empty folder")
         elif anchor and path.suffix == ".md" and anchor not in anchors(path):
             problems.append(f"{target}: no heading with anchor #{anchor} in {path.name}")
     return problems
@@ -167,6 +170,7 @@ def test_checker_finds_broken_files_anchors_and_unreachable_pages(tmp_path):
         "# The `sync:v1` page\n\n## Errors & codes\n\n## Errors & codes\n<a id=\"custom\"></a>\n", encoding="utf-8"
     )
     (docs / "orphan.md").write_text("# Orphan\n", encoding="utf-8")
+    (docs / "empty").mkdir()
     (docs / "README.md").write_text(
         "\n".join(
             [
@@ -178,6 +182,7 @@ def test_checker_finds_broken_files_anchors_and_unreachable_pages(tmp_path):
                 "```",
                 "[not a link either](nope3.md)",
                 "```",
+                "[empty folder](empty/)",
                 "[ref]: missing-ref.md",
             ]
         ),
@@ -188,6 +193,7 @@ def test_checker_finds_broken_files_anchors_and_unreachable_pages(tmp_path):
         "nope.md",
         "sub/page.md#errors",
         "../../etc/passwd",
+        "empty/",
         "missing-ref.md",
     ]
     reachable = reachable_pages(docs / "README.md", root=tmp_path)
