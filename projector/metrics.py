@@ -55,6 +55,16 @@ PROJECTION_FAILURES = Counter(
     "Best-effort projections after an authority commit that raised (the authority write stood).",
     ["entity"],
 )
+REPROJECTIONS = Counter(
+    "khala_reprojection_entities_total",
+    "Entities re-projected (scope = run | codex_worker; result = written | unchanged | not_found | error).",
+    ["scope", "result"],
+)
+REPROJECTION_DURATION = Histogram(
+    "khala_reprojection_duration_seconds",
+    "Wall time to re-project one entity.",
+    ["scope"],
+)
 RETENTION_DELETED = Counter(
     "khala_retention_deleted_total",
     "Journal rows deleted by retention.",

@@ -267,16 +267,24 @@ def project_document(
     return ProjectionResult(projection, entity_id, doc_key, result.written, decision.reason, result.watermark)
 
 
-def project_run(run_id: str, *, verify_read_model: bool = False, now=None) -> list[ProjectionResult]:
-    """Project a run's summary (and, once terminal, its notification). Raises ``Run.DoesNotExist``."""
+def _wanted(topics, topic: str) -> bool:
+    return topics is None or topic in topics
+
+
+def project_run(run_id: str, *, verify_read_model: bool = False, now=None, topics=None) -> list[ProjectionResult]:
+    """Project a run's summary (and, once terminal, its notification). Raises ``Run.DoesNotExist``.
+
+    ``topics`` (a set) limits which documents are considered (reprojection of one topic).
+    """
+    results = []
     with transaction.atomic():
         run = Run.objects.get(id=run_id)
         events = RunEvent.objects.filter(run_id=run_id)
         event_count = events.count()
         latest_event = events.order_by("-seq").first()
         owner = owner_string(run.owner_id)
-        results = [
-            project_document(
+        if _wanted(topics, RUN_SUMMARIES):
+            results.append(project_document(
                 RUN_SUMMARY,
                 run.id,
                 RUN_SUMMARIES,
@@ -286,9 +294,8 @@ def project_run(run_id: str, *, verify_read_model: bool = False, now=None) -> li
                 run_summary(run, event_count, latest_event),
                 verify_read_model=verify_read_model,
                 now=now,
-            )
-        ]
-        if run.is_terminal:
+            ))
+        if run.is_terminal and _wanted(topics, NOTIFICATIONS):
             results.append(
                 project_document(
                     RUN_NOTIFICATION,
@@ -305,16 +312,19 @@ def project_run(run_id: str, *, verify_read_model: bool = False, now=None) -> li
     return results
 
 
-def project_codex_worker(worker_id: str, *, verify_read_model: bool = False, now=None) -> list[ProjectionResult]:
+def project_codex_worker(
+    worker_id: str, *, verify_read_model: bool = False, now=None, topics=None
+) -> list[ProjectionResult]:
     """Project a worker's summary and its events not yet projected. Raises ``CodexWorker.DoesNotExist``."""
+    results = []
     with transaction.atomic():
         worker = CodexWorker.objects.get(id=worker_id)
         events = CodexWorkerEvent.objects.filter(worker_id=worker_id)
         stats = events.aggregate(count=Count("id"), latest=Max("seq"))
         latest_event = events.order_by("-seq").first()
         owner = owner_string(worker.owner_id)
-        results = [
-            project_document(
+        if _wanted(topics, CODEX_WORKER_SUMMARIES):
+            results.append(project_document(
                 CODEX_WORKER_SUMMARY,
                 worker.id,
                 CODEX_WORKER_SUMMARIES,
@@ -324,9 +334,9 @@ def project_codex_worker(worker_id: str, *, verify_read_model: bool = False, now
                 worker_summary(worker, stats["count"], latest_event),
                 verify_read_model=verify_read_model,
                 now=now,
-            )
-        ]
-        results.extend(_project_worker_events(worker, owner, verify_read_model=verify_read_model, now=now))
+            ))
+        if _wanted(topics, CODEX_WORKER_EVENTS):
+            results.extend(_project_worker_events(worker, owner, verify_read_model=verify_read_model, now=now))
     return results
 
 

@@ -1,0 +1,126 @@
+"""Journal retention (KHALA-009): tail-prune each topic by its window, in bounded batches.
+
+What is deleted: a *prefix* of the topic's journal in watermark order, never a middle row. The
+cutoff watermark is the watermark of the newest row inserted before ``now - retention_seconds``;
+every row at or below it goes, oldest first, ``batch_size`` rows per statement (each batch its own
+short transaction: no long locks, no per-row deletes).
+
+The retention floor: each batch statement deletes its rows AND raises
+``sync_topic_sequences.pruned_through`` to the highest watermark it deleted, atomically
+(``GREATEST``: the floor never moves backwards). So in every snapshot, every row at or below
+``pruned_through`` is gone and every row above it that ever committed is still there. Delivery
+answers ``stale_cursor`` for ``resume_after < pruned_through``; a cursor at or above it replays
+completely. (Upstream derived the floor from ``MIN(watermark)`` of the rows left, which is
+undefined once a topic is fully pruned, so a client could silently skip history.)
+
+Racing writers cannot corrupt the floor: the cutoff is chosen among *committed* rows, and because
+commit order equals watermark order (``projector.allocator``) any transaction still in flight will
+commit a watermark above every committed one, hence above the cutoff.
+
+Only journal rows are deleted; read models and checkpoints are never compacted.
+"""
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from django.db import connection
+from django.utils import timezone
+
+from khala_project.conf import khala_setting
+from projector import metrics
+from projector.models import TopicSequence
+
+_CUTOFF_SQL = """
+SELECT watermark FROM sync_stream_events
+ WHERE topic = %s AND inserted_at < %s
+ ORDER BY inserted_at DESC, watermark DESC
+ LIMIT 1
+"""
+
+_DELETE_BATCH_SQL = """
+WITH doomed AS (
+    SELECT id FROM sync_stream_events
+     WHERE topic = %(topic)s AND watermark <= %(cutoff)s
+     ORDER BY watermark
+     LIMIT %(batch)s
+),
+deleted AS (
+    DELETE FROM sync_stream_events AS e USING doomed AS d WHERE e.id = d.id RETURNING e.watermark
+),
+floor AS (
+    UPDATE sync_topic_sequences
+       SET pruned_through = GREATEST(pruned_through, (SELECT max(watermark) FROM deleted)), updated_at = now()
+     WHERE topic = %(topic)s AND EXISTS (SELECT 1 FROM deleted)
+    RETURNING pruned_through
+)
+SELECT (SELECT count(*) FROM deleted), (SELECT pruned_through FROM floor)
+"""
+
+_STATS_SQL = """
+SELECT (SELECT min(watermark) FROM sync_stream_events WHERE topic = %s), last_watermark, pruned_through
+  FROM sync_topic_sequences WHERE topic = %s
+"""
+
+
+@dataclass(frozen=True)
+class TopicRetention:
+    topic: str
+    retention_seconds: int
+    cutoff: dt.datetime
+    deleted: int
+    batches: int
+    pruned_through: int
+    oldest_watermark: int | None  # None: the journal of this topic is empty
+    head_watermark: int
+
+
+def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_size: int) -> TopicRetention:
+    cutoff = now - dt.timedelta(seconds=retention_seconds)
+    deleted = batches = 0
+    with connection.cursor() as cursor:  # autocommit: each statement below is its own transaction
+        cursor.execute(_CUTOFF_SQL, [topic, cutoff])
+        row = cursor.fetchone()
+        if row is not None:
+            cutoff_watermark = row[0]
+            while True:
+                cursor.execute(_DELETE_BATCH_SQL, {"topic": topic, "cutoff": cutoff_watermark, "batch": batch_size})
+                count, _floor = cursor.fetchone()
+                if count:
+                    batches += 1
+                    deleted += count
+                    metrics.RETENTION_DELETED.labels(topic=topic).inc(count)
+                if count < batch_size:
+                    break
+        cursor.execute(_STATS_SQL, [topic, topic])
+        oldest, head, pruned_through = cursor.fetchone()
+    metrics.JOURNAL_OLDEST_WATERMARK.labels(topic=topic).set(oldest or 0)
+    metrics.JOURNAL_HEAD_WATERMARK.labels(topic=topic).set(head)
+    metrics.JOURNAL_PRUNED_THROUGH.labels(topic=topic).set(pruned_through)
+    return TopicRetention(topic, retention_seconds, cutoff, deleted, batches, pruned_through, oldest, head)
+
+
+def run_once(
+    *,
+    now: dt.datetime | None = None,
+    topic: str | None = None,
+    batch_size: int | None = None,
+    horizon_seconds: int | None = None,
+) -> list[TopicRetention]:
+    """One pass over every declared topic (or just ``topic``). Raises ``TopicSequence.DoesNotExist``.
+
+    ``horizon_seconds`` (optional) caps every topic's window: effective = min(policy, horizon).
+    """
+    now = now or timezone.now()
+    batch_size = batch_size or khala_setting("RETENTION_BATCH_SIZE")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    topics = TopicSequence.objects.order_by("topic")
+    if topic is not None:
+        topics = [TopicSequence.objects.get(topic=topic)]
+    reports = []
+    for row in topics:
+        window = row.retention_seconds if horizon_seconds is None else min(row.retention_seconds, horizon_seconds)
+        reports.append(prune_topic(row.topic, now=now, retention_seconds=window, batch_size=batch_size))
+    metrics.RETENTION_LAST_RUN.set(time.time())
+    return reports
