@@ -1,0 +1,133 @@
+"""Fixtures of the Python client's integration tests: a REAL Khala server (daphne processes from
+``tests.support``) on the pytest-django test database, real Redis, a user with an API token, and
+writes through the real sink. The unit tests in this folder need none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+if str(REPO) not in sys.path:  # the server's apps and the shared process harness
+    sys.path.insert(0, str(REPO))
+
+from tests.support.fixtures import asgi_server  # noqa: E402,F401  (fixture re-export)
+from tests.support.servers import start_server, test_database_url  # noqa: E402
+
+SIGNING_KEYS = "kclient1:khala-client-tests-signing-secret-0123456789"
+V1_TOPICS = ["runtime.run_summaries", "runtime.codex_worker_summaries", "runtime.codex_worker_events", "runtime.notifications"]
+
+
+async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02, message: str = "condition"):
+    """Poll ``predicate`` (sync) until it is truthy; fail with ``message`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        await asyncio.sleep(interval)
+
+
+class KhalaEnv:
+    """One test's server (restartable on the same port), user, and write/read helpers."""
+
+    def __init__(self, settings, khala: dict):
+        self.settings = settings
+        self.khala = khala
+        self.server = None
+        self.port = 0
+
+    # -- server --
+    def start(self):
+        self.server = start_server(
+            "daphne",
+            database_url=test_database_url(),
+            redis_url=self.settings.REDIS_URL,
+            channel_prefix=self.settings.KHALA_CHANNEL_PREFIX,
+            khala=self.khala,
+            port=self.port,
+        )
+        self.port = self.server.port
+        return self.server
+
+    @property
+    def url(self) -> str:
+        return self.server.http_url
+
+    def kill(self):
+        self.server.kill()
+
+    def restart(self):
+        """SIGKILL the worker and start a new one on the same port (clients keep their URL)."""
+        self.server.kill()
+        return self.start()
+
+    def stop(self):
+        if self.server is not None and self.server.alive():
+            self.server.stop()
+
+    # -- users and tokens --
+    def make_user(self, username: str):
+        from django.contrib.auth import get_user_model
+        from rest_framework.authtoken.models import Token
+
+        user = get_user_model().objects.create_user(username=username, password="pw")
+        return user, Token.objects.create(user=user).key, f"user:{user.pk}"
+
+    def token_provider(self, api_token: str, scopes=None, calls: list | None = None):
+        """Mints a fresh sync token over HTTP on every call (what a real app does)."""
+        from khala_client import HttpApi
+
+        async def provide():
+            data = await HttpApi(self.url).mint_sync_token(api_token, scopes=scopes or V1_TOPICS)
+            if calls is not None:
+                calls.append(data)
+            return data["token"]
+
+        return provide
+
+    # -- writes and read models (the test process writes through the real sink) --
+    def write(self, topic, doc_key, doc_version, payload, owner, public=False):
+        from projector.sink import project
+
+        return project(topic, doc_key, doc_version, payload, owner, public=public)
+
+    def write_many(self, writes):
+        from projector.sink import DocumentWrite, project_many
+
+        return project_many([DocumentWrite(*w) for w in writes])
+
+    def read_models(self, topic, owner):
+        from django.db.models import Q
+
+        from projector.models import ReadModelDocument
+
+        rows = ReadModelDocument.objects.filter(Q(owner=owner) | Q(public=True), topic=topic)
+        return {r.doc_key: (r.doc_version, r.payload) for r in rows}
+
+    def head(self, topic) -> int:
+        from projector.models import TopicSequence
+
+        return TopicSequence.objects.get(topic=topic).last_watermark
+
+
+def cache_state(client, topic):
+    return {k: (d.doc_version, d.payload) for k, d in client.documents(topic).items()}
+
+
+@pytest.fixture
+def khala_env(transactional_db, settings):
+    """A running server with signing keys and fast heartbeats; the v1 topics declared."""
+    from projector.topics import ensure_v1_topics
+
+    ensure_v1_topics()  # transactional_db truncates tables between tests, seeded rows included
+    env = KhalaEnv(settings, {"SIGNING_KEYS": SIGNING_KEYS, "HEARTBEAT_INTERVAL_SECONDS": 1.0})
+    yield env
+    env.stop()
