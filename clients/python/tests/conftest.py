@@ -24,10 +24,12 @@ V1_TOPICS = ["runtime.run_summaries", "runtime.codex_worker_summaries", "runtime
 
 
 async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02, message: str = "condition"):
-    """Poll ``predicate`` (sync) until it is truthy; fail with ``message`` after ``timeout``."""
+    """Poll ``predicate`` (sync or async) until it is truthy; fail with ``message`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
         if value:
             return value
         if time.monotonic() > deadline:
@@ -116,6 +118,19 @@ class KhalaEnv:
         from projector.models import TopicSequence
 
         return TopicSequence.objects.get(topic=topic).last_watermark
+
+
+def db(fn, *args, **kwargs):
+    """Run ORM code from an async test (its own thread; the connection is closed afterwards)."""
+    from channels.db import database_sync_to_async
+
+    return database_sync_to_async(fn)(*args, **kwargs)
+
+
+async def converged(client, env, topic, owner) -> bool:
+    """The client's cache equals the read models it may see, and its cursor reached the head."""
+    read_models, head = await db(lambda: (env.read_models(topic, owner), env.head(topic)))
+    return cache_state(client, topic) == read_models and client.watermark(topic) >= head
 
 
 def cache_state(client, topic):
