@@ -55,13 +55,13 @@ dev-signing-keys: deps-base
 run: dev-signing-keys demo-user serve
 
 ## make test: the whole suite against PostgreSQL and Redis, plus proto checks and client suites.
-test: deps-test test-proto test-python test-js
+test: deps-test test-proto test-python test-js test-browser
 
 TEST_ENV = DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)}
 
 # Python suite: server tests (tests/) and the Python client's tests.
 test-python: deps-test
-	$(TEST_ENV) $(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(TEST_ENV) $(VENV)/bin/pytest -p no:cacheprovider --ignore=tests/browser $(PYTEST_ARGS)
 
 # Proto contract checks: buf lint, buf breaking against main, generated code up to date.
 # buf comes from the @bufbuild/buf npm package pinned in package.json/package-lock.json.
@@ -77,6 +77,13 @@ test-proto: deps-test node_modules/.package-lock.json
 test-js: deps-test
 	npm ci --prefix tests/phoenix_js --no-audit --no-fund
 	$(TEST_ENV) node --test tests/phoenix_js/*.test.mjs
+
+# Browser suite: the admin and /live/ in Debian's headless Chromium (/usr/bin/chromium, installed by
+# .ci/run) driven by playwright-core (pinned in tests/browser/package.json; it downloads no browser).
+# KHALA_UPDATE_SCREENSHOTS=1 refreshes docs/img/.
+test-browser: deps-test
+	npm ci --prefix tests/browser --no-audit --no-fund
+	$(TEST_ENV) $(VENV)/bin/pytest -p no:cacheprovider tests/browser $(PYTEST_ARGS)
 
 bench: deps-test
 	@echo "see bench/README.md for each benchmark's command"

@@ -38,6 +38,7 @@ class KhalaAdminSite(admin.AdminSite):
     site_title = "Khala admin"
     index_title = "Sync engine"
     index_template = "admin/khala_index.html"
+    enable_nav_sidebar = False  # the Topics table is wide; the index page links everything
 
     def get_urls(self):
         # Imported here: this module is loaded while apps are still being registered.

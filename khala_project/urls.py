@@ -10,6 +10,7 @@ urlpatterns = [
     path("", include("django_prometheus.urls")),  # GET /metrics
     path("admin/", admin.site.urls),
     path("live/", live_view.live_page, name="live"),
+    path("live/login/", live_view.LiveLoginView.as_view(), name="live-login"),
     path("live/state.json", live_view.live_state_view, name="live-state"),
     path("", include("runtime.urls")),
     path("", include("projector.urls")),

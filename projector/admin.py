@@ -172,17 +172,17 @@ class TopicSequenceAdmin(admin.ModelAdmin):
             _fmt_age(stats.oldest_retained_at, timezone.now()),
         )
 
-    @admin.display(description="journal rows (≤, from watermarks)")
+    @admin.display(description="journal rows (≤)")
     def journal_rows(self, obj):
         return max(obj.last_watermark - obj.pruned_through, 0)
 
-    @admin.display(description="journal bytes (estimate)")
+    @admin.display(description="journal bytes (est.)")
     def journal_bytes(self, obj):
         request = self._request
         estimates = journal_stats.estimated_topic_bytes(self._stats(request), self._journal_table(request))
         return _fmt_bytes(estimates.get(obj.topic))
 
-    @admin.display(description="live connections (this worker)")
+    @admin.display(description="connections (this worker)")
     def live_connections(self, obj):
         status = self._delivery(self._request)
         return "n/a" if status is None else status.connections
@@ -227,20 +227,39 @@ class TopicSequenceAdmin(admin.ModelAdmin):
 
     @admin.action(description="Run retention now", permissions=["change"])
     def run_retention_now(self, request, queryset):
-        from projector.admin_actions import run_retention_for_topics
+        from projector import retention
 
-        for line in run_retention_for_topics([t.topic for t in queryset]):
-            self.message_user(request, line, messages.SUCCESS)
+        for topic in queryset:
+            (report,) = retention.run_once(topic=topic.topic)
+            self.log_change(request, topic, f"retention run by hand: deleted {report.deleted} rows")
+            self.message_user(
+                request,
+                f"{report.topic}: deleted {report.deleted} journal rows in {report.batches} batch(es) "
+                f"(window {_fmt_duration(report.retention_seconds)}); pruned_through {report.pruned_through}, "
+                f"oldest retained {report.oldest_watermark if report.oldest_watermark is not None else '— (empty)'}, "
+                f"head {report.head_watermark}.",
+                messages.SUCCESS,
+            )
 
     @admin.action(description="Reproject topic (rebuild read models from the authority)", permissions=["change"])
     def reproject_topic(self, request, queryset):
-        from projector.admin_actions import reproject_topics
+        # Runs inside the request: fine for the reference authority's sizes; for millions of
+        # entities use `manage.py reproject --all --topic T` (progress output, same function).
+        from projector import reprojection
 
-        try:
-            for line in reproject_topics([t.topic for t in queryset]):
-                self.message_user(request, line, messages.SUCCESS)
-        except ValueError as exc:
-            self.message_user(request, str(exc), messages.ERROR)
+        for topic in queryset:
+            if topic.topic not in reprojection.TOPICS:
+                self.message_user(request, f"{topic.topic}: no projection writes this topic; nothing to rebuild.", messages.ERROR)
+                continue
+            progress = reprojection.reproject(all_entities=True, topics={topic.topic})
+            self.log_change(request, topic, f"reprojected: {progress.written_documents} documents rewritten")
+            level = messages.WARNING if progress.failed_entities else messages.SUCCESS
+            self.message_user(
+                request,
+                f"{topic.topic}: {progress.done} entities checked, {progress.written_documents} documents rewritten "
+                f"(one journal row each), {progress.skipped_documents} unchanged, {len(progress.failed_entities)} failed.",
+                level,
+            )
 
     @admin.action(description="Bump stream epoch (every client re-snapshots)", permissions=["change"])
     def bump_epoch(self, request, queryset):
@@ -469,6 +488,7 @@ def overview_view(request):
                 "head_age_seconds": head_age,
                 "rows_last_hour": sum(series.rows_per_bucket.get(topic, [])),
                 "rows_last_minute": (series.rows_per_bucket.get(topic) or [0])[-1],
+                "subscribers": delivery.subscribers.get(topic, 0) if delivery else None,
             }
         )
     context = {

@@ -18,6 +18,7 @@ every page view. Everything here is either catalogue data or watermark arithmeti
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 
 from django.db import connection
@@ -30,7 +31,7 @@ READ_MODEL_TABLE = "sync_read_models"
 @dataclass(frozen=True)
 class TableStats:
     table: str
-    rows_estimate: int | None  # None: never analysed (reltuples = -1) or not PostgreSQL
+    rows_estimate: int | None  # planner estimate (reltuples, or EXPLAIN before the first ANALYZE); None off PostgreSQL
     total_bytes: int | None
 
 
@@ -58,7 +59,13 @@ def table_stats(table: str) -> TableStats:
             [table],
         )
         reltuples, total_bytes = cursor.fetchone()
-    return TableStats(table, None if reltuples < 0 else int(reltuples), int(total_bytes))
+        if reltuples < 0:
+            # Never analysed yet: the planner still estimates from the table's pages.
+            cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {connection.ops.quote_name(table)}")
+            raw = cursor.fetchone()[0]
+            plan = json.loads(raw) if isinstance(raw, str) else raw
+            reltuples = plan[0]["Plan"]["Plan Rows"]
+    return TableStats(table, int(reltuples), int(total_bytes))
 
 
 def topic_stats() -> dict[str, TopicStats]:

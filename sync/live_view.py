@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.db import connection
 from django.http import JsonResponse
 from django.middleware.csrf import get_token
@@ -93,7 +94,7 @@ def _json(value):
     return value
 
 
-@login_required(login_url="admin:login")
+@login_required(login_url="live-login")
 def live_page(request):
     use_ws = web_sync_enabled_for(request.user)
     get_token(request)  # sets the csrftoken cookie the script sends with POST /api/sync/token
@@ -119,6 +120,13 @@ def live_page(request):
     response = render(request, "live/index.html", context)
     response["Cache-Control"] = "no-store"
     return response
+
+
+class LiveLoginView(LoginView):
+    """Session sign-in for any user (the admin's login form admits staff only)."""
+
+    template_name = "live/login.html"
+    next_page = "live"
 
 
 @require_GET

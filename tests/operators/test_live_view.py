@@ -28,7 +28,7 @@ def create_run(user, thread_id):
 
 def test_live_page_requires_login(client, topics):
     response = client.get("/live/")
-    assert response.status_code == 302 and "/admin/login/" in response.url
+    assert response.status_code == 302 and response.url.startswith("/live/login/")
     response = client.get("/live/state.json")
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthenticated"
@@ -83,3 +83,13 @@ def test_staff_are_always_in_the_cohort(client, alice, bob, settings):
     assert live_view.web_sync_enabled_for(bob) is False
     client.force_login(bob)
     assert client.get("/live/").context["config"]["lane"] == "polling"
+
+
+def test_any_user_can_sign_in_to_the_live_view(client, alice):
+    page = client.get("/live/login/?next=/live/")
+    assert page.status_code == 200 and 'id="login-form"' in page.content.decode()
+    bad = client.post("/live/login/", {"username": "alice", "password": "wrong", "next": "/live/"})
+    assert bad.status_code == 200 and "Wrong username or password" in bad.content.decode()
+    good = client.post("/live/login/", {"username": "alice", "password": "alice-password-1", "next": "/live/"})
+    assert good.status_code == 302 and good.url == "/live/"
+    assert client.get("/live/").status_code == 200
