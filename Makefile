@@ -39,7 +39,7 @@ demo-user: migrate
 	$(PY) manage.py ensure_demo_user
 
 serve: deps-base
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) khala_project.asgi:application
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 4194304 khala_project.asgi:application
 
 serve-uvicorn: deps-base
 	$(VENV)/bin/uvicorn --host $(HOST) --port $(PORT) --no-access-log khala_project.asgi:application

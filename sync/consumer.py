@@ -83,8 +83,16 @@ class _Connection:
             await run_writer(self.outbound, self.writer)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the peer went away mid-send; the disconnect message follows
-            log.debug("socket write failed", exc_info=True)
+        except Exception:
+            # The peer went away mid-send (the disconnect message follows), or the server refused
+            # the frame (e.g. daphne's --websocket-max-message-size also limits what we send).
+            # Either way this socket cannot continue: close it rather than leave it mute.
+            log.warning("socket write failed; closing the socket", exc_info=True)
+            self.outbound.close()
+            try:
+                await self.writer.close(close_code("internal"))
+            except Exception:
+                pass
 
     def _close_requested(self, code: int, flush: bool, last_frame: str | None = None) -> None:
         if self.close_task is None:

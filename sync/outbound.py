@@ -28,6 +28,8 @@ class OutboundQueue:
         self._ready = asyncio.Event()
         self._empty = asyncio.Event()
         self._empty.set()
+        self._room = asyncio.Event()  # set while the queue is at most half full
+        self._room.set()
         self.closed = False
 
     def __len__(self) -> int:
@@ -48,7 +50,12 @@ class OutboundQueue:
         self._size += length
         self._ready.set()
         self._empty.clear()
+        if not self._has_room():
+            self._room.clear()
         return True
+
+    def _has_room(self) -> bool:
+        return len(self._items) <= self.max_items // 2 and self._size <= self.max_bytes // 2
 
     async def get(self) -> tuple[str, float | None]:
         while not self._items:
@@ -58,7 +65,20 @@ class OutboundQueue:
         self._size -= len(text)
         if not self._items:
             self._empty.set()
+        if self._has_room():
+            self._room.set()
         return text, committed_at
+
+    async def wait_room(self, timeout: float) -> bool:
+        """Wait until the queue is at most half full; False if that took longer than ``timeout``.
+        Replay is paced this way (it may wait for the socket); live fan-out never waits."""
+        if self._room.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def wait_empty(self) -> None:
         """Until every queued frame was taken by the writer (and handed to the transport)."""
@@ -69,6 +89,7 @@ class OutboundQueue:
         self._items.clear()
         self._size = 0
         self._empty.set()
+        self._room.set()
 
 
 async def run_writer(queue: OutboundQueue, writer, wall_clock=time.time) -> None:

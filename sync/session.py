@@ -450,6 +450,8 @@ class Session:
                 [(row.watermark, encode_update(row, self.inline_limit)) for row in rows], batch_size, self.batch_max_bytes
             ):
                 if held is not None:
+                    if not await self._wait_for_room():
+                        return True
                     self._send_batch(sub, held[0], held[1], False)
                 held = (piece, piece[-1][0])
             if held is not None:
@@ -457,9 +459,20 @@ class Session:
             sub.last_sent = max(sub.last_sent, end)
             if len(rows) < batch_size or end >= through:
                 break
-        if held is not None and not self.status_closed:
+        if held is not None and await self._wait_for_room():
             self._send_batch(sub, held[0], held[1], final)
         return True
+
+    async def _wait_for_room(self) -> bool:
+        """Replay is paced by the socket: it waits while the outbound queue is over half full,
+        so catching up a large backlog never grows memory. A socket that takes no frame for a
+        whole heartbeat timeout is a slow consumer."""
+        if self.status_closed:
+            return False
+        if await self.outbound.wait_room(self.heartbeat_timeout):
+            return not self.status_closed
+        self._slow_consumer()
+        return False
 
     def _send_batch(self, sub: TopicSub, piece: list, through: int, replay_complete: bool) -> None:
         metrics.REPLAY_BATCHES.inc()

@@ -45,6 +45,7 @@ class _Writability:
         self.pauses = 0
 
     def pauseProducing(self):
+        log.debug("transport paused")
         self.pauses += 1
         self.writable.clear()
 
@@ -57,6 +58,15 @@ class _Writability:
 
 if IPushProducer is not None:
     _Writability = implementer(IPushProducer)(_Writability)
+
+
+def _is_stale_http_channel(producer, transport, protocol) -> bool:
+    try:
+        from twisted.web.http import HTTPChannel
+    except ImportError:  # pragma: no cover
+        return False
+    handed_over = getattr(transport, "protocol", None) is protocol or getattr(transport, "wrappedProtocol", None) is protocol
+    return isinstance(producer, HTTPChannel) and handed_over
 
 
 def _daphne_protocol(send):
@@ -83,13 +93,23 @@ class SocketWriter:
         if protocol is None:
             return
         self.server = "daphne"
-        if IPushProducer is None or getattr(protocol.transport, "producer", None) is not None:
+        transport = protocol.transport
+        existing = getattr(transport, "producer", None)
+        if existing is not None and _is_stale_http_channel(existing, transport, protocol):
+            # Twisted's HTTPChannel registered itself as the transport's producer when the
+            # connection opened; daphne then handed the transport to the WebSocket protocol
+            # (``transport.protocol`` is the WebSocket protocol now). That registration is dead
+            # weight and blocks ours: a transport has one producer slot.
+            transport.unregisterProducer()
+            existing = None
+        if IPushProducer is None or existing is not None:
             if not _warned:
                 _warned = True
                 log.warning("daphne transport backpressure unavailable; slow consumers are bounded by the queue only")
             return
         self._producer = _Writability()
         protocol.registerProducer(self._producer, True)
+        log.debug("daphne transport backpressure attached to %r", protocol.transport)
 
     @property
     def paused(self) -> bool:

@@ -47,6 +47,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SERVER_KINDS = ("daphne", "uvicorn")
+DAPHNE_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 _LIVE: set["ServerProcess"] = set()
 
@@ -148,7 +149,12 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 def _command(kind: str, fd: int, extra_args) -> list[str]:
     app = "khala_project.asgi:application"
     if kind == "daphne":
-        return [str(VENV_BIN / "daphne"), "--fd", str(fd), "-v", "1", "--access-log", "/dev/null", *extra_args, app]
+        # Like `make serve`: autobahn applies --websocket-max-message-size to what the server
+        # SENDS too, and a replay batch may be up to REPLAY_BATCH_MAX_BYTES (2 MiB).
+        return [
+            str(VENV_BIN / "daphne"), "--fd", str(fd), "-v", "1", "--access-log", "/dev/null",
+            "--websocket-max-message-size", str(DAPHNE_MAX_MESSAGE_BYTES), *extra_args, app,
+        ]
     if kind == "uvicorn":
         return [
             str(VENV_BIN / "uvicorn"), "--fd", str(fd), "--no-access-log", "--lifespan", "off",

@@ -133,7 +133,10 @@ class _RealSocket:
         self.close_code = None
 
     async def send(self, text):
-        await self.ws.send(text)
+        try:
+            await self.ws.send(text)
+        except websockets.ConnectionClosed:
+            pass  # the server closed while we sent; the next recv reports how
 
     async def recv(self, timeout):
         try:

@@ -1,0 +1,207 @@
+"""Delivery across REAL server processes (daphne, and uvicorn where the behaviour differs):
+cross-worker fan-out, forced disconnects while writers run, lost hints, malformed and huge frames,
+slow consumers, idle timeouts. Every wait is a condition with a timeout."""
+
+import asyncio
+import re
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from tests.support.servers import SERVER_KINDS
+from tests.sync.rawws import RawWebSocket
+from tests.sync.wsclient import Closed, PhoenixClient, updates_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+RUNS = "runtime.run_summaries"
+
+
+def write_rows(start, count, owner="user:1", payload_bytes=0, topic=RUNS, pause=0.0):
+    """Sink writes from a plain thread (its own DB connection, closed at the end)."""
+    from django.db import connection
+
+    from projector.sink import project
+
+    try:
+        for i in range(start, start + count):
+            project(topic, f"runtime/run_summary:r{i}", 1, {"i": i, "pad": "p" * payload_bytes}, owner)
+            if pause:
+                time.sleep(pause)  # pacing a writer, not waiting for an event
+    finally:
+        connection.close()
+
+
+def journal_watermarks(owner=None, topic=RUNS):
+    from django.db import connection
+
+    from projector.models import StreamEvent
+
+    try:
+        rows = StreamEvent.objects.filter(topic=topic)
+        if owner is not None:
+            rows = rows.filter(owner=owner)
+        return list(rows.order_by("watermark").values_list("watermark", flat=True))
+    finally:
+        connection.close()
+
+
+async def in_thread(fn, *args, **kwargs):
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def subscribed(server, token, resume_after=None):
+    client = await PhoenixClient.connect(server.ws_url(token=token))
+    assert (await client.join())["status"] == "ok"
+    reply, frames = await client.subscribe([RUNS], resume_after)
+    assert reply["status"] == "ok", reply
+    return client, [u["watermark"] for u in updates_of(frames)]
+
+
+async def collect_until(client, predicate, timeout=30.0):
+    """Watermarks of updates received until ``predicate(watermarks)`` holds."""
+    seen = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate(seen):
+        frame = await client.recv(max(deadline - loop.time(), 0.01))
+        if frame[3] == "sync:update_batch":
+            seen += [u["watermark"] for u in frame[4]["updates"]]
+    return seen
+
+
+def metric(server, name: str) -> float:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, flags=re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_two_daphne_workers_deliver_each_others_writes(topics, mint, asgi_server):
+    one, two = asgi_server("daphne"), asgi_server("daphne")
+    a, _ = await subscribed(one, mint(1))
+    b, _ = await subscribed(two, mint(1))
+    await in_thread(write_rows, 1, 3)
+    assert await collect_until(a, lambda s: len(s) >= 3) == [1, 2, 3]
+    assert await collect_until(b, lambda s: len(s) >= 3) == [1, 2, 3]
+    # and a write made while serving: socket b on worker two writes nothing itself, worker one's
+    # socket keeps receiving; both hubs read the journal once per topic.
+    await in_thread(write_rows, 4, 2)
+    assert await collect_until(a, lambda s: len(s) >= 2) == [4, 5]
+    assert await collect_until(b, lambda s: len(s) >= 2) == [4, 5]
+
+
+async def test_forced_disconnect_and_resume_gives_exactly_the_journal(topics, mint, asgi_server):
+    one, two = asgi_server("daphne"), asgi_server("daphne")
+    token = mint(1)
+    total = 400
+    writers = [threading.Thread(target=write_rows, args=(1 + k * 200, 200), kwargs={"owner": "user:1" if k == 0 else "user:2", "pause": 0.002}) for k in range(2)]
+    client, applied = await subscribed(one, token)
+    for w in writers:
+        w.start()
+    applied += await collect_until(client, lambda s: len(s) >= 40)
+    one.kill()  # the worker dies mid-stream
+    with pytest.raises(Closed):
+        await collect_until(client, lambda s: False, timeout=10)
+    last = max(applied)
+    resumed, replayed = await subscribed(two, token, {RUNS: last})
+    applied += replayed
+    for w in writers:
+        await in_thread(w.join)
+    journal = await in_thread(journal_watermarks, "user:1")
+    assert len(journal) == 200 and len(await in_thread(journal_watermarks)) == total
+    applied += await collect_until(resumed, lambda s: (max(applied + s) if applied + s else 0) >= journal[-1])
+    deduped = []
+    for wm in applied:  # a client drops anything at or below what it already applied
+        if not deduped or wm > deduped[-1]:
+            deduped.append(wm)
+    assert deduped == journal
+
+
+async def test_lost_hints_still_converge_across_processes(topics, mint, asgi_server):
+    # The worker listens on another channel prefix than the writers publish to: it hears NO hint
+    # and only the periodic head check delivers.
+    deaf = asgi_server("daphne", khala={"HEAD_CHECK_INTERVAL_SECONDS": 0.2}, env={"KHALA_CHANNEL_PREFIX": "khala_d1_deaf"})
+    client, _ = await subscribed(deaf, mint(1))
+    await in_thread(write_rows, 1, 5)
+    assert await collect_until(client, lambda s: len(s) >= 5) == [1, 2, 3, 4, 5]
+    assert metric(deaf, "khala_hub_head_check_catchups_total") >= 1
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+async def test_bad_frames_on_real_servers(topics, mint, asgi_server, kind):
+    server = asgi_server(kind)
+    bystander, _ = await subscribed(server, mint(2))
+    cases = [
+        ("not json", 4400),
+        ('["1","1","sync:v1","sync:subscribe"]', 4400),
+        ('["1","1","sync:v1","sync:subscribe",{},{}]', 4400),
+        ('[7,"1","sync:v1","sync:subscribe",{}]', 4400),
+        ('["1","1","sync:v1","sync:subscribe",[1]]', 4400),
+        # 10 MiB: daphne refuses it itself (its --websocket-max-message-size is 1 MiB): it fails
+        # the connection with 1009 and drops it, so the client sees 1009 or, when the drop wins
+        # the race with its read, 1006. Under uvicorn (16 MiB limit) Khala sees the frame and
+        # closes with payload_too_large (4413).
+        ('["1","1","sync:v1","sync:subscribe",{"pad":"' + "x" * (10 * 1024 * 1024) + '"}]', {1009, 1006} if kind == "daphne" else {4413}),
+    ]
+    for text, code in cases:
+        client = await PhoenixClient.connect(server.ws_url(token=mint(1)))
+        await client.join()
+        await client.send_raw(text)
+        assert await client.wait_closed() in (code if isinstance(code, set) else {code}), text[:40]
+    for payload in ({"topics": [RUNS], "resume_after": {RUNS: -5}}, {"topics": [RUNS], "resume_after": {RUNS: "1.5"}}, {"topics": 3}):
+        client = await PhoenixClient.connect(server.ws_url(token=mint(1)))
+        await client.join()
+        ref = await client.push("sync:subscribe", payload)
+        reply, _ = await client.reply(ref)
+        assert reply["response"]["code"] == "bad_subscription"
+        ref = await client.push("sync:frobnicate", {})
+        reply, _ = await client.reply(ref)
+        assert reply["response"]["code"] == "unknown_event"
+        await client.close()
+    await in_thread(write_rows, 1, 1, owner="user:2")
+    assert await collect_until(bystander, lambda s: len(s) >= 1) == [1]  # the worker kept serving
+
+
+@pytest.mark.parametrize("kind", SERVER_KINDS)
+async def test_slow_consumer_is_closed_and_others_keep_receiving(topics, mint, asgi_server, kind):
+    server = asgi_server(kind, khala={"OUTBOUND_QUEUE_LIMIT": 32, "OUTBOUND_QUEUE_MAX_BYTES": 512 * 1024})
+    normal, _ = await subscribed(server, mint(1))
+    slow = RawWebSocket(server.host, server.port, "/sync/socket/websocket?vsn=2.0.0&token=" + mint(1))
+    slow.send_json(["1", "1", "sync:v1", "phx_join", {}])
+    slow.send_json(["1", "2", "sync:v1", "sync:subscribe", {"topics": [RUNS]}])
+    # The slow client never reads from here on. ~16 MB of updates: more than the kernel buffers,
+    # the transport's buffer and the bounded queue together.
+    writer = asyncio.create_task(in_thread(write_rows, 1, 250, payload_bytes=64 * 1024))
+    latencies = []
+    seen = []
+    while len(seen) < 250:
+        frame = await normal.recv(60)
+        if frame[3] == "sync:update_batch":
+            seen += [u["watermark"] for u in frame[4]["updates"]]
+            latencies.append(time.time())
+    await writer
+    assert seen == list(range(1, 251))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while metric(server, "khala_ws_slow_consumer_closes_total") < 1:
+        assert loop.time() < deadline, "the slow consumer was never closed"
+        await asyncio.sleep(0.2)  # polling a server metric (a condition), with a deadline
+    code = await in_thread(slow.read_until_close)
+    assert code in (4008, None)  # the close frame, or a dropped connection if the server gave up on it
+    slow.close()
+    assert metric(server, "khala_ws_active_connections") == 1  # only the normal socket is left
+    ref = await normal.push("sync:heartbeat", {})
+    reply, _ = await normal.reply(ref)
+    assert reply["status"] == "ok"
+
+
+async def test_idle_socket_times_out_on_a_real_server(topics, mint, asgi_server):
+    server = asgi_server("daphne", khala={"HEARTBEAT_INTERVAL_SECONDS": 0.3, "HEARTBEAT_TIMEOUT_SECONDS": 1.5})
+    client, _ = await subscribed(server, mint(1))
+    frames = await client.recv_until(lambda f: f[3] == "sync:error", timeout=15)
+    assert any(f[3] == "sync:heartbeat" for f in frames)
+    assert frames[-1][4]["code"] == "heartbeat_timeout"
+    assert await client.wait_closed() == 4408
