@@ -16,6 +16,9 @@ DEFAULTS: dict = {
     "SERVICE_TOKEN": "",
     "RETENTION_BATCH_SIZE": 5000,
     "RETENTION_INTERVAL_SECONDS": 60.0,
+    # The hint publisher waits this long after a commit before publishing, so a busy topic sends
+    # one hint (the highest watermark) per period instead of one per commit. 0 = publish at once.
+    "HINT_LINGER_SECONDS": 0.002,
     # Hard cap on one document's canonical JSON (larger: `payload_too_large`, nothing written).
     "MAX_PAYLOAD_BYTES": 4 * 1024 * 1024,
     # POST /api/internal/sync/projections: most documents per request, and largest request body.

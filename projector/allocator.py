@@ -62,6 +62,16 @@ RETURNING last_watermark, stream_epoch, force_pointer_mode
 """
 
 
+# The same allocation with named parameters (``count``, ``topic``), for callers that send it
+# together with the statements that use the block (``projector.sink.project_many``).
+ALLOCATE_NAMED_SQL = """
+UPDATE sync_topic_sequences
+   SET last_watermark = last_watermark + %(count)s, updated_at = now()
+ WHERE topic = %(topic)s
+RETURNING last_watermark, stream_epoch, force_pointer_mode
+"""
+
+
 def allocate(topic: str, count: int = 1, *, using=None) -> Allocation:
     """Allocate ``count`` consecutive watermarks on ``topic`` in the caller's transaction.
 

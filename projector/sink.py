@@ -21,9 +21,11 @@ hash, the size and the pointer-mode decision.
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import orjson
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from khala_project.conf import khala_setting
@@ -157,6 +159,35 @@ def _after_commit(stats: list[tuple[str, int, str, int, int, int]]) -> None:
         submit_hint(topic, head, stream_epoch)
 
 
+@contextmanager
+def _transaction(alias: str, *, single_statement: bool):
+    """The transaction a sink call runs in.
+
+    - Inside the caller's transaction, one query message: join it without a savepoint (two round
+      trips saved). A database error aborts the caller's transaction, which must roll back, so
+      nothing half-done can commit; an unknown topic wrote nothing and is raised after the block,
+      leaving the caller's transaction usable. Several query messages: a savepoint.
+    - In autocommit, when the call sends ONE query message (the fused single-document statement,
+      or a one-topic batch whose statements travel in one simple-protocol message): PostgreSQL
+      runs that message as one implicit transaction, so BEGIN and COMMIT round trips are not
+      needed; the row lock is still held until that transaction commits. ``on_commit`` callbacks
+      then run at once, i.e. after the commit.
+    - Otherwise: an ordinary ``transaction.atomic``.
+    """
+    conn = connections[alias]
+    if conn.in_atomic_block and single_statement:
+        with transaction.atomic(using=alias, savepoint=False):
+            yield
+    elif conn.in_atomic_block:
+        with transaction.atomic(using=alias):  # a savepoint: a refused topic undoes only this call
+            yield
+    elif single_statement and conn.get_autocommit():
+        yield
+    else:
+        with transaction.atomic(using=alias):
+            yield
+
+
 PROJECT_ONE_SQL = (
     "WITH"
     + allocator.LOCKED_SEQUENCE_CTE
@@ -225,42 +256,58 @@ def project(
         "payload_bytes": encoded.size,
         "pointer": prepared.over_inline_limit,
     }
-    with transaction.atomic(using=alias):
+    with _transaction(alias, single_statement=True):
         with connections[alias].cursor() as cursor:
             cursor.execute(PROJECT_ONE_SQL, params)
             row = cursor.fetchone()
+        watermark = None
+        if row is not None:
+            stream_epoch, forced, watermark, advanced_to = row
         if row is None:
-            metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
-            _count_error(topic, "unknown_topic")
-            raise SinkError("unknown_topic", f"unknown topic {topic!r}", field="topic")
-        stream_epoch, forced, watermark, advanced_to = row
-        if watermark is not None:
+            pass  # unknown topic: nothing was written (raised below, outside the transaction block)
+        elif watermark is not None:
             # Defence in depth for the fused statement: the journal row must carry exactly the
-            # watermark the sequence row was advanced to (raising rolls everything back).
+            # watermark the sequence row was advanced to.
             if watermark != advanced_to:  # pragma: no cover - would be a bug in the SQL above
                 raise RuntimeError(f"allocator mismatch on {topic}: appended {watermark}, advanced {advanced_to}")
             pointer = prepared.over_inline_limit or forced
             stats = [(write.topic, watermark, stream_epoch, 0 if pointer else 1, 1 if pointer else 0, encoded.size)]
             transaction.on_commit(lambda: _after_commit(stats), using=alias)
         else:
-            pointer = False
             metrics.PROJECTION_WRITES.labels(topic=write.topic, result="stale").inc()
+    if row is None:
+        metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
+        _count_error(topic, "unknown_topic")
+        raise SinkError("unknown_topic", f"unknown topic {topic!r}", field="topic")
+    if watermark is None:
+        pointer = False
     metrics.SINK_DURATION.labels(op="project").observe(time.perf_counter() - started)
     return WriteResult(write.topic, write.doc_key, write.doc_version, watermark is not None, watermark, pointer)
 
 
 PROJECT_BATCH_SQL = """
-WITH input AS (
-    SELECT *
-      FROM unnest(%(doc_keys)s::text[], %(doc_versions)s::bigint[], %(owners)s::text[], %(publics)s::boolean[],
-                  %(payloads)s::jsonb[], %(hashes)s::bytea[], %(sizes)s::integer[], %(pointers)s::boolean[])
-           WITH ORDINALITY AS t(doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, pointer, ord)
+WITH block AS (
+    -- The allocation made by the previous statement (this transaction's own, still locked).
+    SELECT last_watermark - %(count)s + 1 AS first, last_watermark AS last, force_pointer_mode AS forced
+      FROM sync_topic_sequences
+     WHERE topic = %(topic)s
+),
+input AS (
+    -- One JSON array carries the whole batch: the canonical payload text is embedded verbatim
+    -- (no re-encoding, no per-element array escaping on the client), parsed once by the server.
+    SELECT t.k AS doc_key, t.v AS doc_version, t.o AS owner, t.u AS public, t.p AS payload,
+           decode(t.h, 'hex') AS payload_hash, t.b AS payload_bytes, t.x AS pointer, t.ord
+      FROM ROWS FROM (
+               jsonb_to_recordset(%(docs)s::jsonb)
+               AS (k text, v bigint, o text, u boolean, p jsonb, h text, b integer, x boolean)
+           ) WITH ORDINALITY AS t(k, v, o, u, p, h, b, x, ord)
 ),
 effective AS (
-    -- This statement runs after allocate() took the topic's row lock, so its snapshot already
-    -- contains every earlier writer of this topic: the doc_version comparison is exact.
-    SELECT i.*, %(first)s - 1 + row_number() OVER (ORDER BY i.ord) AS watermark
+    -- This statement runs after the allocation took the topic's row lock, so its snapshot
+    -- already contains every earlier writer of this topic: the doc_version comparison is exact.
+    SELECT i.*, b.forced, b.first - 1 + row_number() OVER (ORDER BY i.ord) AS watermark
       FROM input AS i
+     CROSS JOIN block AS b
       LEFT JOIN sync_read_models AS r ON r.topic = %(topic)s AND r.doc_key = i.doc_key
      WHERE r.doc_version IS NULL OR r.doc_version <= i.doc_version
 ),
@@ -283,7 +330,7 @@ appended AS (
     INSERT INTO sync_stream_events
            (topic, watermark, doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, inserted_at)
     SELECT %(topic)s, watermark, doc_key, doc_version, owner, public,
-           CASE WHEN pointer OR %(forced)s THEN NULL ELSE payload END, payload_hash, payload_bytes, now()
+           CASE WHEN pointer OR forced THEN NULL ELSE payload END, payload_hash, payload_bytes, now()
       FROM effective
     RETURNING 1
 ),
@@ -291,14 +338,45 @@ settled AS (
     -- Give back the watermarks of no-op writes. Safe: we still hold the row lock and nobody
     -- has seen them, so committed watermarks stay gap-free.
     UPDATE sync_topic_sequences
-       SET last_watermark = %(first)s - 1 + (SELECT count(*) FROM effective)
-     WHERE topic = %(topic)s AND %(last)s <> %(first)s - 1 + (SELECT count(*) FROM effective)
+       SET last_watermark = (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective)
+     WHERE topic = %(topic)s
+       AND (SELECT last FROM block) <> (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective)
     RETURNING last_watermark
 )
 SELECT ord, watermark, (SELECT count(*) FROM upserted), (SELECT count(*) FROM appended)
   FROM effective
  ORDER BY ord
 """
+
+
+def _batch_json(items: list[_Prepared]) -> str:
+    """The rows of one topic's batch as a JSON array (payloads embedded as their canonical text)."""
+    dumps = orjson.dumps
+    parts = []
+    for item in items:
+        w = item.write
+        parts.append(
+            '{"k":%s,"v":%d,"o":%s,"u":%s,"p":%s,"h":"%s","b":%d,"x":%s}'
+            % (
+                dumps(w.doc_key).decode(),
+                w.doc_version,
+                dumps(w.owner).decode(),
+                "true" if w.public else "false",
+                item.encoded.text,
+                item.encoded.digest.hex(),
+                item.encoded.size,
+                "true" if item.over_inline_limit else "false",
+            )
+        )
+    return "[" + ",".join(parts) + "]"
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _for_topic(sql: str, n: int) -> str:
+    """Give a statement's named placeholders the prefix of the n-th topic of a batch."""
+    return _PLACEHOLDER.sub(lambda m: f"%(t{n}_{m.group(1)})s", sql)
 
 
 def _newest_only(prepared: list[_Prepared]) -> tuple[list[_Prepared], list[_Prepared]]:
@@ -343,53 +421,58 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
     for item in candidates:
         by_topic.setdefault(item.write.topic, []).append(item)
 
+    # Sorted topics: two batches that span the same topics lock the rows in the same order.
+    topics = sorted(by_topic)
+    sql_parts, params = [], {}
+    for n, topic in enumerate(topics):
+        items = by_topic[topic]
+        sql_parts.append(_for_topic(allocator.ALLOCATE_NAMED_SQL, n))
+        sql_parts.append(_for_topic(PROJECT_BATCH_SQL, n))
+        for name, value in {"topic": topic, "count": len(items), "docs": _batch_json(items)}.items():
+            params[f"t{n}_{name}"] = value
+
     outcome: dict[int, tuple[int, bool]] = {}  # input index -> (watermark, pointer)
     stats = []
-    with transaction.atomic(using=alias):
-        # Sorted topics: two batches that span the same topics lock the rows in the same order.
-        for topic in sorted(by_topic):
-            items = by_topic[topic]
-            try:
-                block = allocator.allocate(topic, len(items), using=connections[alias])
-            except allocator.UnknownTopic:
-                _count_error(topic, "unknown_topic")
-                raise SinkError(
-                    "unknown_topic", f"unknown topic {topic!r}", index=items[0].index, field="topic"
-                ) from None
-            params = {
-                "topic": topic,
-                "first": block.first,
-                "last": block.last,
-                "forced": block.force_pointer_mode,
-                "doc_keys": [i.write.doc_key for i in items],
-                "doc_versions": [i.write.doc_version for i in items],
-                "owners": [i.write.owner for i in items],
-                "publics": [i.write.public for i in items],
-                "payloads": [i.encoded.text for i in items],
-                "hashes": [i.encoded.digest for i in items],
-                "sizes": [i.encoded.size for i in items],
-                "pointers": [i.over_inline_limit for i in items],
-            }
-            with connections[alias].cursor() as cursor:
-                cursor.execute(PROJECT_BATCH_SQL, params)
+    unknown = None
+    # All statements travel in ONE query message (client-side binding, simple protocol): a batch
+    # costs one round trip whatever its size and topic count.
+    with _transaction(alias, single_statement=len(topics) == 1):
+        with connections[alias].cursor() as cursor:
+            cursor.execute(";\n".join(sql_parts), params)
+            for n, topic in enumerate(topics):
+                if n:
+                    cursor.nextset()
+                allocation = cursor.fetchone()
+                cursor.nextset()
                 rows = cursor.fetchall()
-            inline = pointer_count = nbytes = 0
-            for ordinal, watermark, _upserted, _appended in rows:
-                item = items[ordinal - 1]
-                pointer = item.over_inline_limit or block.force_pointer_mode
-                outcome[item.index] = (watermark, pointer)
-                if pointer:
-                    pointer_count += 1
-                else:
-                    inline += 1
-                nbytes += item.encoded.size
-            if rows:
-                stats.append((topic, rows[-1][1], block.stream_epoch, inline, pointer_count, nbytes))
-            stale = len(items) - len(rows)
-            if stale:
-                metrics.PROJECTION_WRITES.labels(topic=topic, result="stale").inc(stale)
-        if stats:
+                items = by_topic[topic]
+                if allocation is None:
+                    metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
+                    _count_error(topic, "unknown_topic")
+                    unknown = SinkError("unknown_topic", f"unknown topic {topic!r}", index=items[0].index, field="topic")
+                    if len(topics) > 1:
+                        raise unknown  # other topics were written: roll back the (savepoint) block
+                    break  # nothing was written for the only topic
+                _last, stream_epoch, forced = allocation
+                inline = pointer_count = nbytes = 0
+                for ordinal, watermark, _upserted, _appended in rows:
+                    item = items[ordinal - 1]
+                    pointer = item.over_inline_limit or forced
+                    outcome[item.index] = (watermark, pointer)
+                    if pointer:
+                        pointer_count += 1
+                    else:
+                        inline += 1
+                    nbytes += item.encoded.size
+                if rows:
+                    stats.append((topic, rows[-1][1], stream_epoch, inline, pointer_count, nbytes))
+                stale = len(items) - len(rows)
+                if stale:
+                    metrics.PROJECTION_WRITES.labels(topic=topic, result="stale").inc(stale)
+        if stats and unknown is None:
             transaction.on_commit(lambda: _after_commit(stats), using=alias)
+    if unknown is not None:
+        raise unknown
 
     for item in superseded:  # the topics are declared: the transaction above succeeded
         metrics.PROJECTION_WRITES.labels(topic=item.write.topic, result="stale").inc()

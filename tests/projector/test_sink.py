@@ -273,14 +273,23 @@ CREATE TRIGGER khala_test_fail_journal BEFORE INSERT ON sync_stream_events
 """
 
 
-@pytest.mark.django_db
-class TestAtomicity:
-    """Force a failure between the read-model upsert and the journal append: neither may remain."""
+@pytest.fixture
+def failing_journal():
+    with connection.cursor() as cursor:
+        cursor.execute(FAIL_ON_DOC_KEY_TRIGGER)
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER IF EXISTS khala_test_fail_journal ON sync_stream_events")
+        cursor.execute("DROP FUNCTION IF EXISTS khala_test_fail_journal()")
 
-    @pytest.fixture
-    def failing_journal(self):
-        with connection.cursor() as cursor:
-            cursor.execute(FAIL_ON_DOC_KEY_TRIGGER)
+
+@pytest.mark.django_db(transaction=True)
+class TestAtomicity:
+    """Force a failure between the read-model upsert and the journal append: neither may remain.
+
+    Transactional: the sink runs in autocommit here, as in production (its statements are their
+    own transaction), not inside a test-wide transaction.
+    """
 
     def test_single_write_leaves_neither_row(self, topics, failing_journal):
         with pytest.raises(Exception, match="forced journal failure"):
@@ -301,6 +310,20 @@ class TestAtomicity:
         assert not ReadModelDocument.objects.exists()
         assert not StreamEvent.objects.exists()
         assert head(RUNS) == 0 and head(WORKERS) == 0
+
+    def test_one_topic_batch_in_one_message_is_all_or_nothing(self, topics, failing_journal):
+        sink.project(RUNS, "existing", 1, {"v": 1}, "user:1")
+        with pytest.raises(Exception, match="forced journal failure"):
+            sink.project_many(
+                [
+                    DocumentWrite(RUNS, "a", 1, {}, "user:1"),
+                    DocumentWrite(RUNS, "existing", 2, {"v": 2}, "user:1"),
+                    DocumentWrite(RUNS, "explode", 1, {}, "user:1"),
+                ]
+            )
+        assert [row[1] for row in journal(RUNS)] == ["existing"]
+        assert ReadModelDocument.objects.get(topic=RUNS, doc_key="existing").payload == {"v": 1}
+        assert ReadModelDocument.objects.filter(topic=RUNS).count() == 1 and head(RUNS) == 1
 
     def test_caller_rollback_undoes_the_write(self, topics):
         with pytest.raises(RuntimeError):
@@ -362,3 +385,28 @@ class TestHints:
         new_epoch = bump_stream_epoch(RUNS)
         sink.project(RUNS, "a", 1, {}, "user:1")
         assert hint_listener.receive()["stream_epoch"] == new_epoch
+
+
+@pytest.mark.django_db
+class TestInsideCallerTransaction:
+    def test_unknown_topic_leaves_the_callers_transaction_usable(self, topics):
+        with transaction.atomic():
+            sink.project(RUNS, "before", 1, {}, "user:1")
+            with pytest.raises(SinkError):
+                sink.project("zz.unknown", "k", 1, {}, "user:1")
+            with pytest.raises(SinkError):
+                sink.project_many([DocumentWrite("zz.unknown", "k", 1, {}, "user:1")])
+            with pytest.raises(SinkError):  # two topics: the known one is undone by a savepoint
+                sink.project_many(
+                    [DocumentWrite(WORKERS, "w", 1, {}, "user:1"), DocumentWrite("zz.unknown", "k", 1, {}, "user:1")]
+                )
+            sink.project(RUNS, "after", 1, {}, "user:1")
+        assert [row[1] for row in journal(RUNS)] == ["before", "after"]
+        assert journal(WORKERS) == [] and head(WORKERS) == 0
+
+    def test_a_database_error_aborts_the_callers_transaction(self, topics, failing_journal):
+        with pytest.raises(Exception, match="forced journal failure"):
+            with transaction.atomic():
+                sink.project(RUNS, "fine", 1, {}, "user:1")
+                sink.project_many([DocumentWrite(RUNS, "explode", 1, {}, "user:1")])
+        assert journal(RUNS) == [] and head(RUNS) == 0

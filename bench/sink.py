@@ -1,0 +1,335 @@
+"""Benchmark of the write path: ProjectorSink vs a raw psycopg ceiling measured in the same run.
+
+    .venv/bin/python bench/sink.py [--seconds 5] [--payload-bytes 300]
+
+Runs on its own database (``khala_bench_sink`` on the ``DATABASE_URL`` server; created and
+migrated here) and its own Redis channel prefix, so it never touches a test database. Each
+scenario runs its clients as separate processes (one connection each) for ``--seconds`` after a
+short warm-up, alternating with its raw ceiling (``--rounds`` pairs, medians reported) on freshly
+emptied topics:
+
+- ``single_1topic``: 1 client, one ``project()`` per transaction, one topic.
+- ``single_1topic_4clients``: 4 clients on the SAME topic (they queue on the topic's row lock).
+- ``single_4topics``: 4 clients, each on its own topic.
+- ``batch100_1topic``: 1 client, ``project_many`` of 100 documents per transaction.
+
+Raw ceiling = psycopg 3 without Django or the ORM (prepared statements, one connection per client):
+per transaction ``UPDATE sync_topic_sequences … RETURNING`` then ``INSERT INTO sync_stream_events``
+(for batches: UPDATE by 100, one multi-row INSERT via unnest). It does less than the sink: no
+read-model upsert, no hashing/canonical JSON, no validation, no hint. Durability is the server's
+default (synchronous_commit stays on) for both.
+
+Prints a table and writes ``bench/results/sink.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS = REPO_ROOT / "bench" / "results" / "sink.json"
+DEFAULT_DATABASE_URL = "postgres://root@127.0.0.1:5432/khala"
+TOPICS = [f"bench.sink_{i}" for i in range(4)]
+WARMUP_SECONDS = 0.5
+
+
+def database_url() -> str:
+    base = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+    parts = urllib.parse.urlsplit(base)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/khala_bench_sink", parts.query, ""))
+
+
+def ensure_database(url: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    parts = urllib.parse.urlsplit(url)
+    admin = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        name = parts.path.lstrip("/")
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def setup() -> str:
+    url = database_url()
+    ensure_database(url)
+    os.environ["DATABASE_URL"] = url
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    os.environ["KHALA_CHANNEL_PREFIX"] = "khala_bench_sink"
+    os.environ["KHALA_LOG_LEVEL"] = "WARNING"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "khala_project.settings")
+    sys.path.insert(0, str(REPO_ROOT))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
+    from projector.topics import declare_topic
+
+    for topic in TOPICS:
+        declare_topic(topic)
+    return url
+
+
+def reset_topics() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("DELETE FROM sync_stream_events WHERE topic = ANY(%s)", [TOPICS])
+        cur.execute("DELETE FROM sync_read_models WHERE topic = ANY(%s)", [TOPICS])
+        cur.execute("UPDATE sync_topic_sequences SET last_watermark = 0, pruned_through = 0 WHERE topic = ANY(%s)", [TOPICS])
+        cur.execute("VACUUM ANALYZE sync_stream_events")
+        cur.execute("VACUUM ANALYZE sync_read_models")
+        cur.execute("VACUUM ANALYZE sync_topic_sequences")
+    connection.close()
+
+
+def payload(i: int, size: int) -> dict:
+    base = {
+        "kind": "run_summary",
+        "run_id": f"run_{i:010d}",
+        "status": "running",
+        "latest_seq": i,
+        "owner_user_id": 42,
+        "latest_event_type": "run.delta",
+        "runtime_source": {"entity": "run", "seq": i},
+    }
+    pad = size - len(json.dumps({**base, "note": ""}, separators=(",", ":")))
+    return {**base, "note": "x" * max(pad, 0)}
+
+
+# --- client loops (run in child processes) ------------------------------------------------------
+
+
+def _timed_loop(step, seconds: float, start_at: float) -> tuple[int, float]:
+    """Run ``step() -> docs`` until ``seconds`` after ``start_at`` (warm-up before it is not counted)."""
+    while time.monotonic() < start_at:
+        step()
+    done, t0 = 0, time.monotonic()
+    end = t0 + seconds
+    while True:
+        done += step()
+        now = time.monotonic()
+        if now >= end:
+            return done, now - t0
+
+
+def sink_client(kind: str, topic: str, client: int, seconds: float, start_at: float, size: int, out) -> None:
+    from django.db import connection
+
+    from projector import sink
+    from projector.hints import flush_hints
+
+    counter = iter(range(10**12))
+    owner = f"user:{client}"
+
+    if kind == "single":
+
+        def step():
+            i = next(counter)
+            sink.project(topic, f"c{client}:doc:{i}", 1, payload(i, size), owner)
+            return 1
+
+    else:
+
+        def step():
+            base = next(counter) * 100
+            sink.project_many(
+                [sink.DocumentWrite(topic, f"c{client}:doc:{base + j}", 1, payload(base + j, size), owner) for j in range(100)]
+            )
+            return 100
+
+    out.put(_timed_loop(step, seconds, start_at))
+    flush_hints()
+    connection.close()
+
+
+RAW_UPDATE = "UPDATE sync_topic_sequences SET last_watermark = last_watermark + %s, updated_at = now() WHERE topic = %s RETURNING last_watermark"
+RAW_INSERT = (
+    "INSERT INTO sync_stream_events (topic, watermark, doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, inserted_at)"
+    " VALUES (%s, %s, %s, 1, %s, false, %s::jsonb, %s, %s, now())"
+)
+RAW_INSERT_MANY = (
+    "INSERT INTO sync_stream_events (topic, watermark, doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, inserted_at)"
+    " SELECT %s, w, k, 1, %s, false, p::jsonb, h, b, now() FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bytea[], %s::int[]) AS t(w, k, p, h, b)"
+)
+
+
+def raw_client(kind: str, topic: str, client: int, seconds: float, start_at: float, size: int, url: str, out) -> None:
+    import psycopg
+
+    conn = psycopg.connect(url)
+    counter = iter(range(10**12))
+    owner = f"user:{client}"
+    text = json.dumps(payload(0, size), separators=(",", ":"), sort_keys=True)
+    digest = hashlib.sha256(text.encode()).digest()
+
+    if kind == "single":
+
+        def step():
+            i = next(counter)
+            with conn.cursor() as cur:
+                cur.execute(RAW_UPDATE, [1, topic])
+                (wm,) = cur.fetchone()
+                cur.execute(RAW_INSERT, [topic, wm, f"c{client}:doc:{i}", owner, text, digest, len(text)])
+            conn.commit()
+            return 1
+
+    else:
+
+        def step():
+            base = next(counter) * 100
+            with conn.cursor() as cur:
+                cur.execute(RAW_UPDATE, [100, topic])
+                (last,) = cur.fetchone()
+                cur.execute(
+                    RAW_INSERT_MANY,
+                    [
+                        topic,
+                        owner,
+                        list(range(last - 99, last + 1)),
+                        [f"c{client}:doc:{base + j}" for j in range(100)],
+                        [text] * 100,
+                        [digest] * 100,
+                        [len(text)] * 100,
+                    ],
+                )
+            conn.commit()
+            return 100
+
+    out.put(_timed_loop(step, seconds, start_at))
+    conn.close()
+
+
+def run_clients(target, args_per_client: list[tuple]) -> float:
+    """Start one process per client, return total docs/s (sum of per-client rates)."""
+    from django.db import connections
+
+    connections.close_all()
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start_at = time.monotonic() + WARMUP_SECONDS + 0.5  # + process start-up
+    procs = [ctx.Process(target=target, args=(*a[:4], start_at, *a[4:], out)) for a in args_per_client]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join(60)
+        if p.exitcode != 0:
+            raise SystemExit(f"client process failed with exit code {p.exitcode}")
+    return sum(done / elapsed for done, elapsed in results)
+
+
+def check_journal(topics: list[str]) -> None:
+    """Sanity: every measured topic's journal is exactly 1..head (no holes, no duplicates)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        for topic in topics:
+            cur.execute(
+                "SELECT count(*), coalesce(min(watermark), 0), coalesce(max(watermark), 0) FROM sync_stream_events WHERE topic = %s",
+                [topic],
+            )
+            count, low, high = cur.fetchone()
+            cur.execute("SELECT last_watermark FROM sync_topic_sequences WHERE topic = %s", [topic])
+            (head,) = cur.fetchone()
+            if count and (low, high, head) != (1, count, count):
+                raise SystemExit(f"journal of {topic} is not 1..{count}: min={low} max={high} head={head}")
+    connection.close()
+
+
+SCENARIOS = [
+    # name, kind, topics used by the clients (one entry per client)
+    ("single_1topic", "single", [TOPICS[0]]),
+    ("single_1topic_4clients", "single", [TOPICS[0]] * 4),
+    ("single_4topics", "single", TOPICS),
+    ("batch100_1topic", "batch", [TOPICS[0]]),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario and ceiling")
+    parser.add_argument("--payload-bytes", type=int, default=300, help="canonical JSON size of each document")
+    parser.add_argument("--only", help="run just this scenario")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating sink/raw rounds per scenario; the median of each is reported (other load on "
+        "the shared server moves fsync latency, so a single back-to-back pair is noisy)",
+    )
+    args = parser.parse_args()
+    url = setup()
+    rows = []
+    for name, kind, topics in SCENARIOS:
+        if args.only and name != args.only:
+            continue
+        sink_rates, raw_rates = [], []
+        for round_no in range(args.rounds):
+            order = ("sink", "raw") if round_no % 2 == 0 else ("raw", "sink")
+            for which in order:
+                reset_topics()
+                if which == "sink":
+                    rate = run_clients(
+                        sink_client,
+                        [(kind, topic, c, args.seconds, args.payload_bytes) for c, topic in enumerate(topics)],
+                    )
+                    sink_rates.append(rate)
+                else:
+                    rate = run_clients(
+                        raw_client,
+                        [(kind, topic, c, args.seconds, args.payload_bytes, url) for c, topic in enumerate(topics)],
+                    )
+                    raw_rates.append(rate)
+                check_journal(sorted(set(topics)))
+        sink_rate, raw_rate = statistics.median(sink_rates), statistics.median(raw_rates)
+        row = {
+            "scenario": name,
+            "clients": len(topics),
+            "topics": len(set(topics)),
+            "docs_per_txn": 100 if kind == "batch" else 1,
+            "sink_docs_per_s": round(sink_rate),
+            "raw_docs_per_s": round(raw_rate),
+            "ratio": round(sink_rate / raw_rate, 3),
+            "sink_rounds": [round(r) for r in sink_rates],
+            "raw_rounds": [round(r) for r in raw_rates],
+        }
+        rows.append(row)
+        print(
+            f"{name:26s} clients={row['clients']} sink={row['sink_docs_per_s']:>8,} docs/s "
+            f"raw={row['raw_docs_per_s']:>8,} docs/s ratio={row['ratio']:.2f}",
+            flush=True,
+        )
+    reset_topics()
+    result = {
+        "benchmark": "sink",
+        "command": "python bench/sink.py " + " ".join(sys.argv[1:]),
+        "seconds_per_run": args.seconds,
+        "rounds": args.rounds,
+        "payload_bytes": args.payload_bytes,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "targets": {"single_ratio_min": 0.5, "batch_docs_per_s_min": 50000},
+        "results": rows,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    if not args.only:
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {RESULTS.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
