@@ -169,9 +169,6 @@ class Hub:
     def remove(self, session) -> None:
         self.sessions.discard(session)
 
-    def joined(self, session) -> None:
-        """A session joined (nothing to do yet: ticks and revocation checks cover all sessions)."""
-
     async def known_topics(self) -> tuple:
         now = self.clock()
         if now - self._known_at > KNOWN_TOPICS_TTL_SECONDS or not self._known_topics:
@@ -186,7 +183,10 @@ class Hub:
             if self.layer is not None and self.channel is not None:
                 self._spawn(self.layer.group_add(topic_group(topic), self.channel), "khala-hub-group-add")
         feed.sessions.add(session)
-        self._spawn(self._pump(feed, "follow"), "khala-hub-pump")
+        if feed.cursor is None and not feed.pumping:
+            # A new feed learns the head and starts reading; a known one needs nothing: the new
+            # follower catches up from the journal itself and merges what the feed offers next.
+            self._spawn(self._pump(feed, "follow"), "khala-hub-pump")
 
     def unfollow(self, session, topic: str) -> None:
         feed = self.feeds.get(topic)

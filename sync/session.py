@@ -45,7 +45,6 @@ from sync.protocol import (
     UNSUBSCRIBE,
     Cursor,
     Frame,
-    JournalRow,
     ProtocolError,
     TopicState,
     batch_payload,
@@ -58,7 +57,6 @@ from sync.protocol import (
     encode_update,
     find_stale_cursors,
     inline_limit,
-    may_see,
     parse_subscribe,
     parse_unsubscribe,
     split_batches,
@@ -329,7 +327,6 @@ class Session:
         self.frames = frame.payload.get("frames") is True
         self.next_heartbeat = self.clock() + self.rng.uniform(0, self.heartbeat_interval)
         metrics.JOINS.labels(result="ok").inc()
-        self.hub.joined(self)
         self._send(
             encode_ok(
                 frame,
@@ -561,6 +558,7 @@ class Session:
         for text, committed_at in frames:
             if not self._send(text, committed_at):
                 return
+            metrics.LIVE_FRAMES.inc()
 
     # ---- heartbeats, revocation, liveness -----------------------------------------------------
 
@@ -619,6 +617,3 @@ class Session:
         self._drop_all()
         self.outbound.close()
 
-
-def rows_committed_at(rows: list[JournalRow]) -> float | None:
-    return min((row.inserted_at for row in rows), default=None)

@@ -25,10 +25,6 @@ class FakeHub:
 
     def __init__(self):
         self.rng = random.Random(7)
-        self.joined_sessions = []
-
-    def joined(self, session):
-        self.joined_sessions.append(session)
 
     def head(self, topic):
         return 0

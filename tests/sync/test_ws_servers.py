@@ -175,13 +175,11 @@ async def test_slow_consumer_is_closed_and_others_keep_receiving(topics, mint, a
     # The slow client never reads from here on. ~16 MB of updates: more than the kernel buffers,
     # the transport's buffer and the bounded queue together.
     writer = asyncio.create_task(in_thread(write_rows, 1, 250, payload_bytes=64 * 1024))
-    latencies = []
     seen = []
     while len(seen) < 250:
         frame = await normal.recv(60)
         if frame[3] == "sync:update_batch":
             seen += [u["watermark"] for u in frame[4]["updates"]]
-            latencies.append(time.time())
     await writer
     assert seen == list(range(1, 251))
     loop = asyncio.get_running_loop()
