@@ -46,6 +46,8 @@ _SPECS = (
               "send heartbeats (Phoenix clients do); reconnect and resume"),
     ErrorSpec("slow_consumer", "client did not read its updates in time", 4008,
               "reconnect with backoff and resume from stored cursors (hydrate first if `full_resync_required`)"),
+    ErrorSpec("rate_limited", "too many requests in flight", None,
+              "wait `retry_after_ms`, then retry; do not send requests before their replies"),
     ErrorSpec("internal", "internal server error", 4500,
               "reconnect with backoff and resume"),
 )
@@ -53,7 +55,7 @@ _SPECS = (
 ERRORS: dict[str, ErrorSpec] = {spec.code: spec for spec in _SPECS}
 
 # Codes of the proto enum that this server never sends (kept out of ERRORS on purpose).
-PROTO_CODES_NOT_SENT = frozenset({"rate_limited"})
+PROTO_CODES_NOT_SENT: frozenset = frozenset()
 
 
 def spec(code: str) -> ErrorSpec:

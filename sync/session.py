@@ -69,6 +69,10 @@ log = logging.getLogger(__name__)
 # Live rows buffered per topic while that topic replays; past this the buffer is dropped and the
 # rows are read from the journal instead (the journal is the truth; the buffer is an optimisation).
 HANDOVER_BUFFER_LIMIT_ROWS = 5000
+# Client requests (join, subscribe, unsubscribe, leave) waiting for the command task; more are
+# refused with rate_limited, so a client cannot grow a socket's memory by flooding requests.
+MAX_PENDING_REQUESTS = 32
+RATE_LIMIT_RETRY_AFTER_MS = 1000
 
 
 class Status(enum.Enum):
@@ -249,21 +253,30 @@ class Session:
             self._reply_error(frame, error_payload("bad_topic", f"unknown topic {frame.topic[:64]!r}; join sync:v1"))
             return
         if frame.event == PHX_JOIN:
-            self._join_pending += 1
-            self._commands.put_nowait(("join", frame))
+            if self._enqueue("join", frame):
+                self._join_pending += 1
             return
         if not (self.joined or self._join_pending):
             self._reply_error(frame, error_payload("bad_topic", "join sync:v1 first"))
             return
         if frame.event in (SUBSCRIBE, UNSUBSCRIBE, PHX_LEAVE):
-            self._commands.put_nowait((frame.event, frame))
+            self._enqueue(frame.event, frame)
         elif frame.event == SYNC_HEARTBEAT:
             if self._join_pending:
-                self._commands.put_nowait((frame.event, frame))
+                self._enqueue(frame.event, frame)
             else:
                 self._send(encode_ok(frame, {"subscription_id": self.subscription_id, "watermarks": self._watermarks()}))
         else:
             self._reply_error(frame, error_payload("unknown_event", f"unknown event {frame.event[:64]!r}", event=frame.event[:64]))
+
+    def _enqueue(self, kind: str, frame: Frame) -> bool:
+        """Queue a client request for the command task; past ``MAX_PENDING_REQUESTS`` requests in
+        flight the request is refused (``rate_limited``) instead of growing the queue."""
+        if self._commands.qsize() >= MAX_PENDING_REQUESTS:
+            self._reply_error(frame, error_payload("rate_limited", retry_after_ms=RATE_LIMIT_RETRY_AFTER_MS))
+            return False
+        self._commands.put_nowait((kind, frame))
+        return True
 
     # ---- commands (run one at a time by ``run``) --------------------------------------------
 

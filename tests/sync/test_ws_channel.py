@@ -435,3 +435,38 @@ async def test_lost_hints_are_caught_by_the_head_check(topics, mint, awrite, kha
         seen += [u["watermark"] for u in updates_of(await client.recv_until(lambda f: f[3] == "sync:update_batch"))]
     assert seen == [1, 2, 3]
     assert metrics.HUB_LOST_HINT_CATCHUPS._value.get() > before
+
+
+# ---- request flood ------------------------------------------------------------------------------
+
+
+async def test_request_flood_is_rate_limited_not_queued(topics, mint):
+    client = await joined(mint(1))
+    refs = [await client.push("sync:subscribe", {"topics": [RUNS]}) for _ in range(60)]
+    replies = {}
+    while len(replies) < len(refs):
+        frame = await client.recv()
+        if frame[3] == "phx_reply":
+            replies[frame[1]] = frame[4]
+    codes = [replies[ref]["response"].get("code", "ok") for ref in refs]
+    assert codes.count("rate_limited") >= 60 - 32 and "ok" in codes
+    limited = next(replies[ref]["response"] for ref in refs if replies[ref]["status"] == "error")
+    assert limited == {"code": "rate_limited", "message": "too many requests in flight", "retry_after_ms": 1000}
+    ref = await client.push("sync:heartbeat", {})
+    reply, _ = await client.reply(ref)
+    assert reply["status"] == "ok"
+
+
+async def test_revocation_is_rechecked_on_the_heartbeat_tick_when_the_hint_is_lost(topics, mint, monkeypatch):
+    from sync.hub import get_hub
+    from tokens.revocation import revoke
+
+    monkeypatch.setattr("tokens.revocation._announce", lambda *a, **k: None)  # the hint is lost
+    token = mint(1)
+    device = jwt.decode(token, SIGNING_SECRET, algorithms=["HS256"], options={"verify_aud": False})["oa_device_id"]
+    client = await joined(token)
+    await database_sync_to_async(revoke)([], [device], "device_lost")
+    await (await get_hub()).check_revocations()  # what the tick does every heartbeat interval
+    frames = await client.recv_until(lambda f: f[3] == "sync:error")
+    assert frames[-1][4]["code"] == "reauth_required" and frames[-1][4]["reason"] == "device_lost"
+    assert await client.wait_closed() == 4403
