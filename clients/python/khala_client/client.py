@@ -375,8 +375,12 @@ class KhalaClient:
                 try:
                     await self._session()
                 except FatalError:
+                    if self._closing:
+                        break
                     raise
                 except KhalaError as exc:
+                    if self._closing:
+                        break
                     reason = exc.code
                     if self.connects > joins_before:
                         auth_failures = 0

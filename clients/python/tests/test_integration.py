@@ -65,6 +65,7 @@ async def test_replay_then_live_equals_read_models(khala_env):
     finally:
         await client.close()
     assert client.state == State.CLOSED
+    assert not [e for e in events if isinstance(e, ErrorEvent)], "closing is not an error"
 
 
 async def test_reconnect_storm_is_spread_by_jitter_and_converges(khala_env):

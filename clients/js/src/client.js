@@ -1,0 +1,670 @@
+// KhalaClient: one WebSocket to a Khala server, a local document cache, and the rules that keep
+// the cache equal to the server's read models across disconnects. Same semantics as the Python
+// client (clients/python/khala_client/client.py); the wire contract is
+// docs/protocol/OA_SYNC_WS_MAPPING.md.
+//
+//   idle ─start()─► connecting ─join ok─► joined ─subscribe ok─► live
+//                                                                 │ socket lost / dead / closed
+//                      reconnecting ◄─────────────────────────────┘
+//                         │ backoff (full jitter), FRESH token, join, subscribe → joined → live
+//   any state ─close() or a fatal error─► closed
+//
+// Fixes over upstream's TS client (upstream-khala-v1.md §8): the join REPLY is awaited (join
+// errors surface), Phoenix and sync:heartbeat heartbeats are sent and a silent socket is detected,
+// phx_close/phx_error are handled, a stale cursor is handled once (push + reply dedupe) and
+// recovered by snapshot instead of silently replaying from 0, reconnects use full jitter.
+//
+// Ordering: every frame goes through one queue processed in socket order (replay batches come
+// before the subscribe reply; a heartbeat's watermark means "all sent up to here"), so cursors
+// only move in socket order. Heartbeat replies are resolved on arrival (liveness must not wait
+// behind a slow hydration fetch).
+import { Backoff } from './backoff.js';
+import { DocumentCache } from './cache.js';
+import { realClock } from './clock.js';
+import { AuthError, FatalError, KhalaError, TransientError, classify } from './errors.js';
+import { verify } from './hashing.js';
+import { HttpApi } from './http.js';
+import * as protocol from './protocol.js';
+
+const { EVENTS, SYNC_CHANNEL, PHOENIX_TOPIC } = protocol;
+
+export const State = Object.freeze({
+  IDLE: 'idle',
+  CONNECTING: 'connecting',
+  JOINED: 'joined',
+  LIVE: 'live',
+  RECONNECTING: 'reconnecting',
+  CLOSED: 'closed',
+});
+
+// Close codes of the error table (mapping doc §7), used when the socket closed without a frame
+// saying why.
+const CLOSE_CODES = {
+  4401: 'unauthorized', 4403: 'reauth_required', 4426: 'upgrade_required', 4400: 'malformed_frame',
+  4413: 'payload_too_large', 4408: 'heartbeat_timeout', 4008: 'slow_consumer', 4500: 'internal',
+};
+
+function closeError(code, reason) {
+  const name = CLOSE_CODES[code] ?? 'socket_closed';
+  const message = `socket closed (code ${code}${reason ? `, ${reason}` : ''})`;
+  return classify(name) === 'fatal' ? new FatalError(name, message, { closeCode: code }) : new TransientError(name, message, { closeCode: code });
+}
+
+const END = Symbol('end-of-stream');
+
+class Connection {
+  constructor(ws) {
+    this.ws = ws;
+    this.refs = 0;
+    this.joinRef = null;
+    this.pending = new Map();
+    this.livenessRefs = new Set();
+    this.error = null;
+    this.queue = [];
+    this.draining = false;
+    this.heartbeatIntervalMs = 15_000;
+    this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
+  }
+
+  fail(err) {
+    if (this.error === null) this.error = err;
+    for (const { reject } of this.pending.values()) reject(this.error);
+    this.pending.clear();
+    this.resolveClosed();
+  }
+
+  send(topic, event, payload, { liveness = false } = {}) {
+    if (this.error) return Promise.reject(this.error);
+    const ref = String(++this.refs);
+    let joinRef = this.joinRef;
+    if (event === EVENTS.JOIN) { this.joinRef = ref; joinRef = ref; } else if (topic === PHOENIX_TOPIC) joinRef = null;
+    const promise = new Promise((resolve, reject) => this.pending.set(ref, { resolve, reject }));
+    if (liveness) this.livenessRefs.add(ref);
+    try {
+      this.ws.send(protocol.encodeFrame(joinRef, ref, topic, event, payload));
+    } catch (err) {
+      this.fail(new TransientError('socket_closed', `send failed: ${err.message}`));
+    }
+    return promise;
+  }
+
+  resolve(frame) {
+    const entry = frame.ref ? this.pending.get(frame.ref) : undefined;
+    if (!entry) return;
+    this.pending.delete(frame.ref);
+    try {
+      entry.resolve(protocol.replyStatus(frame.payload));
+    } catch (err) {
+      entry.reject(new TransientError(err.code ?? 'bad_reply', err.message));
+    }
+  }
+}
+
+export class KhalaClient {
+  /**
+   * @param {object} options see index.d.ts (KhalaClientOptions)
+   */
+  constructor({
+    url, tokenProvider, store, topics = [], WebSocket = globalThis.WebSocket, fetch = globalThis.fetch,
+    socketPath = protocol.DEFAULT_SOCKET_PATH, connectParams = {}, replayBatchSize, heartbeatIntervalMs = 15_000,
+    heartbeatTimeoutMs = 10_000, joinTimeoutMs = 15_000, subscribeTimeoutMs = 120_000, staleWindowMs = 30_000,
+    backoff, staleBackoff, clock = realClock, random = Math.random, verifyHashes = true, http, onState, onEvent,
+    eventQueueSize = 10_000,
+  } = {}) {
+    if (!url || typeof tokenProvider !== 'function') throw new TypeError('KhalaClient needs {url, tokenProvider}');
+    if (!WebSocket) throw new TypeError('KhalaClient needs a WebSocket implementation (browsers have one; in Node pass {WebSocket} from "ws")');
+    Object.assign(this, {
+      url, tokenProvider, WebSocket, socketPath, connectParams, replayBatchSize, heartbeatIntervalMs, heartbeatTimeoutMs,
+      joinTimeoutMs, subscribeTimeoutMs, staleWindowMs, clock, random, verifyHashes, onState, onEvent, eventQueueSize,
+    });
+    this.cache = new DocumentCache(store);
+    this.topics = [...new Set(topics)];
+    this.backoff = backoff ?? new Backoff({ random });
+    this.staleBackoff = staleBackoff ?? new Backoff({ baseMs: 1000, capMs: 60_000, random });
+    this.http = http ?? new HttpApi(url, { fetch });
+    this.state = State.IDLE;
+    this.error = null;
+    this.connects = 0;
+    this.connectAttempts = [];
+    this.headWatermarks = {};
+    this.appliedLog = null; // set to [] to record [topic, docKey, docVersion, watermark]
+    this._subscribers = new Set();
+    this._stateWaiters = new Set();
+    this._timers = new Set();
+    this._conn = null;
+    this._run = null;
+    this._closing = false;
+    this._token = null;
+    this._lastSnapshotAt = new Map();
+    this._subscribing = 0;
+  }
+
+  // --- observation --------------------------------------------------------------------------
+
+  _emit(event) {
+    if (this.onEvent) {
+      try { this.onEvent(event); } catch (err) { console.error('khala: onEvent callback failed', err); }
+    }
+    for (const sub of this._subscribers) sub.push(event);
+  }
+
+  _setState(state) {
+    if (state === this.state) return;
+    const previous = this.state;
+    this.state = state;
+    if (this.onState) {
+      try { this.onState(state); } catch (err) { console.error('khala: onState callback failed', err); }
+    }
+    this._emit({ type: 'state', state, previous });
+    for (const waiter of [...this._stateWaiters]) waiter();
+  }
+
+  /** Every event from now on, until the client closes (a slow reader loses the oldest events). */
+  events() {
+    const client = this;
+    const buffer = [];
+    let wake = null;
+    let done = this.state === State.CLOSED;
+    const sub = {
+      dropped: 0,
+      push(event) {
+        if (buffer.length >= client.eventQueueSize) { buffer.shift(); sub.dropped += 1; }
+        buffer.push(event);
+        if (event.type === 'state' && event.state === State.CLOSED) done = true;
+        if (wake) { wake(); wake = null; }
+      },
+    };
+    this._subscribers.add(sub);
+    return {
+      [Symbol.asyncIterator]() { return this; },
+      async next() {
+        while (buffer.length === 0) {
+          if (done) { client._subscribers.delete(sub); return { done: true, value: undefined }; }
+          await new Promise((resolve) => { wake = resolve; });
+        }
+        return { done: false, value: buffer.shift() };
+      },
+      async return() {
+        client._subscribers.delete(sub);
+        return { done: true, value: undefined };
+      },
+    };
+  }
+
+  /** Every state change from now on, `closed` last. */
+  async* states() {
+    for await (const event of this.events()) if (event.type === 'state') yield event.state;
+  }
+
+  /** Resolve when the state is one of `states`; reject with the fatal error if it closes instead. */
+  waitForState(states, { timeoutMs } = {}) {
+    const wanted = new Set(Array.isArray(states) ? states : [states]);
+    return new Promise((resolve, reject) => {
+      let timer = null;
+      const check = () => {
+        if (wanted.has(this.state)) { cleanup(); resolve(this.state); return; }
+        if (this.state === State.CLOSED) { cleanup(); reject(this.error ?? new TransientError('closed', 'client closed')); }
+      };
+      const cleanup = () => { this._stateWaiters.delete(check); if (timer) clearTimeout(timer); };
+      this._stateWaiters.add(check);
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => { cleanup(); reject(new TransientError('timeout', `state not in ${[...wanted]} after ${timeoutMs} ms (is ${this.state})`)); }, timeoutMs);
+      }
+      check();
+    });
+  }
+
+  waitLive(options) { return this.waitForState(State.LIVE, options); }
+
+  // --- timers (all cancellable, so close() leaves nothing behind) -----------------------------
+
+  _sleep(ms) {
+    return new Promise((resolve) => {
+      const t = { resolve };
+      t.handle = setTimeout(() => { this._timers.delete(t); resolve(); }, Math.max(0, ms));
+      this._timers.add(t);
+    });
+  }
+
+  _withTimeout(promise, ms, makeError) {
+    let t;
+    const timeout = new Promise((_, reject) => {
+      t = { resolve: () => {} };
+      t.handle = setTimeout(() => { this._timers.delete(t); reject(makeError()); }, ms);
+      this._timers.add(t);
+    });
+    return Promise.race([promise, timeout]).finally(() => { clearTimeout(t.handle); this._timers.delete(t); });
+  }
+
+  // --- lifecycle ------------------------------------------------------------------------------
+
+  /** Start the connect/retry loop in the background; returns its promise (rejects on a fatal error). */
+  start() {
+    if (!this._run) {
+      this._run = this.run();
+      this._run.catch(() => {}); // surfaced through waitForState/close/this.error
+    }
+    return this._run;
+  }
+
+  async close() {
+    this._closing = true;
+    if (this._conn) this._conn.fail(new TransientError('client_closed', 'closed by the application'));
+    for (const t of this._timers) { clearTimeout(t.handle); t.resolve(); }
+    this._timers.clear();
+    if (this._run) await this._run.catch(() => {});
+    this._finish();
+  }
+
+  _finish() {
+    if (this.state !== State.CLOSED) this._setState(State.CLOSED);
+  }
+
+  async run() {
+    let authFailures = 0;
+    try {
+      while (!this._closing) {
+        this._setState(this.connects === 0 ? State.CONNECTING : State.RECONNECTING);
+        const joinsBefore = this.connects;
+        let reason = 'socket_closed';
+        try {
+          await this._session();
+        } catch (err) {
+          if (this._closing) break;
+          if (err instanceof FatalError) throw err;
+          reason = err.code ?? err.name ?? 'connection_failed';
+          if (this.connects > joinsBefore) authFailures = 0;
+          this._emit({ type: 'error', code: err.code ?? 'connection_failed', message: err.message, details: err.details ?? {} });
+          if (err instanceof KhalaError && classify(err.code) === 'auth') {
+            authFailures += 1;
+            if (authFailures >= 2) throw new AuthError(err.code, `token refused twice in a row: ${err.message}`, err.details);
+            continue; // one immediate retry with a fresh token
+          }
+        }
+        if (this.connects > joinsBefore) authFailures = 0;
+        if (this._closing) break;
+        const delay = this.backoff.nextDelay();
+        this._setState(State.RECONNECTING);
+        this._emit({ type: 'reconnecting', attempt: this.backoff.attempt, delayMs: delay, reason });
+        await this._sleep(delay);
+      }
+    } catch (err) {
+      this.error = err;
+      this._emit({ type: 'error', code: err.code, message: err.message, details: err.details ?? {} });
+      throw err;
+    } finally {
+      this._conn = null;
+      this._finish();
+    }
+  }
+
+  // --- one connection -------------------------------------------------------------------------
+
+  async _freshToken() {
+    const token = await this.tokenProvider();
+    if (typeof token !== 'string' || !token) throw new FatalError('token_provider_failed', 'tokenProvider returned no token');
+    this._token = token;
+    return token;
+  }
+
+  _open(url) {
+    return new Promise((resolve, reject) => {
+      let ws;
+      try {
+        ws = new this.WebSocket(url);
+      } catch (err) {
+        reject(new TransientError('connection_failed', err.message));
+        return;
+      }
+      const timer = setTimeout(() => { try { ws.close(); } catch { /* ignore */ } reject(new TransientError('connect_timeout', `no open within ${this.joinTimeoutMs} ms`)); }, this.joinTimeoutMs);
+      ws.onopen = () => { clearTimeout(timer); resolve(ws); };
+      ws.onerror = () => {};
+      ws.onclose = (e) => { clearTimeout(timer); reject(new TransientError('connection_failed', `socket closed before open (code ${e?.code})`)); };
+    });
+  }
+
+  async _session() {
+    const token = await this._freshToken();
+    const url = protocol.socketUrl(this.url, token, { path: this.socketPath, params: this.connectParams });
+    this.connectAttempts.push(this.clock.now());
+    const ws = await this._open(url);
+    const conn = new Connection(ws);
+    this._conn = conn;
+    ws.onmessage = (e) => this._onMessage(conn, e.data);
+    ws.onclose = (e) => this._enqueue(conn, { [END]: closeError(e?.code, e?.reason) });
+    ws.onerror = () => {};
+    this.backoff.connected(this.clock.now());
+    const heartbeat = { stop: false };
+    try {
+      await this._join(conn);
+      this.connects += 1;
+      this._setState(State.JOINED);
+      this._heartbeatLoop(conn, heartbeat);
+      if (this.topics.length) await this._subscribe(conn, [...this.topics]);
+      if (!conn.error) this._setState(State.LIVE);
+      await conn.closed;
+      throw conn.error ?? new TransientError('socket_closed', 'connection closed');
+    } finally {
+      heartbeat.stop = true;
+      conn.fail(new TransientError('socket_closed', 'connection closed'));
+      try { ws.close(1000); } catch { /* already closed */ }
+      this.backoff.disconnected(this.clock.now());
+      if (this._conn === conn) this._conn = null;
+    }
+  }
+
+  async _request(conn, topic, event, payload, timeoutMs, { liveness = false } = {}) {
+    const reply = conn.send(topic, event, payload, { liveness });
+    const [status, response] = await this._withTimeout(reply, timeoutMs, () => (liveness
+      ? new TransientError('heartbeat_timeout', `no reply to ${event} within ${timeoutMs} ms`)
+      : new TransientError('reply_timeout', `no reply to ${event} within ${timeoutMs} ms`)));
+    if (status !== 'ok') {
+      const code = protocol.errorCode(response);
+      const message = response?.message ?? '';
+      if (classify(code) === 'fatal') throw new FatalError(code, message, response);
+      throw new TransientError(code, message, response);
+    }
+    return response;
+  }
+
+  async _join(conn) {
+    const response = await this._request(conn, SYNC_CHANNEL, EVENTS.JOIN, { frames: false }, this.joinTimeoutMs);
+    conn.heartbeatIntervalMs = this.heartbeatIntervalMs;
+    const serverTimeout = response?.heartbeat_timeout_ms;
+    // at least three heartbeats per server idle timeout, so one lost reply never idles us out
+    if (Number.isInteger(serverTimeout) && serverTimeout > 0) conn.heartbeatIntervalMs = Math.min(this.heartbeatIntervalMs, serverTimeout / 3);
+  }
+
+  _onMessage(conn, data) {
+    let frame;
+    try {
+      frame = protocol.decodeFrame(typeof data === 'string' ? data : String(data));
+    } catch (err) {
+      this._emit({ type: 'error', code: err.code ?? 'bad_frame', message: err.message, details: {} });
+      return;
+    }
+    if (frame.event === EVENTS.REPLY && conn.livenessRefs.has(frame.ref)) {
+      conn.livenessRefs.delete(frame.ref);
+      conn.resolve(frame);
+      if (frame.topic === PHOENIX_TOPIC) return; // sync:heartbeat replies also carry watermarks: keep them in order
+    }
+    this._enqueue(conn, frame);
+  }
+
+  _enqueue(conn, item) {
+    conn.queue.push(item);
+    if (!conn.draining) this._drain(conn);
+  }
+
+  async _drain(conn) {
+    conn.draining = true;
+    try {
+      while (conn.queue.length) {
+        const item = conn.queue.shift();
+        if (item[END]) { conn.fail(item[END]); return; }
+        if (conn.error) return;
+        await this._handle(conn, item);
+      }
+    } catch (err) {
+      conn.fail(err instanceof KhalaError ? err : new TransientError('client_error', String(err?.stack ?? err)));
+    } finally {
+      conn.draining = false;
+    }
+  }
+
+  async _handle(conn, frame) {
+    const { event, payload } = frame;
+    if (frame.topic === PHOENIX_TOPIC) {
+      if (event === EVENTS.REPLY) conn.resolve(frame);
+      return;
+    }
+    if (frame.topic !== SYNC_CHANNEL) return;
+    if (event === EVENTS.REPLY) {
+      if (payload?.status === 'ok' && payload.response && typeof payload.response === 'object') {
+        for (const key of ['current_watermarks', 'watermarks']) {
+          if (key in payload.response) await this._advance(payload.response[key]);
+        }
+      }
+      conn.resolve(frame);
+    } else if (event === EVENTS.UPDATE_BATCH) {
+      let batch;
+      try {
+        batch = protocol.parseUpdateBatch(payload);
+      } catch (err) {
+        this._emit({ type: 'error', code: err.code, message: err.message, details: { payload } });
+        return;
+      }
+      await this._applyBatch(batch);
+    } else if (event === EVENTS.SYNC_HEARTBEAT) {
+      const raw = payload?.watermarks;
+      let watermarks;
+      try {
+        watermarks = protocol.parseWatermarks(raw);
+      } catch (err) {
+        this._emit({ type: 'error', code: err.code, message: err.message, details: {} });
+        return;
+      }
+      await this._advance(raw);
+      for (const entry of Array.isArray(raw) ? raw : []) {
+        if (Number.isInteger(entry?.head_watermark)) this.headWatermarks[entry.topic] = entry.head_watermark;
+      }
+      this._emit({ type: 'heartbeat', watermarks });
+    } else if (event === EVENTS.SYNC_ERROR) {
+      this._handleSyncError(conn, payload && typeof payload === 'object' ? payload : {});
+    } else if (event === EVENTS.ERROR || event === EVENTS.CLOSE) {
+      conn.fail(new TransientError('channel_closed', `server sent ${event} on ${frame.topic}`, payload));
+    }
+    // sync:frame and unknown events are ignored (the legacy events carry the same data)
+  }
+
+  _handleSyncError(conn, payload) {
+    const code = protocol.errorCode(payload);
+    const message = String(payload.message ?? '');
+    if (code === 'stale_cursor') {
+      if (this._subscribing) return; // the subscribe reply carries the same payload: handle it once, there
+      // a live topic went stale (epoch change, pruned while behind): recover without blocking the queue
+      this._recoverStale(payload)
+        .then(() => this._subscribe(conn, (payload.stale_topics ?? []).map((t) => t?.topic).filter((t) => this.topics.includes(t))))
+        .catch((err) => conn.fail(err));
+      return;
+    }
+    const kind = classify(code);
+    if (kind === 'fatal') conn.fail(new FatalError(code, message, payload));
+    else if (kind === 'auth' || payload.action === 'disconnect' || code === 'slow_consumer' || code === 'heartbeat_timeout') {
+      conn.fail(new TransientError(code, message, payload));
+    } else this._emit({ type: 'error', code, message, details: payload });
+  }
+
+  /** Move cursors forward to what the server says it has sent us (called in socket order). */
+  async _advance(raw) {
+    let watermarks;
+    try { watermarks = protocol.parseWatermarks(raw); } catch { return; }
+    const epochs = protocol.parseEpochs(raw);
+    for (const [topic, watermark] of Object.entries(watermarks)) {
+      if (!this.topics.includes(topic)) continue;
+      const state = await this.cache.topicState(topic);
+      const epoch = epochs[topic];
+      if (epoch && state.streamEpoch && epoch !== state.streamEpoch) continue; // another history: the server flags it
+      if (watermark > state.watermark || (epoch && !state.streamEpoch)) await this.cache.advance(topic, watermark, epoch ?? null);
+    }
+  }
+
+  // --- applying updates -----------------------------------------------------------------------
+
+  async _applyBatch(batch) {
+    const byTopic = new Map();
+    for (const u of batch.updates) {
+      if (!byTopic.has(u.topic)) byTopic.set(u.topic, []);
+      byTopic.get(u.topic).push(u);
+    }
+    // a batch without updates still moves the cursor (rows this socket may not see)
+    for (const topic of Object.keys(batch.headWatermarks)) if (!byTopic.has(topic)) byTopic.set(topic, []);
+    for (const [topic, updates] of byTopic) {
+      const result = await this.cache.plan(topic, updates);
+      const completed = [];
+      for (const doc of result.documents) {
+        const done = await this._complete(doc);
+        if (done) completed.push(done);
+      }
+      result.documents = completed;
+      // headWatermarks[topic] is the position through which this socket is complete
+      // (topic-wide, past rows we may not see): stored atomically with the documents.
+      const completeThrough = batch.headWatermarks[topic] ?? 0;
+      const epoch = batch.epochs[topic] ?? null;
+      const stored = (await this.cache.topicState(topic)).streamEpoch;
+      if (completeThrough > result.watermark && !(epoch && stored && epoch !== stored)) result.watermark = completeThrough;
+      result.watermark = await this.cache.commit(result, stored ? null : epoch);
+      if (this.appliedLog) for (const d of result.documents) this.appliedLog.push([d.topic, d.docKey, d.docVersion, d.watermark]);
+      this._emit({ type: 'batch', topic, result, headWatermark: batch.headWatermarks[topic] ?? null, replayComplete: batch.replayComplete });
+    }
+  }
+
+  async _complete(doc) {
+    if (!doc.hydrationRequired) {
+      if (!this.verifyHashes || await verify(doc.payload, doc.payloadHash)) return doc;
+      this._emit({
+        type: 'error', code: 'payload_hash_mismatch',
+        message: `${doc.topic} ${doc.docKey}@${doc.docVersion}: payload does not match payload_hash; refetching`,
+        details: { topic: doc.topic, docKey: doc.docKey, docVersion: doc.docVersion, watermark: doc.watermark },
+      });
+    }
+    return this.hydrate(doc.topic, doc.docKey, { fallback: doc });
+  }
+
+  async _httpWithToken(call) {
+    const token = this._token ?? await this._freshToken();
+    try {
+      return await call(token);
+    } catch (err) {
+      if (err.status === 401 && classify(err.code) === 'auth') return call(await this._freshToken());
+      throw err;
+    }
+  }
+
+  /** Fetch one document over HTTP (hydration_required, or a corrupt payload), verifying its hash. */
+  async hydrate(topic, docKey, { fallback } = {}) {
+    let data;
+    try {
+      data = await this._httpWithToken((token) => this.http.getDocument(topic, docKey, token));
+    } catch (err) {
+      this._emit({ type: 'error', code: 'hydration_failed', message: `${topic} ${docKey}: ${err.code} ${err.message}`, details: { topic, docKey, httpCode: err.code } });
+      if (err.code === 'http_unreachable' || (err.status ?? 0) >= 500) throw new TransientError('hydration_failed', err.message);
+      return fallback?.hydrationRequired ? fallback : null; // e.g. document_not_found: keep the pointer entry
+    }
+    const doc = {
+      topic, docKey: data.doc_key ?? docKey, docVersion: data.doc_version, payload: data.payload ?? null,
+      payloadHash: data.payload_hash ?? null, watermark: data.watermark ?? fallback?.watermark ?? 0, hydrationRequired: false,
+    };
+    if (this.verifyHashes && !(await verify(doc.payload, doc.payloadHash))) {
+      this._emit({ type: 'error', code: 'payload_hash_mismatch', message: `${topic} ${docKey}: hydrated payload does not match its payload_hash`, details: { topic, docKey } });
+      return null;
+    }
+    if (fallback && doc.docVersion < fallback.docVersion) return null;
+    return doc;
+  }
+
+  // --- subscriptions --------------------------------------------------------------------------
+
+  async subscribe(...topics) {
+    const added = topics.filter((t) => !this.topics.includes(t));
+    this.topics.push(...added);
+    const conn = this._conn;
+    if (added.length && conn && (this.state === State.JOINED || this.state === State.LIVE)) await this._subscribe(conn, added);
+  }
+
+  async unsubscribe(...topics) {
+    this.topics = this.topics.filter((t) => !topics.includes(t));
+    const conn = this._conn;
+    if (conn && (this.state === State.JOINED || this.state === State.LIVE)) {
+      await this._request(conn, SYNC_CHANNEL, EVENTS.UNSUBSCRIBE, { topics }, this.joinTimeoutMs);
+    }
+  }
+
+  /** Subscribe with each topic's stored cursor (0 when none); on stale_cursor snapshot and retry. */
+  async _subscribe(conn, topics) {
+    if (!topics.length) return;
+    for (;;) {
+      const cursors = {};
+      for (const t of topics) cursors[t] = await this.cache.topicState(t);
+      const payload = protocol.subscribePayload(topics, cursors, { replayBatchSize: this.replayBatchSize });
+      this._subscribing += 1;
+      try {
+        await this._request(conn, SYNC_CHANNEL, EVENTS.SUBSCRIBE, payload, this.subscribeTimeoutMs);
+        return;
+      } catch (err) {
+        if (err.code !== 'stale_cursor') throw err;
+        await this._recoverStale(err.details ?? {});
+      } finally {
+        this._subscribing -= 1;
+      }
+    }
+  }
+
+  async _recoverStale(payload) {
+    const stale = (payload.stale_topics ?? []).map((t) => t?.topic).filter((t) => typeof t === 'string');
+    if (!stale.length) throw new TransientError('stale_cursor', 'stale_cursor without stale_topics', payload);
+    this._emit({ type: 'stale_cursor', topics: stale, payload });
+    for (const topic of stale) {
+      const last = this._lastSnapshotAt.get(topic);
+      if (last !== undefined && this.clock.now() - last < this.staleWindowMs) {
+        // A second stale cursor right after a snapshot: back off instead of re-downloading in a loop.
+        await this._sleep(this.staleBackoff.nextDelay());
+      } else {
+        this.staleBackoff.reset();
+      }
+      await this.loadSnapshot(topic);
+      this._lastSnapshotAt.set(topic, this.clock.now());
+    }
+  }
+
+  /** Replace `topic`'s cache with the server's snapshot and resume from the first page's head. */
+  async loadSnapshot(topic) {
+    const snapshot = await this._httpWithToken((token) => this.http.snapshot(topic, token));
+    const documents = [];
+    for (const item of snapshot.documents) {
+      const doc = {
+        topic, docKey: item.doc_key, docVersion: item.doc_version, payload: item.payload ?? null,
+        payloadHash: item.payload_hash ?? null, watermark: item.watermark ?? 0, hydrationRequired: item.payload == null,
+      };
+      if (this.verifyHashes && !doc.hydrationRequired && !(await verify(doc.payload, doc.payloadHash))) {
+        this._emit({ type: 'error', code: 'payload_hash_mismatch', message: `${topic} ${doc.docKey}: snapshot payload does not match its payload_hash`, details: { topic, docKey: doc.docKey } });
+        continue;
+      }
+      documents.push(doc);
+    }
+    await this.cache.replaceTopic(topic, documents, snapshot.headWatermark, snapshot.streamEpoch);
+    if (this.appliedLog) this.appliedLog.push([topic, '*snapshot*', 0, snapshot.headWatermark]);
+    this._emit({ type: 'snapshot', topic, documents: documents.length, headWatermark: snapshot.headWatermark, streamEpoch: snapshot.streamEpoch });
+  }
+
+  // --- heartbeats -----------------------------------------------------------------------------
+
+  /** Phoenix heartbeat + sync:heartbeat every ~interval (jittered); no reply → dead socket. */
+  async _heartbeatLoop(conn, control) {
+    try {
+      while (!control.stop && !conn.error) {
+        await this._sleep(conn.heartbeatIntervalMs * (0.75 + 0.25 * this.random()));
+        if (control.stop || conn.error) return;
+        const replies = Promise.all([
+          conn.send(PHOENIX_TOPIC, EVENTS.HEARTBEAT, {}, { liveness: true }),
+          conn.send(SYNC_CHANNEL, EVENTS.SYNC_HEARTBEAT, {}, { liveness: true }),
+        ]);
+        await this._withTimeout(replies, this.heartbeatTimeoutMs, () => new TransientError('heartbeat_timeout', `no heartbeat reply within ${this.heartbeatTimeoutMs} ms`));
+      }
+    } catch (err) {
+      conn.fail(err instanceof KhalaError ? err : new TransientError('heartbeat_failed', String(err)));
+    }
+  }
+
+  // --- convenience ----------------------------------------------------------------------------
+
+  documents(topic) { return this.cache.documents(topic); }
+
+  async watermark(topic) { return (await this.cache.topicState(topic)).watermark; }
+}
+
+/** A tokenProvider that mints a fresh sync token from an API token on every call. */
+export function apiTokenProvider(url, apiToken, { scopes, fetch, http } = {}) {
+  const api = http ?? new HttpApi(url, { fetch });
+  return async () => (await api.mintSyncToken(apiToken, { scopes })).token;
+}

@@ -1,0 +1,108 @@
+// The HTTP side of the protocol: sync-token minting and hydration (one document, snapshot pages).
+// Errors are HttpError with the server's stable `code` ({"error": {"code", "message"}}) or a
+// transport code (http_unreachable, bad_response).
+import { KhalaError } from './errors.js';
+import { httpBase } from './protocol.js';
+
+export class HttpError extends KhalaError {
+  constructor(code, message = '', details = {}, status = null) {
+    super(code, message, details);
+    this.name = 'HttpError';
+    this.status = status;
+  }
+}
+
+export class HttpApi {
+  constructor(url, { fetch = globalThis.fetch, timeoutMs = 15_000 } = {}) {
+    if (!fetch) throw new TypeError('HttpApi needs fetch (global in browsers and Node >= 18, or pass {fetch})');
+    this.base = httpBase(url);
+    this.fetch = fetch;
+    this.timeoutMs = timeoutMs;
+  }
+
+  async request(method, path, { headers = {}, json } = {}) {
+    const init = { method, headers: { Accept: 'application/json', ...headers } };
+    if (json !== undefined) {
+      init.body = JSON.stringify(json);
+      init.headers['Content-Type'] = 'application/json';
+    }
+    if (typeof AbortSignal !== 'undefined' && AbortSignal.timeout) init.signal = AbortSignal.timeout(this.timeoutMs);
+    let response;
+    try {
+      response = await this.fetch(this.base + path, init);
+    } catch (err) {
+      throw new HttpError('http_unreachable', `${method} ${path}: ${err.message}`);
+    }
+    const text = await response.text();
+    let data;
+    try {
+      data = JSON.parse(text);
+    } catch {
+      throw new HttpError(response.ok ? 'bad_response' : `http_${response.status}`, `${method} ${path}: response is not JSON`, {}, response.status);
+    }
+    if (!response.ok) {
+      const err = data && typeof data === 'object' ? data.error : null;
+      if (err && typeof err.code === 'string') throw new HttpError(err.code, String(err.message ?? ''), err, response.status);
+      throw new HttpError(`http_${response.status}`, text.slice(0, 200), {}, response.status);
+    }
+    return data;
+  }
+
+  /** POST /api/sync/token with `Authorization: Token <api token>`; resolves to the `data` object. */
+  async mintSyncToken(apiToken, { scopes, ttlSeconds } = {}) {
+    const body = {};
+    if (scopes?.length) body.scopes = [...scopes];
+    if (ttlSeconds !== undefined) body.ttl_seconds = ttlSeconds;
+    const data = await this.request('POST', '/api/sync/token', { headers: { Authorization: `Token ${apiToken}` }, json: body });
+    const inner = data?.data ?? data;
+    if (!inner || typeof inner.token !== 'string') throw new HttpError('bad_response', 'token response has no token');
+    return inner;
+  }
+
+  /** GET /api/sync/v1/doc/<topic>/<doc_key> → {doc_key, doc_version, payload, payload_hash, watermark}. */
+  async getDocument(topic, docKey, token) {
+    const key = docKey.split('/').map((part) => encodeURIComponent(part).replace(/%3A/gi, ':')).join('/');
+    const data = await this.request('GET', `/api/sync/v1/doc/${encodeURIComponent(topic)}/${key}`, {
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    if (!data || typeof data.doc_version !== 'number') throw new HttpError('bad_response', 'document response lacks doc_version');
+    return data;
+  }
+
+  async listPage(topic, token, { cursor, limit } = {}) {
+    const query = new URLSearchParams();
+    if (cursor) query.set('cursor', cursor);
+    if (limit) query.set('limit', String(limit));
+    const qs = query.toString();
+    const data = await this.request('GET', `/api/sync/v1/list/${encodeURIComponent(topic)}${qs ? `?${qs}` : ''}`, {
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    if (!data || !Array.isArray(data.documents) || typeof data.head_watermark !== 'number') {
+      throw new HttpError('bad_response', 'list response needs documents and head_watermark');
+    }
+    return { documents: data.documents, headWatermark: data.head_watermark, streamEpoch: data.stream_epoch ?? null, nextCursor: data.next_cursor ?? null };
+  }
+
+  /**
+   * Every page of `topic`; resume from the FIRST page's headWatermark (each page is its own
+   * snapshot: a write after page 1 is either on a later page or replayed after page 1's head).
+   * On 409 stream_epoch_changed start again, at most `attempts` times.
+   */
+  async snapshot(topic, token, { limit = 1000, attempts = 3 } = {}) {
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        let page = await this.listPage(topic, token, { limit });
+        const first = page;
+        const documents = [...page.documents];
+        while (page.nextCursor) {
+          page = await this.listPage(topic, token, { cursor: page.nextCursor, limit });
+          documents.push(...page.documents);
+        }
+        return { topic, documents, headWatermark: first.headWatermark, streamEpoch: first.streamEpoch };
+      } catch (err) {
+        if (err.code === 'stream_epoch_changed' && attempt + 1 < attempts) continue;
+        throw err;
+      }
+    }
+  }
+}

@@ -1,0 +1,244 @@
+// Type declarations of @khala/client (hand-written; the package is plain ESM JavaScript).
+
+export type StateName = 'idle' | 'connecting' | 'joined' | 'live' | 'reconnecting' | 'closed';
+export declare const State: Readonly<{
+  IDLE: 'idle'; CONNECTING: 'connecting'; JOINED: 'joined'; LIVE: 'live'; RECONNECTING: 'reconnecting'; CLOSED: 'closed';
+}>;
+
+export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
+
+/** One cached document (camelCase of the wire's doc_key, doc_version, payload_hash …). */
+export interface Document {
+  topic: string;
+  docKey: string;
+  docVersion: number;
+  payload: JsonValue | null;
+  payloadHash: string | null;
+  watermark: number;
+  hydrationRequired: boolean;
+}
+
+export interface Update extends Document {}
+
+export interface TopicState {
+  watermark: number;
+  streamEpoch: string | null;
+}
+
+/** Persists cursors with the documents they cover; commit() is one atomic step. */
+export interface WatermarkStore {
+  topicState(topic: string): Promise<TopicState>;
+  topics(): Promise<Record<string, TopicState>>;
+  get(topic: string, docKey: string): Promise<Document | undefined>;
+  documents(topic: string): Promise<Map<string, Document>>;
+  /** Upsert documents (never to an older docVersion) and move the cursor to max(current, watermark). */
+  commit(topic: string, documents: Document[], watermark: number, streamEpoch?: string | null): Promise<number>;
+  /** Replace every document of the topic and set its cursor (the reset after a stale cursor). */
+  replaceTopic(topic: string, documents: Document[], watermark: number, streamEpoch: string | null): Promise<void>;
+  clearTopic(topic: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export declare class MemoryStore implements WatermarkStore {
+  constructor();
+  topicState(topic: string): Promise<TopicState>;
+  topics(): Promise<Record<string, TopicState>>;
+  get(topic: string, docKey: string): Promise<Document | undefined>;
+  documents(topic: string): Promise<Map<string, Document>>;
+  commit(topic: string, documents: Document[], watermark: number, streamEpoch?: string | null): Promise<number>;
+  replaceTopic(topic: string, documents: Document[], watermark: number, streamEpoch: string | null): Promise<void>;
+  clearTopic(topic: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface StorageLike {
+  getItem(key: string): string | null;
+  setItem(key: string, value: string): void;
+  removeItem(key: string): void;
+}
+
+export declare class LocalStorageStore extends MemoryStore {
+  constructor(options?: { storage?: StorageLike; namespace?: string });
+}
+
+export declare class IndexedDBStore extends MemoryStore {
+  constructor(options?: { indexedDB?: IDBFactory; IDBKeyRange?: typeof IDBKeyRange; name?: string });
+}
+
+export interface MergeResult {
+  topic: string;
+  documents: Document[];
+  watermark: number;
+  applied: number;
+  ignoredOlder: number;
+  duplicates: number;
+}
+
+export declare function merge(
+  topic: string, lastWatermark: number, cachedVersion: (docKey: string) => number | undefined, updates: Update[],
+): MergeResult;
+
+export declare class DocumentCache {
+  constructor(store?: WatermarkStore);
+  store: WatermarkStore;
+  plan(topic: string, updates: Update[]): Promise<MergeResult>;
+  commit(result: MergeResult, streamEpoch?: string | null): Promise<number>;
+  apply(topic: string, updates: Update[], streamEpoch?: string | null): Promise<MergeResult>;
+  advance(topic: string, watermark: number, streamEpoch?: string | null): Promise<number>;
+  replaceTopic(topic: string, documents: Document[], watermark: number, streamEpoch: string | null): Promise<void>;
+  get(topic: string, docKey: string): Promise<Document | undefined>;
+  documents(topic: string): Promise<Map<string, Document>>;
+  topicState(topic: string): Promise<TopicState>;
+}
+
+export declare class Backoff {
+  constructor(options?: { baseMs?: number; capMs?: number; random?: () => number; stableAfterMs?: number });
+  attempt: number;
+  ceiling(attempt?: number): number;
+  nextDelay(): number;
+  reset(): void;
+  connected(nowMs: number): void;
+  disconnected(nowMs: number): void;
+}
+
+export interface Clock {
+  now(): number;
+  wallNow(): number;
+  sleep(ms: number): Promise<void>;
+}
+export declare const realClock: Clock;
+export declare class FakeClock implements Clock {
+  constructor(start?: number);
+  now(): number;
+  wallNow(): number;
+  advance(ms: number): void;
+  sleep(ms: number): Promise<void>;
+  sleeps: number[];
+}
+
+export declare class KhalaError extends Error {
+  constructor(code: string, message?: string, details?: Record<string, unknown>);
+  code: string;
+  details: Record<string, unknown>;
+}
+export declare class FatalError extends KhalaError {}
+export declare class AuthError extends FatalError {}
+export declare class TransientError extends KhalaError {}
+export declare function classify(code: string): 'fatal' | 'auth' | 'transient';
+
+export declare class HttpError extends KhalaError {
+  status: number | null;
+}
+
+export interface Snapshot {
+  topic: string;
+  documents: Array<{ doc_key: string; doc_version: number; payload: JsonValue; payload_hash: string; watermark: number }>;
+  headWatermark: number;
+  streamEpoch: string | null;
+}
+
+export declare class HttpApi {
+  constructor(url: string, options?: { fetch?: typeof fetch; timeoutMs?: number });
+  mintSyncToken(apiToken: string, options?: { scopes?: string[]; ttlSeconds?: number }): Promise<{ token: string; expires_in: number; scopes: string[]; [key: string]: unknown }>;
+  getDocument(topic: string, docKey: string, token: string): Promise<{ doc_key: string; doc_version: number; payload: JsonValue; payload_hash: string; watermark: number }>;
+  listPage(topic: string, token: string, options?: { cursor?: string; limit?: number }): Promise<{ documents: Snapshot['documents']; headWatermark: number; streamEpoch: string | null; nextCursor: string | null }>;
+  snapshot(topic: string, token: string, options?: { limit?: number; attempts?: number }): Promise<Snapshot>;
+}
+
+export declare class PayloadHashError extends Error {
+  code: 'non_finite_number' | 'unsafe_integer' | 'invalid_unicode' | 'not_json';
+}
+export declare function canonicalJson(payload: unknown): string;
+export declare function payloadHash(payload: unknown): Promise<Uint8Array>;
+export declare function toWire(digest: Uint8Array): string;
+export declare function toText(digest: Uint8Array): string;
+export declare function verify(payload: unknown, wireHash: string | null | undefined): Promise<boolean>;
+
+export type KhalaEvent =
+  | { type: 'state'; state: StateName; previous: StateName }
+  | { type: 'batch'; topic: string; result: MergeResult; headWatermark: number | null; replayComplete: boolean }
+  | { type: 'heartbeat'; watermarks: Record<string, number> }
+  | { type: 'snapshot'; topic: string; documents: number; headWatermark: number; streamEpoch: string | null }
+  | { type: 'stale_cursor'; topics: string[]; payload: Record<string, unknown> }
+  | { type: 'reconnecting'; attempt: number; delayMs: number; reason: string }
+  | { type: 'error'; code: string; message: string; details: Record<string, unknown> };
+
+export interface WebSocketLike {
+  onopen: ((ev: unknown) => void) | null;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code?: number; reason?: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  send(data: string): void;
+  close(code?: number): void;
+}
+
+export interface KhalaClientOptions {
+  /** Server URL, http(s):// or ws(s)://host[:port]. */
+  url: string;
+  /** Called on EVERY connect: must resolve to a fresh sync token. */
+  tokenProvider: () => Promise<string>;
+  store?: WatermarkStore;
+  topics?: string[];
+  /** WebSocket constructor: the global one in browsers; in Node pass `ws`'s. */
+  WebSocket?: new (url: string) => WebSocketLike;
+  fetch?: typeof fetch;
+  socketPath?: string;
+  connectParams?: Record<string, string | number | undefined>;
+  replayBatchSize?: number;
+  heartbeatIntervalMs?: number;
+  heartbeatTimeoutMs?: number;
+  joinTimeoutMs?: number;
+  subscribeTimeoutMs?: number;
+  /** A second stale cursor for a topic within this window backs off before the next snapshot. */
+  staleWindowMs?: number;
+  backoff?: Backoff;
+  staleBackoff?: Backoff;
+  clock?: Clock;
+  random?: () => number;
+  verifyHashes?: boolean;
+  http?: HttpApi;
+  onState?: (state: StateName) => void;
+  onEvent?: (event: KhalaEvent) => void;
+  eventQueueSize?: number;
+}
+
+export declare class KhalaClient {
+  constructor(options: KhalaClientOptions);
+  readonly state: StateName;
+  /** The fatal error that closed the client, if any. */
+  readonly error: Error | null;
+  readonly cache: DocumentCache;
+  topics: string[];
+  connects: number;
+  connectAttempts: number[];
+  headWatermarks: Record<string, number>;
+  appliedLog: Array<[string, string, number, number]> | null;
+  onState?: (state: StateName) => void;
+  onEvent?: (event: KhalaEvent) => void;
+  /** Start the connect/retry loop; the promise rejects with a FatalError when retrying cannot help. */
+  start(): Promise<void>;
+  close(): Promise<void>;
+  subscribe(...topics: string[]): Promise<void>;
+  unsubscribe(...topics: string[]): Promise<void>;
+  events(): AsyncIterableIterator<KhalaEvent>;
+  states(): AsyncGenerator<StateName>;
+  waitForState(states: StateName | StateName[], options?: { timeoutMs?: number }): Promise<StateName>;
+  waitLive(options?: { timeoutMs?: number }): Promise<StateName>;
+  hydrate(topic: string, docKey: string, options?: { fallback?: Document }): Promise<Document | null>;
+  loadSnapshot(topic: string): Promise<void>;
+  documents(topic: string): Promise<Map<string, Document>>;
+  watermark(topic: string): Promise<number>;
+}
+
+export declare function apiTokenProvider(
+  url: string, apiToken: string, options?: { scopes?: string[]; fetch?: typeof fetch; http?: HttpApi },
+): () => Promise<string>;
+
+export declare namespace protocol {
+  const VSN: string;
+  const SYNC_CHANNEL: string;
+  const DEFAULT_SOCKET_PATH: string;
+  function encodeFrame(joinRef: string | null, ref: string | null, topic: string, event: string, payload: unknown): string;
+  function decodeFrame(text: string): { joinRef: string | null; ref: string | null; topic: string; event: string; payload: any };
+  function socketUrl(url: string, token: string, options?: { path?: string; params?: Record<string, unknown> }): string;
+}
