@@ -25,8 +25,9 @@ $(VENV)/.deps-base: requirements/base.txt | venv
 	$(PIP) install --quiet -r requirements/base.txt
 	touch $@
 
-$(VENV)/.deps-test: requirements/base.txt requirements/test.txt | venv
+$(VENV)/.deps-test: requirements/base.txt requirements/test.txt clients/python/pyproject.toml | venv
 	$(PIP) install --quiet -r requirements/test.txt
+	$(PIP) install --quiet -e clients/python
 	touch $@
 
 deps-base: $(VENV)/.deps-base
@@ -77,6 +78,8 @@ test-proto: deps-test node_modules/.package-lock.json
 test-js: deps-test
 	npm ci --prefix tests/phoenix_js --no-audit --no-fund
 	$(TEST_ENV) node --test tests/phoenix_js/*.test.mjs
+	npm ci --prefix clients/js --no-audit --no-fund
+	$(TEST_ENV) npm test --prefix clients/js
 
 # Browser suite: the admin and /live/ in Debian's headless Chromium (/usr/bin/chromium, installed by
 # .ci/run) driven by playwright-core (pinned in tests/browser/package.json; it downloads no browser).
