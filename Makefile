@@ -87,6 +87,7 @@ test-js: deps-test
 test-browser: deps-test
 	npm ci --prefix tests/browser --no-audit --no-fund
 	$(TEST_ENV) $(VENV)/bin/pytest -p no:cacheprovider tests/browser $(PYTEST_ARGS)
+	node --test tests/browser/*.test.mjs
 
 bench: deps-test
 	@echo "see bench/README.md for each benchmark's command"

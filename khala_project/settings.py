@@ -145,6 +145,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"] if (BASE_DIR / "static").is_dir() else []
+# The JavaScript client's ES modules, served as they are (no build step) for the /live/ page.
+if (BASE_DIR / "clients" / "js" / "src").is_dir():
+    STATICFILES_DIRS.append(("khala-client", BASE_DIR / "clients" / "js" / "src"))
 
 LOGGING = {
     "version": 1,

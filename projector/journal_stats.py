@@ -70,6 +70,8 @@ def table_stats(table: str) -> TableStats:
 
 def topic_stats() -> dict[str, TopicStats]:
     """Head, floor, epoch, oldest retained and head row time of every declared topic."""
+    if connection.vendor != "postgresql":
+        return _topic_stats_orm()
     sql = """
         SELECT t.topic, t.last_watermark, t.pruned_through, t.stream_epoch,
                o.watermark, o.inserted_at, h.inserted_at
@@ -89,6 +91,22 @@ def topic_stats() -> dict[str, TopicStats]:
         cursor.execute(sql)
         rows = cursor.fetchall()
     return {row[0]: TopicStats(*row) for row in rows}
+
+
+def _topic_stats_orm() -> dict[str, TopicStats]:
+    # The embedded SQLite of `make run` (no LATERAL): the same probes, one query each.
+    from projector.models import StreamEvent, TopicSequence
+
+    out = {}
+    for t in TopicSequence.objects.order_by("topic"):
+        oldest = StreamEvent.objects.filter(topic=t.topic, watermark__gt=t.pruned_through).order_by("watermark").first()
+        head = StreamEvent.objects.filter(topic=t.topic, watermark=t.last_watermark).first()
+        out[t.topic] = TopicStats(
+            t.topic, t.last_watermark, t.pruned_through, t.stream_epoch,
+            oldest.watermark if oldest else None, oldest.inserted_at if oldest else None,
+            head.inserted_at if head else None,
+        )
+    return out
 
 
 def estimated_topic_bytes(stats: dict[str, TopicStats], journal: TableStats) -> dict[str, int | None]:
@@ -117,6 +135,8 @@ def throughput(minutes: int = 60, *, now: dt.datetime | None = None, bucket_seco
     starts = [
         dt.datetime.fromtimestamp(last_start - bucket_seconds * i, tz=dt.timezone.utc) for i in range(count - 1, -1, -1)
     ]
+    if connection.vendor != "postgresql":
+        return _throughput_orm(starts, bucket_seconds)
     # One boundary more than buckets: the end of the last bucket is "now" (head + 1).
     sql = """
         SELECT t.topic, t.last_watermark, b.at,
@@ -137,4 +157,17 @@ def throughput(minutes: int = 60, *, now: dt.datetime | None = None, bucket_seco
     for topic, marks in boundaries.items():
         marks = [*marks, heads[topic] + 1]
         series[topic] = [max(marks[i + 1] - marks[i], 0) for i in range(len(marks) - 1)]
+    return ThroughputSeries(starts, series, bucket_seconds)
+
+
+def _throughput_orm(starts: list[dt.datetime], bucket_seconds: int) -> ThroughputSeries:
+    # The embedded SQLite of `make run`: its journal is tiny, so bucket the window's rows directly.
+    from projector.models import StreamEvent, TopicSequence
+
+    series = {t: [0] * len(starts) for t in TopicSequence.objects.values_list("topic", flat=True)}
+    first = starts[0]
+    for topic, inserted_at in StreamEvent.objects.filter(inserted_at__gte=first).values_list("topic", "inserted_at"):
+        index = min(int((inserted_at - first).total_seconds()) // bucket_seconds, len(starts) - 1)
+        if topic in series:
+            series[topic][index] += 1
     return ThroughputSeries(starts, series, bucket_seconds)

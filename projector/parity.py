@@ -164,17 +164,24 @@ class _JournalRow:
 
 
 def _load_read_models(topic: str, doc_keys: list[str]) -> dict[str, _ReadModelRow]:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT doc_key, doc_version, payload, payload_hash, watermark FROM sync_read_models "
-            "WHERE topic = %s AND doc_key = ANY(%s)",
-            [topic, doc_keys],
-        )
-        rows = cursor.fetchall()
-    return {r[0]: _ReadModelRow(r[1], _json(r[2]), bytes(r[3]), r[4]) for r in rows}
+    from projector.models import ReadModelDocument
+
+    rows = ReadModelDocument.objects.filter(topic=topic, doc_key__in=doc_keys).values_list(
+        "doc_key", "doc_version", "payload", "payload_hash", "watermark"
+    )
+    return {r[0]: _ReadModelRow(r[1], r[2], bytes(r[3]), r[4]) for r in rows}
 
 
 def _load_latest_journal_rows(topic: str, doc_keys: list[str]) -> dict[str, _JournalRow]:
+    if connection.vendor != "postgresql":  # the embedded SQLite of `make run`: one query per key
+        from projector.models import StreamEvent
+
+        out = {}
+        for key in doc_keys:
+            row = StreamEvent.objects.filter(topic=topic, doc_key=key).order_by("-watermark").first()
+            if row is not None:
+                out[key] = _JournalRow(row.doc_version, row.payload, bytes(row.payload_hash), row.watermark)
+        return out
     # One probe per doc_key on the (topic, doc_key, watermark) index, newest first.
     with connection.cursor() as cursor:
         cursor.execute(
@@ -276,7 +283,11 @@ def sample_entity_ids(table: str, sample: int, rng: random.Random) -> list[str]:
         cursor.execute(f"SELECT id FROM {table} ORDER BY updated_at DESC, id LIMIT %s", [recent_n])
         ids = [r[0] for r in cursor.fetchall()]
         remaining = sample - len(ids)
-        if remaining > 0 and len(ids) == recent_n:
+        if remaining > 0 and len(ids) == recent_n and connection.vendor != "postgresql":
+            cursor.execute(f"SELECT id FROM {table} ORDER BY random() LIMIT %s", [sample])  # tiny dev database
+            ids.extend(r[0] for r in cursor.fetchall() if r[0] not in ids)
+            ids = ids[:sample]
+        elif remaining > 0 and len(ids) == recent_n:
             cursor.execute("SELECT GREATEST(reltuples, 1)::bigint FROM pg_class WHERE oid = %s::regclass", [table])
             estimate = cursor.fetchone()[0]
             percent = min(100.0, 100.0 * 3 * remaining / max(estimate, 1))

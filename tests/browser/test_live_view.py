@@ -33,6 +33,13 @@ def test_live_view_shows_new_runs_and_survives_a_restart(lane, asgi_server, brow
     watermarks = browser.send("text", selector="#watermarks")["text"]
     assert "runtime.run_summaries @ " in watermarks and "@ ?" not in watermarks.split("runtime.codex_worker_summaries")[0]
 
+    # Workers update live too (their own topic).
+    worker = api_post(base, "/api/runtime/codex/workers", user.api_token, {"adapter": "browser-test"})
+    api_post(base, f"/api/runtime/codex/workers/{worker['id']}/events", user.api_token, {"event_type": "worker.heartbeat"})
+    browser.wait_text("#workers", worker["id"], SHOW_DEADLINE_S)
+    api_post(base, f"/api/runtime/runs/{run['id']}/events", user.api_token, {"event_type": "run.started"})
+    browser.wait_text("#runs", "run.started", SHOW_DEADLINE_S)
+
     browser.send("screenshot", path=str(screenshot_dir / f"live-view-{lane}.png"))
 
     # Restart the server on the same port: the page must keep working without a reload.
@@ -46,3 +53,8 @@ def test_live_view_shows_new_runs_and_survives_a_restart(lane, asgi_server, brow
     browser.send("wait_attr", selector="#connection-state", attr="data-state", value=live_state, timeout_ms=RECONNECT_DEADLINE_S * 1000, timeout=RECONNECT_DEADLINE_S + 30)
     text = browser.send("text", selector="#runs")["text"]
     assert run["id"] in text and run2["id"] in text
+    # The client verified every payload hash (RFC 8785 + SHA-256 in the browser) without complaint.
+    console = browser.send("console")["messages"]
+    print(f"[{lane}] browser console: {console}")
+    # (Connection warnings while the server was down are expected and say so.)
+    assert not [m for m in console if "hash" in m or "hydration_failed" in m or m.startswith("pageerror")], console
