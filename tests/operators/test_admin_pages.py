@@ -309,3 +309,35 @@ def test_reproject_topic_rebuilds_a_lost_read_model(admin_client, topics, django
     # Idempotent: nothing changed in the authority, so a second run appends nothing.
     _action(admin_client, "reproject_topic", [RUN_SUMMARIES])
     assert StreamEvent.objects.filter(doc_key=run_doc_key(run.id)).count() == rows_before + 1
+
+
+def test_topics_page_shows_this_workers_delivery_figures(admin_client, journal):
+    """Connections and subscribers come from this process's hub, stale cursors from sync.metrics."""
+    import asyncio
+
+    from sync import hub as hub_module
+    from sync import metrics as sync_metrics
+
+    loop = asyncio.new_event_loop()
+    hub = hub_module.Hub(layer=None)
+    sessions = [object() for _ in range(3)]
+    hub.sessions.update(sessions)
+    feed = hub_module.TopicFeed(RUN_SUMMARIES)
+    feed.sessions.update(sessions[:2])
+    hub.feeds[RUN_SUMMARIES] = feed
+    future = loop.create_future()
+    future.set_result(hub)
+    hub_module._hubs[loop] = future
+    before = int(sync_metrics.STALE_CURSORS.labels("retention_floor_breach")._value.get())
+    sync_metrics.STALE_CURSORS.labels("retention_floor_breach").inc(4)
+    try:
+        response = admin_client.get(reverse("admin:projector_topicsequence_changelist"))
+        delivery = response.context["delivery"]
+        assert delivery.connections == 3
+        assert delivery.subscribers == {RUN_SUMMARIES: 2}
+        assert delivery.stale_cursors_by_reason["retention_floor_breach"] == before + 4
+        html = response.content.decode()
+        assert "this worker process only" in html and f"retention_floor_breach</code> {before + 4}" in html
+    finally:
+        del hub_module._hubs[loop]
+        loop.close()
