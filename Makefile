@@ -43,7 +43,7 @@ serve: deps-base
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 4194304 khala_project.asgi:application
 
 serve-uvicorn: deps-base
-	$(VENV)/bin/uvicorn --host $(HOST) --port $(PORT) --no-access-log khala_project.asgi:application
+	$(VENV)/bin/uvicorn --host $(HOST) --port $(PORT) --no-access-log --ws-per-message-deflate false khala_project.asgi:application
 
 # A development signing key in var/dev-signing-keys, generated once, used only when
 # KHALA_SIGNING_KEYS is unset (see README "Sync tokens" and docs/sync/KEY_ROTATION.md).

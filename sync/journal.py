@@ -24,8 +24,10 @@ from psycopg_pool import AsyncConnectionPool
 from khala_project.conf import khala_setting
 from sync.protocol import JournalRow, TopicState
 
+# payload as JSON text (spliced into frames unparsed), payload_hash already in wire form (base64 of
+# 32 bytes: 44 characters, no line breaks), inserted_at as POSIX seconds.
 _ROW_COLUMNS = (
-    "e.watermark, e.doc_key, e.doc_version, e.owner, e.public, e.payload::text, e.payload_hash, "
+    "e.watermark, e.doc_key, e.doc_version, e.owner, e.public, e.payload::text, encode(e.payload_hash, 'base64'), "
     "e.payload_bytes, extract(epoch from e.inserted_at)::float8"
 )
 
@@ -118,7 +120,7 @@ class Journal:
 
     async def _fetch(self, query: str, params: dict) -> list[tuple]:
         async with self.pool.connection() as conn:
-            cursor = await conn.execute(query, params)
+            cursor = await conn.execute(query, params, binary=True)
             return await cursor.fetchall()
 
     async def known_topics(self) -> tuple[str, ...]:
@@ -148,7 +150,7 @@ class Journal:
             return JournalPage([], None, None, None)
         head, pruned, epoch = rows[0][0], rows[0][1], rows[0][2]
         out = [
-            JournalRow(topic, wm, doc_key, version, owner, public, payload, bytes(digest) if digest else None, size, ts)
+            JournalRow(topic, wm, doc_key, version, owner, public, payload, digest, size, ts)
             for _h, _p, _e, wm, doc_key, version, owner, public, payload, digest, size, ts in rows
             if wm is not None
         ]

@@ -357,10 +357,11 @@ def find_stale_cursors(request: SubscribeRequest, states: dict) -> dict | None:
 # Updates and batches
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every row read, and frozen __init__ costs more
 class JournalRow:
     """One ``sync_stream_events`` row as delivery needs it. ``payload_json`` is the JSON text of
-    the payload (None in pointer mode); ``inserted_at`` is a POSIX timestamp (commit → send lag)."""
+    the payload (None in pointer mode); ``payload_hash`` its wire form (standard base64);
+    ``inserted_at`` a POSIX timestamp (commit → send lag). Treat it as immutable."""
 
     topic: str
     watermark: int
@@ -369,7 +370,7 @@ class JournalRow:
     owner: str
     public: bool
     payload_json: str | None
-    payload_hash: bytes | None
+    payload_hash: str | None
     payload_bytes: int
     inserted_at: float = 0.0
 
@@ -389,7 +390,7 @@ def encode_update(row: JournalRow, inline_limit_bytes: int) -> bytes:
             "doc_key": row.doc_key,
             "doc_version": row.doc_version,
             "payload": orjson.Fragment(row.payload_json) if inline else None,
-            "payload_hash": base64.b64encode(bytes(row.payload_hash)).decode("ascii") if row.payload_hash else None,
+            "payload_hash": row.payload_hash,
             "watermark": row.watermark,
             "hydration_required": not inline,
         }

@@ -72,6 +72,8 @@ HANDOVER_BUFFER_LIMIT_ROWS = 5000
 # Client requests (join, subscribe, unsubscribe, leave) waiting for the command task; more are
 # refused with rate_limited, so a client cannot grow a socket's memory by flooding requests.
 MAX_PENDING_REQUESTS = 32
+# Journal rows read per replay query (then cut into batches of the client's size).
+REPLAY_PAGE_ROWS = 1000
 RATE_LIMIT_RETRY_AFTER_MS = 1000
 
 
@@ -444,33 +446,61 @@ class Session:
 
     async def _read_journal(self, sub: TopicSub, through: int, batch_size: int, *, final: bool) -> bool:
         """Send the rows this socket may see in ``(sub.last_sent, through]`` (``MAX_WATERMARK``:
-        up to the head) as ``sync:update_batch`` pushes and advance ``last_sent``. The last batch
-        carries ``replay_complete = final``. False if the topic turned out stale (then dropped)."""
+        up to the head) as ``sync:update_batch`` pushes. The last batch carries
+        ``replay_complete = final``. False if the topic turned out stale (it is then dropped).
+
+        ``sub.last_sent`` only moves when a batch is queued (or when nothing visible is pending),
+        so a heartbeat never reports a position ahead of what the socket was actually sent. The
+        next page is read while the current one is being sent (one page in flight)."""
+        position = sub.last_sent  # how far the journal has been read
         held = None  # the last batch is held back until we know whether another one follows
-        while not self.status_closed and self.subs.get(sub.topic) is sub:
-            page = await self.hub.journal.read_visible(sub.topic, sub.last_sent, through, self.org_id, batch_size)
-            if page.stream_epoch is None or page.stream_epoch != sub.stream_epoch or page.pruned_through > sub.last_sent:
-                self._topic_stale(sub, page)
-                return False
-            rows = page.rows
-            end = min(through, page.head_watermark) if len(rows) < batch_size else rows[-1].watermark
-            if end <= sub.last_sent and not rows:
-                break
-            for piece in split_batches(
-                [(row.watermark, encode_update(row, self.inline_limit)) for row in rows], batch_size, self.batch_max_bytes
-            ):
-                if held is not None:
-                    if not await self._wait_for_room():
+        pending = self._read_page(sub, position, through)
+        try:
+            while True:
+                page = await pending
+                pending = None
+                if self.status_closed or self.subs.get(sub.topic) is not sub:
+                    return True
+                if page.stream_epoch is None or page.stream_epoch != sub.stream_epoch or page.pruned_through > position:
+                    self._topic_stale(sub, page)
+                    return False
+                rows = page.rows
+                full = len(rows) >= REPLAY_PAGE_ROWS
+                end = max(rows[-1].watermark if full else min(through, page.head_watermark), position)
+                more = full and end < through
+                if more:
+                    pending = self._read_page(sub, end, through)
+                for piece in split_batches(
+                    [(row.watermark, encode_update(row, self.inline_limit)) for row in rows], batch_size, self.batch_max_bytes
+                ):
+                    if held is not None and not await self._flush(sub, held, False):
                         return True
-                    self._send_batch(sub, held[0], held[1], False)
-                held = (piece, piece[-1][0])
+                    held = (piece, piece[-1][0])
+                if held is not None:
+                    held = (held[0], end)
+                else:
+                    sub.last_sent = max(sub.last_sent, end)
+                position = end
+                if not more:
+                    break
             if held is not None:
-                held = (held[0], end)
-            sub.last_sent = max(sub.last_sent, end)
-            if len(rows) < batch_size or end >= through:
-                break
-        if held is not None and await self._wait_for_room():
-            self._send_batch(sub, held[0], held[1], final)
+                await self._flush(sub, held, final)
+            return True
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    def _read_page(self, sub: TopicSub, after: int, through: int) -> asyncio.Future:
+        return asyncio.ensure_future(
+            self.hub.journal.read_visible(sub.topic, after, through, self.org_id, REPLAY_PAGE_ROWS)
+        )
+
+    async def _flush(self, sub: TopicSub, held: tuple, replay_complete: bool) -> bool:
+        piece, through = held
+        if not await self._wait_for_room():
+            return False
+        self._send_batch(sub, piece, through, replay_complete)
+        sub.last_sent = max(sub.last_sent, through)
         return True
 
     async def _wait_for_room(self) -> bool:

@@ -157,8 +157,10 @@ def _command(kind: str, fd: int, extra_args) -> list[str]:
         ]
     if kind == "uvicorn":
         return [
+            # Like `make serve-uvicorn`: per-message deflate off (small JSON frames; it costs more
+            # CPU than it saves on a LAN, see peers.md §D).
             str(VENV_BIN / "uvicorn"), "--fd", str(fd), "--no-access-log", "--lifespan", "off",
-            "--log-level", "warning", *extra_args, app,
+            "--ws-per-message-deflate", "false", "--log-level", "warning", *extra_args, app,
         ]
     raise ValueError(f"unknown server kind {kind!r}; expected one of {SERVER_KINDS}")
 

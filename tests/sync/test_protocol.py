@@ -189,7 +189,7 @@ def test_stale_payload_shape():
 
 def _row(wm, payload=None, size=None, public=False, owner="user:1"):
     text = None if payload is None else orjson.dumps(payload).decode()
-    return JournalRow("t", wm, f"d{wm}", 1, owner, public, text, b"\x01" * 32, size if size is not None else len(text or ""))
+    return JournalRow("t", wm, f"d{wm}", 1, owner, public, text, base64.b64encode(b"\x01" * 32).decode(), size if size is not None else len(text or ""))
 
 
 def test_update_encoding_inline_and_pointer():

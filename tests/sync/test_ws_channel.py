@@ -470,3 +470,31 @@ async def test_revocation_is_rechecked_on_the_heartbeat_tick_when_the_hint_is_lo
     frames = await client.recv_until(lambda f: f[3] == "sync:error")
     assert frames[-1][4]["code"] == "reauth_required" and frames[-1][4]["reason"] == "device_lost"
     assert await client.wait_closed() == 4403
+
+
+async def test_rows_committed_right_after_the_replay_snapshot_are_delivered_once(topics, mint, awrite, monkeypatch):
+    """Force the handover race: rows commit after the replay's snapshot but before the topic is
+    live, so they can only come through the buffered hub ranges (or a gap read)."""
+    from sync.journal import Journal
+
+    await write_runs(awrite, 5)
+    original = Journal.read_visible
+    state = {"forced": False}
+
+    async def read_then_commit(self, *args, **kwargs):
+        page = await original(self, *args, **kwargs)
+        if not state["forced"]:
+            state["forced"] = True
+            await write_runs(awrite, 3, start=6)  # committed after the snapshot the page came from
+        return page
+
+    monkeypatch.setattr(Journal, "read_visible", read_then_commit)
+    client = await joined(mint(1))
+    reply, frames = await client.subscribe([RUNS])
+    seen = [u["watermark"] for u in updates_of(frames)]
+    assert seen == [1, 2, 3, 4, 5]
+    while len(seen) < 8:
+        seen += [u["watermark"] for u in updates_of(await client.recv_until(lambda f: f[3] == "sync:update_batch"))]
+    assert seen == list(range(1, 9))
+    await awrite(RUNS, "runtime/run_summary:last", 1, {})
+    assert [u["watermark"] for u in updates_of(await client.recv_until(lambda f: f[3] == "sync:update_batch"))] == [9]
