@@ -57,7 +57,14 @@ class _Connection:
     async def serve(self) -> None:
         hub = await get_hub()
         self.writer.attach()
-        session = Session(hub, params=self.params, close_socket=self._close_requested, outbound=self.outbound, clock=hub.clock)
+        session = Session(
+            hub,
+            params=self.params,
+            close_socket=self._close_requested,
+            outbound=self.outbound,
+            clock=hub.clock,
+            max_message_bytes=self.writer.max_message_bytes,
+        )
         hub.add(session)
         metrics.ACTIVE_CONNECTIONS.inc()
         self.writer_task = asyncio.create_task(self._write())

@@ -128,6 +128,7 @@ class Hub:
         self._known_topics: tuple = ()
         self._known_at = -1e18
         self.started = False
+        self.live_max_bytes = int(khala_setting("REPLAY_BATCH_MAX_BYTES"))
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -165,6 +166,9 @@ class Hub:
 
     def add(self, session) -> None:
         self.sessions.add(session)
+        if session.batch_max_bytes < self.live_max_bytes:
+            # The server cannot send larger messages (daphne): live frames must fit too.
+            self.live_max_bytes = session.batch_max_bytes
 
     def remove(self, session) -> None:
         self.sessions.discard(session)
@@ -254,11 +258,9 @@ class Hub:
                     end = page.rows[-1].watermark
                     batch = LiveBatch(
                         feed.topic, start, end, tuple(page.rows), feed.stream_epoch,
-                        inline_limit_bytes=inline_limit(
-                            int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), int(khala_setting("REPLAY_BATCH_MAX_BYTES"))
-                        ),
+                        inline_limit_bytes=inline_limit(int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), self.live_max_bytes),
                         max_count=int(khala_setting("REPLAY_BATCH_MAX_SIZE")),
-                        max_bytes=int(khala_setting("REPLAY_BATCH_MAX_BYTES")),
+                        max_bytes=self.live_max_bytes,
                     )
                     feed.cursor = end
                     self._offer(feed, LiveRange(start, end, tuple(page.rows), feed.stream_epoch, batch))

@@ -151,7 +151,7 @@ class TopicSub:
 
 
 class Session:
-    def __init__(self, hub, *, params: dict, close_socket, outbound, clock=time.monotonic, rng=None):
+    def __init__(self, hub, *, params: dict, close_socket, outbound, clock=time.monotonic, rng=None, max_message_bytes=None):
         self.hub = hub
         self.params = params
         self.outbound = outbound
@@ -174,6 +174,8 @@ class Session:
         self.batch_max = int(khala_setting("REPLAY_BATCH_MAX_SIZE"))
         self.batch_default = min(int(khala_setting("REPLAY_BATCH_SIZE")), self.batch_max)
         self.batch_max_bytes = int(khala_setting("REPLAY_BATCH_MAX_BYTES"))
+        if max_message_bytes:  # the server cannot send larger messages (daphne/autobahn)
+            self.batch_max_bytes = min(self.batch_max_bytes, max_message_bytes)
         self.inline_limit = inline_limit(int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), self.batch_max_bytes)
         self.gate = CompatibilityGate()
         self.auth = TokenAuthentication()

@@ -85,6 +85,10 @@ class SocketWriter:
         self._send = send
         self._producer: _Writability | None = None
         self.server = "asgi"
+        # Largest message the server will send, when it has such a limit. autobahn (daphne)
+        # applies --websocket-max-message-size to outgoing messages too and raises on larger
+        # ones, so sessions cap their batch frames below it.
+        self.max_message_bytes: int | None = None
 
     def attach(self) -> None:
         """Call after ``websocket.accept`` was sent."""
@@ -93,6 +97,9 @@ class SocketWriter:
         if protocol is None:
             return
         self.server = "daphne"
+        limit = getattr(protocol, "maxMessagePayloadSize", 0)
+        if isinstance(limit, int) and limit > 0:
+            self.max_message_bytes = limit
         transport = protocol.transport
         existing = getattr(transport, "producer", None)
         if existing is not None and _is_stale_http_channel(existing, transport, protocol):

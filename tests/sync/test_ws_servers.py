@@ -203,3 +203,22 @@ async def test_idle_socket_times_out_on_a_real_server(topics, mint, asgi_server)
     assert any(f[3] == "sync:heartbeat" for f in frames)
     assert frames[-1][4]["code"] == "heartbeat_timeout"
     assert await client.wait_closed() == 4408
+
+
+async def test_daphne_default_message_limit_caps_batch_frames(topics, mint, asgi_server):
+    """Plain `daphne app` (1 MiB --websocket-max-message-size, which autobahn also applies to what
+    the server sends): 2 MiB batches would be refused by the server, so frames are capped below it."""
+    from tests.support import servers
+
+    await in_thread(write_rows, 1, 40, payload_bytes=60 * 1024)  # ~2.4 MB of replay
+    server = asgi_server("daphne", extra_args=["--websocket-max-message-size", str(1024 * 1024)])
+    client = await PhoenixClient.connect(server.ws_url(token=mint(1)))
+    await client.join()
+    reply, frames = await client.subscribe([RUNS])
+    assert reply["status"] == "ok"
+    assert [u["watermark"] for u in updates_of(frames)] == list(range(1, 41))
+    assert len(frames) >= 3  # ~2.4 MB cannot fit fewer frames of at most 1 MiB
+    await in_thread(write_rows, 41, 20, payload_bytes=60 * 1024)
+    seen = await collect_until(client, lambda s: len(s) >= 20)
+    assert seen == list(range(41, 61))
+    assert servers.DAPHNE_MAX_MESSAGE_BYTES > 2 * 1024 * 1024  # the harness default stays above a 2 MiB batch
