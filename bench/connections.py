@@ -1,0 +1,350 @@
+"""Idle connections: 5,000 subscribed sockets on ONE worker; database connections, RSS, heartbeat cost.
+
+    .venv/bin/python bench/connections.py [--sockets 5000] [--client-processes 2] [--idle 45]
+                                          [--servers daphne,uvicorn]
+
+For each server kind (daphne, then uvicorn, in the same run) one server process with the default
+settings (``DB_POOL_MAX_SIZE`` 4, server heartbeat every 15 s, idle timeout 60 s) on a Postgres at
+its default ``max_connections`` (the figure is read and reported). Load-client processes (separate
+from the server) open ``--sockets`` sockets; each joins ``sync:v1``, subscribes to one topic, then
+stays idle except for the Phoenix socket heartbeat every 25 s (the phoenix JS client's is 30 s;
+without any frame the server closes a socket after 60 s).
+
+Measured:
+- database connections of the benchmark database (``pg_stat_activity``, every backend except this
+  process's own), sampled every 0.25 s from before the first connect to the end: the maximum, and
+  the maximum by ``application_name``. A socket never holding a connection means this stays at the
+  worker's pool bound however many sockets there are (5,000 sockets vs ``max_connections`` 100);
+- server RSS: after a warm-up (a few sockets opened and closed) and with all sockets subscribed;
+  per socket = (subscribed − warm) / sockets. Target < 40 KiB;
+- heartbeat cost: server CPU seconds over the idle window, minus the worker's own no-socket CPU
+  (measured for ``--baseline`` s after the warm-up), divided by the heartbeats in the window
+  (server ``sync:heartbeat`` pushes counted by the clients + Phoenix heartbeats answered); and
+  the idle CPU share of one core.
+
+Prints a table and writes ``bench/results/connections.json``. Bounded: every phase has a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import harness  # noqa: E402
+
+TARGET_RSS_PER_SOCKET_BYTES = 40 * 1024
+CLIENT_HEARTBEAT_SECONDS = 25.0
+
+
+# --- client process ------------------------------------------------------------------------------
+
+
+async def client_main(url: str, sockets: int, token: str, topic: str, out_path: str) -> None:
+    limiter = asyncio.Semaphore(100)
+    conns: list[harness.SyncSocket] = []
+    failures: list[str] = []
+    counts = {"server_heartbeats": 0, "phoenix_replies": 0, "other": 0, "closed": 0}
+
+    async def open_one() -> None:
+        async with limiter:
+            try:
+                sock = await harness.SyncSocket.connect(url, open_timeout=60)
+                await sock.join()
+                reply = await sock.call("sync:subscribe", {"topics": [topic]}, timeout=120)
+                if reply["status"] != "ok":
+                    raise RuntimeError(str(reply))
+                conns.append(sock)
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    await asyncio.gather(*(open_one() for _ in range(sockets)))
+
+    async def reader(sock: harness.SyncSocket) -> None:
+        try:
+            async for raw in sock.ws:
+                frame = orjson.loads(raw)
+                if frame[3] == "sync:heartbeat":
+                    counts["server_heartbeats"] += 1
+                elif frame[2] == "phoenix" and frame[3] == "phx_reply":
+                    counts["phoenix_replies"] += 1
+                else:
+                    counts["other"] += 1
+        except Exception:
+            pass
+        counts["closed"] += 1
+
+    async def heartbeats() -> None:
+        # Spread evenly over the interval, like many independent phoenix clients.
+        while True:
+            order = list(conns)
+            random.shuffle(order)
+            for sock in order:
+                try:
+                    await sock.heartbeat()
+                except Exception:
+                    pass
+                await asyncio.sleep(CLIENT_HEARTBEAT_SECONDS / max(len(order), 1))
+
+    readers = [asyncio.create_task(reader(c)) for c in conns]
+    beat = asyncio.create_task(heartbeats())
+    print(f"READY {len(conns)} {len(failures)}", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)  # "MARK": start of the idle window
+    mark = dict(counts)
+    print("MARKED", flush=True)
+    await loop.run_in_executor(None, sys.stdin.readline)  # "STOP"
+    window = {k: counts[k] - mark[k] for k in counts}
+    beat.cancel()
+    for c in conns:
+        try:
+            await asyncio.wait_for(c.close(), 2)
+        except Exception:
+            pass
+    for r in readers:
+        r.cancel()
+    Path(out_path).write_bytes(
+        orjson.dumps({"subscribed": len(conns), "failed": len(failures), "failures": failures[:20], "window": window, "cpu_seconds": time.process_time()})
+    )
+    print(f"RESULT {out_path}", flush=True)
+
+
+# --- orchestrator -------------------------------------------------------------------------------
+
+
+class DbSampler(threading.Thread):
+    """Samples pg_stat_activity of the benchmark database every ``interval`` seconds."""
+
+    def __init__(self, database_url: str, interval: float = 0.25):
+        super().__init__(daemon=True)
+        self.database_url = database_url
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.samples: list[tuple[float, int, dict]] = []
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.database_url, autocommit=True, application_name="khala-bench-sampler") as conn:
+            while not self.stop_event.is_set():
+                rows = conn.execute(
+                    "SELECT coalesce(application_name, ''), count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() GROUP BY 1"
+                ).fetchall()
+                by_app = {app or "(none)": n for app, n in rows}
+                self.samples.append((time.monotonic(), sum(by_app.values()), by_app))
+                self.stop_event.wait(self.interval)
+
+    def max_between(self, start: float, end: float) -> tuple[int, dict]:
+        peak, by_app = 0, {}
+        for t, total, apps in self.samples:
+            if start <= t <= end:
+                peak = max(peak, total)
+                for app, n in apps.items():
+                    by_app[app] = max(by_app.get(app, 0), n)
+        return peak, by_app
+
+
+def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
+    server = harness.start(kind, env)
+    clients = []
+    sampler = DbSampler(env["database_url"])
+    sampler.start()
+    try:
+        token = harness.mint(user, [topic])
+        url = server.ws_url(token=token)
+
+        async def warm_up():
+            socks = []
+            for _ in range(20):
+                s = await harness.SyncSocket.connect(url)
+                await s.join()
+                await s.call("sync:subscribe", {"topics": [topic]})
+                socks.append(s)
+            for s in socks:
+                await s.close()
+
+        asyncio.run(warm_up())
+        time.sleep(2)  # let the server finish closing the warm-up sockets before reading RSS
+        rss_warm = server.rss_bytes()
+        # The worker's own background cost with no socket (hub head checks, …), subtracted below
+        # so that the heartbeat figure is the marginal cost of sockets.
+        cpu_base_start = harness.proc_cpu_seconds(server.pid)
+        time.sleep(args.baseline)
+        base_cpu_per_second = (harness.proc_cpu_seconds(server.pid) - cpu_base_start) / args.baseline
+        t_connect = time.monotonic()
+
+        per_client = [args.sockets // args.client_processes + (1 if i < args.sockets % args.client_processes else 0) for i in range(args.client_processes)]
+        profiler = harness.start_profiler(server.pid, args.py_spy, f"connections-{kind}-connect") if args.py_spy else None
+        tmpdir = tempfile.mkdtemp(prefix="khala-connections-")
+        for i, n in enumerate(per_client):
+            out = os.path.join(tmpdir, f"client{i}.json")
+            clients.append(
+                subprocess.Popen(
+                    [sys.executable, __file__, "--client", "--url", url, "--client-sockets", str(n), "--topic", topic, "--out", out],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT,
+                )
+            )
+        ready = []
+        for proc in clients:
+            line = proc.stdout.readline()
+            if not line.startswith("READY"):
+                raise RuntimeError(f"client did not get ready: {line!r}")
+            ready.append(tuple(int(x) for x in line.split()[1:]))
+        connect_seconds = time.monotonic() - t_connect
+        if profiler is not None:
+            print(f"  profile: {harness.stop_profiler(profiler)}")
+            profiler = harness.start_profiler(server.pid, args.py_spy, f"connections-{kind}-idle")
+        subscribed = sum(r[0] for r in ready)
+        print(f"  {kind}: {subscribed}/{args.sockets} sockets subscribed in {connect_seconds:.1f} s", flush=True)
+
+        for proc in clients:
+            proc.stdin.write("MARK\n")
+            proc.stdin.flush()
+        for proc in clients:
+            assert proc.stdout.readline().startswith("MARKED")
+        t_idle = time.monotonic()
+        cpu_idle_start = harness.proc_cpu_seconds(server.pid)
+        time.sleep(args.idle)  # the idle window being measured (not waiting for an event)
+        cpu_idle = harness.proc_cpu_seconds(server.pid) - cpu_idle_start
+        idle_seconds = time.monotonic() - t_idle
+        rss_subscribed = server.rss_bytes()
+        if profiler is not None:
+            print(f"  profile: {harness.stop_profiler(profiler)}")
+        for proc in clients:
+            proc.stdin.write("STOP\n")
+            proc.stdin.flush()
+        results = []
+        for proc in clients:
+            line = proc.stdout.readline()
+            if not line.startswith("RESULT"):
+                raise RuntimeError(f"client failed: {line!r}")
+            results.append(orjson.loads(Path(line.split(maxsplit=1)[1].strip()).read_bytes()))
+            proc.wait(timeout=60)
+        t_end = time.monotonic()
+        time.sleep(1)
+    finally:
+        sampler.stop_event.set()
+        sampler.join(timeout=5)
+        for proc in clients:
+            if proc.poll() is None:
+                proc.kill()
+        server.stop()
+
+    db_peak, db_by_app = sampler.max_between(t_connect, t_end)
+    db_idle_peak, _ = sampler.max_between(t_idle, t_idle + idle_seconds)
+    window = {k: sum(r["window"][k] for r in results) for k in results[0]["window"]}
+    heartbeats = window["server_heartbeats"] + window["phoenix_replies"]
+    data = {
+        "sockets_requested": args.sockets,
+        "sockets_subscribed": subscribed,
+        "connect_failures": sum(r["failed"] for r in results),
+        "connect_seconds": round(connect_seconds, 2),
+        "db_connections_peak": db_peak,
+        "db_connections_peak_by_application": db_by_app,
+        "db_connections_peak_while_idle": db_idle_peak,
+        "rss_warm_bytes": rss_warm,
+        "rss_subscribed_bytes": rss_subscribed,
+        "rss_per_socket_bytes": round((rss_subscribed - rss_warm) / max(subscribed, 1)),
+        "idle_window_seconds": round(idle_seconds, 2),
+        "idle_server_cpu_seconds": round(cpu_idle, 3),
+        "idle_server_cpu_share_of_one_core": round(cpu_idle / idle_seconds, 4),
+        "idle_window_counts": window,
+        "no_socket_server_cpu_share_of_one_core": round(base_cpu_per_second, 4),
+        "server_cpu_us_per_heartbeat": (
+            round(max(cpu_idle - base_cpu_per_second * idle_seconds, 0) / heartbeats * 1e6, 1) if heartbeats else None
+        ),
+        "sockets_closed_during_window": window["closed"],
+    }
+    data["meets_rss_target"] = data["rss_per_socket_bytes"] < TARGET_RSS_PER_SOCKET_BYTES
+    print(
+        f"  {kind}: db connections peak {db_peak} {db_by_app}, RSS/socket {data['rss_per_socket_bytes'] / 1024:.1f} KiB, "
+        f"idle CPU {data['idle_server_cpu_share_of_one_core'] * 100:.1f}% of a core, "
+        f"{data['server_cpu_us_per_heartbeat']} µs CPU/heartbeat ({heartbeats} heartbeats)",
+        flush=True,
+    )
+    return data
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sockets", type=int, default=5000, help="sockets in total, all on one worker")
+    parser.add_argument("--client-processes", type=int, default=2, help="load-client processes")
+    parser.add_argument("--idle", type=float, default=45.0, help="seconds of the measured idle window")
+    parser.add_argument("--baseline", type=float, default=10.0, help="seconds of the no-socket CPU baseline")
+    parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne,uvicorn")
+    parser.add_argument("--py-spy", metavar="DIR", help="profile the server (connect phase, idle window) into DIR")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--client-sockets", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    limit = harness.raise_nofile((args.client_sockets if args.client else args.sockets) * 2 + 1024)
+    if args.client:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        asyncio.run(client_main(args.url, args.client_sockets, None, args.topic, args.out))
+        return 0
+
+    env = harness.setup("connections")
+    from django.db import connection
+
+    from projector.models import RUN_SUMMARIES
+
+    with connection.cursor() as cur:
+        cur.execute("SHOW max_connections")
+        max_connections = int(cur.fetchone()[0])
+    connection.close()
+    from khala_project.conf import khala_setting
+
+    topic = RUN_SUMMARIES
+    harness.reset_topic(topic)
+    user = harness.bench_user()
+    results = {}
+    for kind in [k.strip() for k in args.servers.split(",") if k.strip()]:
+        results[kind] = run_kind(kind, env, args, user, topic)
+
+    print()
+    print(f"{args.sockets} idle subscribed sockets on one worker; Postgres max_connections = {max_connections}; "
+          f"DB_POOL_MAX_SIZE = {khala_setting('DB_POOL_MAX_SIZE')}; open-file limit {limit}")
+    print(f"{'server':10s} {'subscribed':>10s} {'db conns peak':>14s} {'KiB/socket':>11s} {'idle CPU %':>11s} {'µs/heartbeat':>13s}")
+    for kind, d in results.items():
+        print(
+            f"{kind:10s} {d['sockets_subscribed']:>10} {d['db_connections_peak']:>14} {d['rss_per_socket_bytes'] / 1024:>11.1f} "
+            f"{d['idle_server_cpu_share_of_one_core'] * 100:>11.2f} {str(d['server_cpu_us_per_heartbeat']):>13s}"
+        )
+    path = harness.write_result(
+        "connections",
+        {
+            "command": "python bench/connections.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "git_revision": harness.git_revision(),
+            "target_rss_per_socket_bytes": TARGET_RSS_PER_SOCKET_BYTES,
+            "postgres_max_connections": max_connections,
+            "db_pool_max_size": khala_setting("DB_POOL_MAX_SIZE"),
+            "open_file_limit": limit,
+            "servers": results,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Live fan-out: commit→receive latency and delivered messages/s across several worker processes.
+
+    .venv/bin/python bench/fanout.py [--sockets 1000] [--workers 2] [--rate 20] [--duration 30]
+                                     [--client-processes 2] [--servers daphne,uvicorn]
+
+For each server kind (daphne, then uvicorn, in the same run): start ``--workers`` server processes
+on loopback, start ``--client-processes`` load-client processes (separate from the servers and from
+this writer process) that open ``--sockets`` sockets in total, spread evenly over the workers; each
+socket joins ``sync:v1`` and subscribes to one topic. Then this process writes ``--rate`` updates/s
+for ``--duration`` s through ``projector.sink.project`` (public documents, ~300-byte payloads, so
+every socket may see every update). The commit time of each write is taken in an ``on_commit``
+callback registered before the sink's own (so before the hint is published); each client stamps
+every update it receives with the wall clock (same host, same clock). Latency = receive − commit,
+per (socket, update). Every update must reach every socket: missing deliveries are counted and
+reported, never dropped from the figures silently.
+
+Targets (issue 5): p50 < 25 ms, p99 < 100 ms. Prints a table, writes ``bench/results/fanout.json``.
+Bounded: the writer stops after ``--duration`` s; clients give up 20 s after the last write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import harness  # noqa: E402
+
+TARGET_P50_MS = 25.0
+TARGET_P99_MS = 100.0
+CLIENT_HEARTBEAT_SECONDS = 25.0  # under the server's 60 s idle timeout, like the phoenix client's 30 s
+
+
+# --- client process ------------------------------------------------------------------------------
+
+
+async def client_main(urls: list[str], sockets: int, token: str, topic: str, out_path: str) -> None:
+    received: list[dict] = [dict() for _ in range(sockets)]  # per socket: watermark -> receive time
+    limiter = asyncio.Semaphore(50)
+    conns: list[harness.SyncSocket | None] = [None] * sockets
+    failures: list[str] = []
+
+    async def open_one(i: int) -> None:
+        async with limiter:
+            try:
+                sock = await harness.SyncSocket.connect(urls[i % len(urls)])
+                await sock.join()
+                reply = await sock.call("sync:subscribe", {"topics": [topic]}, timeout=120)
+                if reply["status"] != "ok":
+                    raise RuntimeError(str(reply))
+                conns[i] = sock
+            except Exception as exc:  # counted and reported
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    await asyncio.gather(*(open_one(i) for i in range(sockets)))
+    closed: list[str] = []
+
+    async def reader(i: int, sock: harness.SyncSocket) -> None:
+        mine = received[i]
+        try:
+            async for raw in sock.ws:
+                now = time.time()
+                frame = orjson.loads(raw)
+                if frame[3] == "sync:update_batch":
+                    for update in frame[4]["updates"]:
+                        mine.setdefault(update["watermark"], now)
+        except Exception as exc:
+            closed.append(f"{type(exc).__name__}: {exc}")
+
+    async def heartbeats() -> None:
+        live = [c for c in conns if c is not None]
+        while True:
+            random.shuffle(live)
+            for sock in live:
+                try:
+                    await sock.heartbeat()
+                except Exception:
+                    pass
+                await asyncio.sleep(CLIENT_HEARTBEAT_SECONDS / max(len(live), 1))
+
+    readers = [asyncio.create_task(reader(i, c)) for i, c in enumerate(conns) if c is not None]
+    beat = asyncio.create_task(heartbeats())
+    print(f"READY {sum(c is not None for c in conns)} {len(failures)}", flush=True)
+
+    loop = asyncio.get_running_loop()
+    line = await loop.run_in_executor(None, sys.stdin.readline)  # "DONE <last watermark>"
+    last = int(line.split()[1]) if line.startswith("DONE") else 0
+    deadline = time.monotonic() + 20
+    live_idx = [i for i, c in enumerate(conns) if c is not None]
+    while time.monotonic() < deadline and not all(last in received[i] for i in live_idx):
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
+    beat.cancel()
+    for c in conns:
+        if c is not None:
+            try:
+                await asyncio.wait_for(c.close(), 2)
+            except Exception:
+                pass
+    for r in readers:
+        r.cancel()
+    Path(out_path).write_bytes(
+        orjson.dumps(
+            {
+                "received": [{str(k): v for k, v in received[i].items()} for i in live_idx],
+                "failures": failures[:20],
+                "failed": len(failures),
+                "closed_early": closed[:20],
+                "cpu_seconds": time.process_time(),
+            }
+        )
+    )
+    print(f"RESULT {out_path}", flush=True)
+
+
+# --- orchestrator / writer ------------------------------------------------------------------------
+
+
+def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
+    from django.db import close_old_connections, transaction
+
+    from projector.sink import project
+
+    servers = [harness.start(kind, env) for _ in range(args.workers)]
+    clients = []
+    try:
+        token = harness.mint(user, [topic])
+        urls = [s.ws_url(token=token) for s in servers]
+        per_client = [args.sockets // args.client_processes + (1 if i < args.sockets % args.client_processes else 0) for i in range(args.client_processes)]
+        tmpdir = tempfile.mkdtemp(prefix="khala-fanout-")
+        for i, n in enumerate(per_client):
+            out = os.path.join(tmpdir, f"client{i}.json")
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--client", "--urls", ",".join(urls), "--client-sockets", str(n), "--token", token, "--topic", topic, "--out", out],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT,
+            )
+            clients.append(proc)
+        connect_started = time.monotonic()
+        ready = []
+        for proc in clients:
+            line = proc.stdout.readline()
+            if not line.startswith("READY"):
+                raise RuntimeError(f"client did not get ready: {line!r}")
+            ready.append(tuple(int(x) for x in line.split()[1:]))
+        connected = sum(r[0] for r in ready)
+        print(f"  {kind}: {connected}/{args.sockets} sockets subscribed over {args.workers} workers in {time.monotonic() - connect_started:.1f} s", flush=True)
+
+        cpu_before = {s.pid: harness.proc_cpu_seconds(s.pid) for s in servers}
+        commits: dict[int, float] = {}
+        interval = 1.0 / args.rate
+        total = int(args.rate * args.duration)
+        started = time.monotonic()
+        late = 0
+        for i in range(total):
+            slot = started + i * interval
+            delay = slot - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the writer to the requested rate
+            else:
+                late += 1
+            stamp = []
+            with transaction.atomic():
+                transaction.on_commit(lambda: stamp.append(time.time()))  # runs before the sink's hint
+                result = project(topic, f"fanout:{i % 100}", i + 1, harness.payload_of_size(i), "", public=True)
+            commits[result.watermark] = stamp[0]
+        write_seconds = time.monotonic() - started
+        last_wm = max(commits)
+        for proc in clients:
+            proc.stdin.write(f"DONE {last_wm}\n")
+            proc.stdin.flush()
+        results = []
+        for proc in clients:
+            line = proc.stdout.readline()
+            if not line.startswith("RESULT"):
+                raise RuntimeError(f"client failed: {line!r}")
+            results.append(orjson.loads(Path(line.split(maxsplit=1)[1].strip()).read_bytes()))
+            proc.wait(timeout=30)
+        cpu_after = {s.pid: harness.proc_cpu_seconds(s.pid) for s in servers}
+        rss = [s.rss_bytes() for s in servers]
+    finally:
+        for proc in clients:
+            if proc.poll() is None:
+                proc.kill()
+        for s in servers:
+            s.stop()
+        close_old_connections()
+
+    latencies = []
+    missing = 0
+    sockets_seen = 0
+    for res in results:
+        for per_socket in res["received"]:
+            sockets_seen += 1
+            for wm, commit_at in commits.items():
+                got = per_socket.get(str(wm))
+                if got is None:
+                    missing += 1
+                else:
+                    latencies.append((got - commit_at) * 1000)
+    # p50 per 5-second slice of commit time: a rising series means a backlog (the servers or the
+    # clients could not keep up), a flat one means steady per-message cost.
+    first_commit = min(commits.values())
+    slices: dict[int, list[float]] = {}
+    for res in results:
+        for per_socket in res["received"]:
+            for wm, commit_at in commits.items():
+                got = per_socket.get(str(wm))
+                if got is not None:
+                    slices.setdefault(int((commit_at - first_commit) // 5), []).append((got - commit_at) * 1000)
+    p50_by_slice = [round(harness.percentile(sorted(v), 50), 1) for _, v in sorted(slices.items())]
+    latencies.sort()
+    delivered = len(latencies)
+    data = {
+        "workers": args.workers,
+        "sockets_requested": args.sockets,
+        "sockets_subscribed": sockets_seen,
+        "connect_failures": sum(r["failed"] for r in results),
+        "closed_early": sum(len(r["closed_early"]) for r in results),
+        "updates_written": total,
+        "writer_late_slots": late,
+        "write_seconds": round(write_seconds, 3),
+        "deliveries_expected": sockets_seen * total,
+        "deliveries": delivered,
+        "deliveries_missing": missing,
+        "messages_delivered_per_second": round(delivered / write_seconds),
+        "latency_ms": {
+            "p50": round(harness.percentile(latencies, 50), 2),
+            "p90": round(harness.percentile(latencies, 90), 2),
+            "p99": round(harness.percentile(latencies, 99), 2),
+            "max": round(latencies[-1], 2) if latencies else None,
+            "min": round(latencies[0], 2) if latencies else None,
+        },
+        "latency_p50_ms_by_5s_slice": p50_by_slice,
+        "server_cpu_seconds_during_writes": {str(pid): round(cpu_after[pid] - cpu_before[pid], 2) for pid in cpu_before},
+        "server_rss_bytes": rss,
+        "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in results],
+    }
+    data["meets_target"] = (
+        missing == 0 and data["latency_ms"]["p50"] < TARGET_P50_MS and data["latency_ms"]["p99"] < TARGET_P99_MS
+    )
+    print(
+        f"  {kind}: p50 {data['latency_ms']['p50']} ms, p99 {data['latency_ms']['p99']} ms, max {data['latency_ms']['max']} ms, "
+        f"{data['messages_delivered_per_second']:,} msgs/s delivered, missing {missing}",
+        flush=True,
+    )
+    return data
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sockets", type=int, default=1000, help="sockets in total")
+    parser.add_argument("--workers", type=int, default=2, help="server processes per kind")
+    parser.add_argument("--rate", type=float, default=20.0, help="updates written per second")
+    parser.add_argument("--duration", type=float, default=30.0, help="seconds of writing")
+    parser.add_argument("--client-processes", type=int, default=2, help="load-client processes")
+    parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne,uvicorn")
+    # internal: a load-client process
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--urls", help=argparse.SUPPRESS)
+    parser.add_argument("--client-sockets", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--token", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    harness.raise_nofile(args.sockets * 2 + 1024 if not args.client else (args.client_sockets or 0) * 2 + 1024)
+    if args.client:
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+        asyncio.run(client_main(args.urls.split(","), args.client_sockets, args.token, args.topic, args.out))
+        return 0
+
+    env = harness.setup("fanout")
+    from projector.models import RUN_SUMMARIES
+
+    topic = RUN_SUMMARIES
+    user = harness.bench_user()
+    results = {}
+    for kind in [k.strip() for k in args.servers.split(",") if k.strip()]:
+        harness.reset_topic(topic)
+        results[kind] = run_kind(kind, env, args, user, topic)
+
+    print()
+    print(f"fan-out: {args.sockets} sockets over {args.workers} workers, {args.rate:g} updates/s for {args.duration:g} s")
+    print(f"{'server':10s} {'p50 ms':>8s} {'p99 ms':>8s} {'max ms':>8s} {'msgs/s':>10s} {'missing':>8s}  target (p50<{TARGET_P50_MS:g}, p99<{TARGET_P99_MS:g})")
+    for kind, d in results.items():
+        lat = d["latency_ms"]
+        print(
+            f"{kind:10s} {lat['p50']:>8} {lat['p99']:>8} {lat['max']:>8} {d['messages_delivered_per_second']:>10,} "
+            f"{d['deliveries_missing']:>8}  {'met' if d['meets_target'] else 'MISSED'}"
+        )
+    path = harness.write_result(
+        "fanout",
+        {
+            "command": "python bench/fanout.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "git_revision": harness.git_revision(),
+            "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS},
+            "sockets": args.sockets,
+            "workers": args.workers,
+            "rate_per_second": args.rate,
+            "duration_seconds": args.duration,
+            "client_processes": args.client_processes,
+            "servers": results,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
