@@ -308,7 +308,14 @@ effective AS (
     SELECT i.*, b.forced, b.first - 1 + row_number() OVER (ORDER BY i.ord) AS watermark
       FROM input AS i
      CROSS JOIN block AS b
-      LEFT JOIN sync_read_models AS r ON r.topic = %(topic)s AND r.doc_key = i.doc_key
+      -- LATERAL: one unique-index probe per input row. A plain join let the planner (with stats
+      -- from when the table was small) hash-join every read model of the topic per batch, a cost
+      -- that grows with the table.
+      LEFT JOIN LATERAL (
+          SELECT stored.doc_version FROM sync_read_models AS stored
+           WHERE stored.topic = %(topic)s AND stored.doc_key = i.doc_key
+           LIMIT 1  -- (topic, doc_key) is unique; LIMIT also keeps the planner from flattening this
+      ) AS r ON true
      WHERE r.doc_version IS NULL OR r.doc_version <= i.doc_version
 ),
 latest AS (
