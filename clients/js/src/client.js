@@ -63,6 +63,7 @@ class Connection {
     this.queue = [];
     this.draining = false;
     this.heartbeatIntervalMs = 15_000;
+    this.lastReceived = 0;
     this.closed = new Promise((resolve) => { this.resolveClosed = resolve; });
   }
 
@@ -301,7 +302,13 @@ export class KhalaClient {
   // --- one connection -------------------------------------------------------------------------
 
   async _freshToken() {
-    const token = await this.tokenProvider();
+    let token;
+    try {
+      token = await this.tokenProvider();
+    } catch (err) {
+      if (err instanceof KhalaError) throw err;
+      throw new TransientError('token_provider_failed', `tokenProvider threw ${err?.message ?? err}`); // retried with backoff
+    }
     if (typeof token !== 'string' || !token) throw new FatalError('token_provider_failed', 'tokenProvider returned no token');
     this._token = token;
     return token;
@@ -324,11 +331,12 @@ export class KhalaClient {
   }
 
   async _session() {
+    this.connectAttempts.push(this.clock.now()); // the attempt starts with fetching its token
     const token = await this._freshToken();
     const url = protocol.socketUrl(this.url, token, { path: this.socketPath, params: this.connectParams });
-    this.connectAttempts.push(this.clock.now());
     const ws = await this._open(url);
     const conn = new Connection(ws);
+    conn.lastReceived = this.clock.now();
     this._conn = conn;
     ws.onmessage = (e) => this._onMessage(conn, e.data);
     ws.onclose = (e) => this._enqueue(conn, { [END]: closeError(e?.code, e?.reason) });
@@ -376,6 +384,7 @@ export class KhalaClient {
   }
 
   _onMessage(conn, data) {
+    conn.lastReceived = this.clock.now();
     let frame;
     try {
       frame = protocol.decodeFrame(typeof data === 'string' ? data : String(data));
@@ -399,11 +408,16 @@ export class KhalaClient {
   async _drain(conn) {
     conn.draining = true;
     try {
+      let handled = 0;
       while (conn.queue.length) {
         const item = conn.queue.shift();
         if (item[END]) { conn.fail(item[END]); return; }
         if (conn.error) return;
         await this._handle(conn, item);
+        // awaiting settled promises only runs microtasks: give timers and socket events a turn
+        // now and then so a long replay cannot starve heartbeats
+        handled += 1;
+        if (handled % 20 === 0) await new Promise((resolve) => setTimeout(resolve, 0));
       }
     } catch (err) {
       conn.fail(err instanceof KhalaError ? err : new TransientError('client_error', String(err?.stack ?? err)));
@@ -649,7 +663,16 @@ export class KhalaClient {
           conn.send(PHOENIX_TOPIC, EVENTS.HEARTBEAT, {}, { liveness: true }),
           conn.send(SYNC_CHANNEL, EVENTS.SYNC_HEARTBEAT, {}, { liveness: true }),
         ]);
-        await this._withTimeout(replies, this.heartbeatTimeoutMs, () => new TransientError('heartbeat_timeout', `no heartbeat reply within ${this.heartbeatTimeoutMs} ms`));
+        for (;;) {
+          try {
+            await this._withTimeout(replies, this.heartbeatTimeoutMs, () => new TransientError('heartbeat_timeout', `nothing received for ${this.heartbeatTimeoutMs} ms after a heartbeat`));
+            break;
+          } catch (err) {
+            // Dead = nothing at all arrived for a whole timeout; frames still arriving mean the
+            // replies are queued behind them (a busy client, not a dead socket).
+            if (err.code !== 'heartbeat_timeout' || this.clock.now() - conn.lastReceived >= this.heartbeatTimeoutMs) throw err;
+          }
+        }
       }
     } catch (err) {
       conn.fail(err instanceof KhalaError ? err : new TransientError('heartbeat_failed', String(err)));

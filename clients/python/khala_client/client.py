@@ -414,16 +414,21 @@ class KhalaClient:
     # --- one connection ---------------------------------------------------------------------------
 
     async def _fresh_token(self) -> str:
-        token = await self.token_provider()
+        try:
+            token = await self.token_provider()
+        except KhalaError:
+            raise
+        except Exception as exc:  # the app's provider failed (network, its backend): retry later
+            raise TransientError("token_provider_failed", f"token_provider raised {exc!r}") from exc
         if not isinstance(token, str) or not token:
             raise FatalError("token_provider_failed", "token_provider returned no token")
         self._token = token
         return token
 
     async def _session(self) -> None:
+        self.connect_attempts.append(self.clock.monotonic())  # the attempt starts with fetching its token
         token = await self._fresh_token()
         url = protocol.socket_url(self.url, token, path=self.socket_path, params=self.connect_params)
-        self.connect_attempts.append(self.clock.monotonic())
         try:
             ws = await self._connect(url, open_timeout=self.join_timeout, ping_interval=None, max_size=64 * 1024 * 1024, close_timeout=2)
         except websockets.exceptions.InvalidStatus as exc:
@@ -531,6 +536,9 @@ class KhalaClient:
                     conn.fail(frame.error)
                     return
                 await self._handle(conn, frame)
+                # Queue.get() does not suspend while frames are waiting: yield once per frame so a
+                # long replay cannot starve the reader and the heartbeat task.
+                await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except KhalaError as exc:
@@ -768,12 +776,17 @@ class KhalaClient:
                 await self.clock.sleep(conn.heartbeat_interval * (0.75 + 0.25 * self.rng()))
                 phoenix = await conn.send(protocol.PHOENIX_TOPIC, protocol.HEARTBEAT, {}, liveness=True)
                 sync = await conn.send(protocol.SYNC_CHANNEL, protocol.SYNC_HEARTBEAT, {}, liveness=True)
-                try:
-                    await asyncio.wait_for(asyncio.gather(phoenix, sync), self.heartbeat_timeout)
-                except asyncio.TimeoutError:
-                    raise DeadSocket("heartbeat_timeout", f"no heartbeat reply within {self.heartbeat_timeout}s") from None
-                except KhalaError:
-                    raise
+                replies = asyncio.gather(phoenix, sync)
+                while True:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(replies), self.heartbeat_timeout)
+                        break
+                    except asyncio.TimeoutError:
+                        # Dead = nothing at all arrived for a whole timeout. Frames still arriving
+                        # mean the replies are queued behind them (a busy client, not a dead socket).
+                        if self.clock.monotonic() - conn.last_received >= self.heartbeat_timeout:
+                            replies.cancel()
+                            raise DeadSocket("heartbeat_timeout", f"nothing received for {self.heartbeat_timeout}s after a heartbeat") from None
         except asyncio.CancelledError:
             raise
         except KhalaError as exc:

@@ -1,0 +1,196 @@
+"""The client state machine against a scripted in-process Phoenix peer (``websockets.serve``).
+
+These cover what a well-behaved Khala server never does on purpose: sockets that stop answering,
+join refusals, endless stale cursors. End-to-end behaviour against the real server is in
+``test_integration.py``.
+"""
+
+import asyncio
+import json
+
+import pytest
+import websockets
+
+from khala_client import Backoff, FatalError, KhalaClient, State
+from khala_client.hashing import payload_hash, to_wire
+from khala_client.http import Snapshot
+
+from conftest import wait_until
+
+TOPIC = "runtime.run_summaries"
+
+
+def reply(frame, status="ok", response=None):
+    join_ref, ref, topic, _event, _payload = frame
+    return json.dumps([join_ref, ref, topic, "phx_reply", {"status": status, "response": response or {}}])
+
+
+class Peer:
+    """A tiny Phoenix v2 peer; ``on_frame(ws, frame)`` scripts the answers."""
+
+    def __init__(self, on_frame):
+        self.on_frame = on_frame
+        self.connections = 0
+        self.urls = []
+
+    async def __aenter__(self):
+        self.server = await websockets.serve(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _handle(self, ws):
+        self.connections += 1
+        self.urls.append(ws.request.path)
+        try:
+            async for text in ws:
+                await self.on_frame(ws, json.loads(text))
+        except websockets.ConnectionClosed:
+            pass
+
+
+def tokens(calls):
+    async def provide():
+        calls.append(1)
+        return f"token-{len(calls)}"
+
+    return provide
+
+
+async def test_a_silent_socket_is_detected_and_replaced():
+    async def on_frame(ws, frame):
+        if frame[3] in ("phx_join", "sync:subscribe"):
+            await ws.send(reply(frame, response={"current_watermarks": []}))
+        # heartbeats are never answered: the socket looks open but is dead
+
+    calls = []
+    async with Peer(on_frame) as peer:
+        client = KhalaClient(peer.url, tokens(calls), topics=[TOPIC], heartbeat_interval=0.1, heartbeat_timeout=0.3,
+                             backoff=Backoff(base=0.01, cap=0.05))
+        client.start()
+        try:
+            await wait_until(lambda: client.connects >= 3, timeout=20, message="reconnects after dead sockets")
+        finally:
+            await client.close()
+    assert len(calls) >= 3, "a fresh token for every connect"
+    assert [u.split("token=")[1].split("&")[0] for u in peer.urls[:3]] == ["token-1", "token-2", "token-3"]
+
+
+async def test_join_refusal_reauth_required_is_fatal():
+    async def on_frame(ws, frame):
+        if frame[3] == "phx_join":
+            await ws.send(reply(frame, "error", {"code": "reauth_required", "message": "sign in again", "reauth_required": True}))
+            await ws.close(4403)
+
+    calls = []
+    async with Peer(on_frame) as peer:
+        client = KhalaClient(peer.url, tokens(calls), topics=[TOPIC])
+        states = []
+        client.on_state = states.append
+        with pytest.raises(FatalError) as exc:
+            await asyncio.wait_for(client.run(), 10)
+    assert exc.value.code == "reauth_required"
+    assert states == [State.CONNECTING, State.CLOSED] and len(calls) == 1
+    with pytest.raises(FatalError):
+        await client.wait_live(timeout=1)
+
+
+async def test_transient_errors_retry_with_backoff_and_state_sequence():
+    """The server drops the first two sockets right after the join; the third one goes live."""
+
+    async def on_frame(ws, frame):
+        if frame[3] == "phx_join":
+            await ws.send(reply(frame))
+            if peer.connections <= 2:
+                await ws.close(1001)
+        elif frame[3] == "sync:subscribe":
+            await ws.send(reply(frame, response={"current_watermarks": [{"topic": TOPIC, "watermark": 7, "stream_epoch": "e"}]}))
+        else:
+            await ws.send(reply(frame))
+
+    async with Peer(on_frame) as peer:
+        delays = []
+        client = KhalaClient(peer.url, tokens([]), topics=[TOPIC], backoff=Backoff(base=0.05, cap=1, rng=lambda: 0.5))
+        client.on_event = lambda e: delays.append(e.delay) if type(e).__name__ == "Reconnecting" else None
+        seen = []
+        client.on_state = seen.append
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+        finally:
+            await client.close()
+    assert delays[:2] == [0.025, 0.05], "capped exponential with (fake) full jitter"
+    assert seen[:2] == [State.CONNECTING, State.JOINED] and State.RECONNECTING in seen and seen[-1] == State.CLOSED
+    assert client.watermark(TOPIC) == 7 and client.cache.topic_state(TOPIC).stream_epoch == "e"
+
+
+class FakeSnapshots:
+    def __init__(self):
+        self.calls = 0
+
+    async def snapshot(self, topic, token, **kw):
+        self.calls += 1
+        payload = {"n": self.calls}
+        doc = {"doc_key": "d", "doc_version": self.calls, "payload": payload, "payload_hash": to_wire(payload_hash(payload)), "watermark": 10}
+        return Snapshot(topic, [doc], 10, "epoch")
+
+
+async def test_a_second_stale_cursor_within_the_window_backs_off_instead_of_looping():
+    stale = {"code": "stale_cursor", "message": "old", "full_resync_required": True, "reason_codes": ["retention_floor_breach"],
+             "stale_topics": [{"topic": TOPIC, "reason": "retention_floor_breach", "resume_after": 0, "retention_floor": 5, "head_watermark": 10}]}
+    subscribes = []
+
+    async def on_frame(ws, frame):
+        if frame[3] == "sync:subscribe":
+            subscribes.append(frame[4])
+            if len(subscribes) <= 3:
+                await ws.send(json.dumps([frame[0], None, "sync:v1", "sync:error", stale]))  # push, then reply
+                await ws.send(reply(frame, "error", stale))
+                return
+        await ws.send(reply(frame))
+
+    async with Peer(on_frame) as peer:
+        http = FakeSnapshots()
+        client = KhalaClient(peer.url, tokens([]), topics=[TOPIC], http=http, stale_backoff=Backoff(base=0.05, cap=0.2))
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+        finally:
+            await client.close()
+    assert http.calls == 3, "one snapshot per stale reply (the duplicate push is ignored)"
+    assert client.stale_backoff.attempt == 2, "the 2nd and 3rd stale within the window backed off first"
+    assert subscribes[0]["resume_after"] == [{"topic": TOPIC, "watermark": 0}]
+    assert subscribes[-1]["resume_after"] == [{"topic": TOPIC, "watermark": 10, "stream_epoch": "epoch"}]
+    assert client.documents(TOPIC)["d"].payload == {"n": 3}
+
+
+async def test_a_corrupt_payload_is_reported_and_refetched():
+    good = {"ok": True}
+
+    async def on_frame(ws, frame):
+        if frame[3] == "sync:subscribe":
+            update = {"topic": TOPIC, "doc_key": "d", "doc_version": 1, "payload": {"tampered": 1},
+                      "payload_hash": to_wire(payload_hash(good)), "watermark": 1, "hydration_required": False}
+            await ws.send(json.dumps([frame[0], None, "sync:v1", "sync:update_batch",
+                                      {"updates": [update], "replay_complete": True, "head_watermarks": [{"topic": TOPIC, "watermark": 1}]}]))
+        await ws.send(reply(frame))
+
+    class Docs:
+        async def get_document(self, topic, doc_key, token):
+            return {"doc_key": doc_key, "doc_version": 1, "payload": good, "payload_hash": to_wire(payload_hash(good)), "watermark": 1}
+
+    async with Peer(on_frame) as peer:
+        client = KhalaClient(peer.url, tokens([]), topics=[TOPIC], http=Docs())
+        errors = []
+        client.on_event = lambda e: errors.append(e.code) if type(e).__name__ == "ErrorEvent" else None
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+            await wait_until(lambda: client.watermark(TOPIC) == 1, timeout=5)
+        finally:
+            await client.close()
+    assert errors == ["payload_hash_mismatch"]
+    assert client.documents(TOPIC)["d"].payload == good
