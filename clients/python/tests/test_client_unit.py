@@ -194,3 +194,29 @@ async def test_a_corrupt_payload_is_reported_and_refetched():
             await client.close()
     assert errors == ["payload_hash_mismatch"]
     assert client.documents(TOPIC)["d"].payload == good
+
+
+async def test_states_and_events_are_observable_as_async_iterators():
+    async def on_frame(ws, frame):
+        await ws.send(reply(frame, response={"current_watermarks": []}))
+
+    async with Peer(on_frame) as peer:
+        client = KhalaClient(peer.url, tokens([]), topics=[TOPIC])
+        seen_states, seen_events = [], []
+
+        async def watch_states():
+            async for state in client.states():
+                seen_states.append(state)
+
+        async def watch_events():
+            async for event in client.events():
+                seen_events.append(type(event).__name__)
+
+        watchers = [asyncio.ensure_future(watch_states()), asyncio.ensure_future(watch_events())]
+        await asyncio.sleep(0)  # let the iterators register before the first state change
+        client.start()
+        await client.wait_live(timeout=10)
+        await client.close()
+        await asyncio.wait_for(asyncio.gather(*watchers), 5)  # both iterators end at `closed`
+    assert seen_states == [State.CONNECTING, State.JOINED, State.LIVE, State.CLOSED]
+    assert seen_events == ["StateChanged"] * 4

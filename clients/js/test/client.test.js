@@ -1,0 +1,80 @@
+// The JS client state machine against a scripted in-process Phoenix peer (ws server): iterators,
+// dead-socket detection with a fresh token per connect, fatal join refusals.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import WebSocket, { WebSocketServer } from 'ws';
+
+import { Backoff, KhalaClient, State } from '../src/index.js';
+
+const TOPIC = 'runtime.run_summaries';
+const reply = (frame, status = 'ok', response = {}) => JSON.stringify([frame[0], frame[1], frame[2], 'phx_reply', { status, response }]);
+
+async function peer(onFrame) {
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((resolve) => server.on('listening', resolve));
+  const state = { connections: 0, tokens: [] };
+  server.on('connection', (ws, req) => {
+    state.connections += 1;
+    state.tokens.push(new URL(req.url, 'http://x').searchParams.get('token'));
+    ws.on('message', (data) => onFrame(ws, JSON.parse(String(data)), state));
+  });
+  state.url = `http://127.0.0.1:${server.address().port}`;
+  state.close = () => new Promise((resolve) => { for (const c of server.clients) c.terminate(); server.close(resolve); });
+  return state;
+}
+
+const counter = () => { let n = 0; return async () => `token-${++n}`; };
+
+test('states() and events() are async iterators that end at closed', async () => {
+  const p = await peer((ws, frame) => ws.send(reply(frame, 'ok', { current_watermarks: [] })));
+  const client = new KhalaClient({ url: p.url, WebSocket, tokenProvider: counter(), topics: [TOPIC] });
+  const states = [];
+  const types = [];
+  const watching = Promise.all([
+    (async () => { for await (const s of client.states()) states.push(s); })(),
+    (async () => { for await (const e of client.events()) types.push(e.type); })(),
+  ]);
+  client.start();
+  await client.waitLive({ timeoutMs: 10000 });
+  await client.close();
+  await watching;
+  await p.close();
+  assert.deepEqual(states, [State.CONNECTING, State.JOINED, State.LIVE, State.CLOSED]);
+  assert.deepEqual(types, ['state', 'state', 'state', 'state']);
+});
+
+test('a silent socket is detected and replaced, with a fresh token each time', async () => {
+  const p = await peer((ws, frame) => {
+    if (frame[3] === 'phx_join' || frame[3] === 'sync:subscribe') ws.send(reply(frame, 'ok', { current_watermarks: [] }));
+    // heartbeats are never answered
+  });
+  const client = new KhalaClient({
+    url: p.url, WebSocket, tokenProvider: counter(), topics: [TOPIC], heartbeatIntervalMs: 100, heartbeatTimeoutMs: 300,
+    backoff: new Backoff({ baseMs: 10, capMs: 50 }),
+  });
+  client.start();
+  const deadline = Date.now() + 20000;
+  while (client.connects < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  await client.close();
+  await p.close();
+  assert.ok(client.connects >= 3, `reconnected after dead sockets (${client.connects})`);
+  assert.deepEqual(p.tokens.slice(0, 3), ['token-1', 'token-2', 'token-3']);
+});
+
+test('reauth_required at join stops the client with a FatalError', async () => {
+  const p = await peer((ws, frame) => {
+    if (frame[3] === 'phx_join') {
+      ws.send(reply(frame, 'error', { code: 'reauth_required', message: 'sign in again' }));
+      ws.close(4403);
+    }
+  });
+  let calls = 0;
+  const client = new KhalaClient({ url: p.url, WebSocket, tokenProvider: async () => { calls += 1; return 't'; }, topics: [TOPIC] });
+  client.start();
+  await assert.rejects(client.waitLive({ timeoutMs: 10000 }), (err) => err.name === 'FatalError' && err.code === 'reauth_required');
+  assert.equal(calls, 1);
+  assert.equal(client.state, State.CLOSED);
+  await client.close();
+  await p.close();
+});
