@@ -45,6 +45,7 @@ class KhalaEnv:
         self.khala = khala
         self.server = None
         self.port = 0
+        self.started = []  # every server process this env started, stopped at teardown
 
     # -- server --
     def start(self):
@@ -57,6 +58,7 @@ class KhalaEnv:
             port=self.port,
         )
         self.port = self.server.port
+        self.started.append(self.server)
         return self.server
 
     @property
@@ -72,8 +74,9 @@ class KhalaEnv:
         return self.start()
 
     def stop(self):
-        if self.server is not None and self.server.alive():
-            self.server.stop()
+        for server in self.started:
+            if server.alive():
+                server.stop()
 
     # -- users and tokens --
     def make_user(self, username: str):
