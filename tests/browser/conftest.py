@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.fixtures"]
+from tests.support.fixtures import asgi_server  # noqa: E402,F401  (fixture re-export; pytest_plugins is only allowed at the top level)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -1,5 +1,5 @@
-"""pytest fixtures over ``tests.support.servers``. Load with ``pytest_plugins = ["tests.support.fixtures"]``
-in a conftest (or import the fixtures).
+"""pytest fixtures over ``tests.support.servers``. Re-export them from a conftest with
+``from tests.support.fixtures import asgi_server`` (``pytest_plugins`` is top-level only).
 
 ``asgi_server(kind="daphne", khala=None, env=None, **kw)`` starts a server on the current test
 database (pytest-django's ``test_<name>``: the test must use ``transactional_db`` so the server

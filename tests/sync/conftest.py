@@ -10,7 +10,7 @@ import pytest
 
 from projector.models import V1_TOPICS
 
-pytest_plugins = ["tests.support.fixtures"]
+from tests.support.fixtures import asgi_server  # noqa: E402,F401  (fixture re-export; pytest_plugins is only allowed at the top level)
 
 SIGNING_KID = "sync-ws-test-k1"
 SIGNING_SECRET = "sync-ws-test-secret-" + "z" * 40

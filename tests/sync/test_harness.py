@@ -7,7 +7,7 @@ import pytest
 
 from tests.support.servers import SERVER_KINDS
 
-pytest_plugins = []
+
 
 
 @pytest.mark.slow
