@@ -47,13 +47,21 @@ CLIENT_HEARTBEAT_SECONDS = 25.0  # under the server's 60 s idle timeout, like th
 async def client_main(urls: list[str], sockets: int, token: str, topic: str, out_path: str) -> None:
     received: list[dict] = [dict() for _ in range(sockets)]  # per socket: watermark -> receive time
     limiter = asyncio.Semaphore(50)
-    conns: list[harness.SyncSocket | None] = [None] * sockets
+    conns: list[harness.RawSyncSocket | None] = [None] * sockets
     failures: list[str] = []
+
+    def recorder(mine: dict):
+        def on_push(frame, received_at):
+            if frame[3] == "sync:update_batch":
+                for update in frame[4]["updates"]:
+                    mine.setdefault(update["watermark"], received_at)
+
+        return on_push
 
     async def open_one(i: int) -> None:
         async with limiter:
             try:
-                sock = await harness.SyncSocket.connect(urls[i % len(urls)])
+                sock = await harness.RawSyncSocket.connect(urls[i % len(urls)], on_push=recorder(received[i]))
                 await sock.join()
                 reply = await sock.call("sync:subscribe", {"topics": [topic]}, timeout=120)
                 if reply["status"] != "ok":
@@ -63,32 +71,15 @@ async def client_main(urls: list[str], sockets: int, token: str, topic: str, out
                 failures.append(f"{type(exc).__name__}: {exc}")
 
     await asyncio.gather(*(open_one(i) for i in range(sockets)))
-    closed: list[str] = []
-
-    async def reader(i: int, sock: harness.SyncSocket) -> None:
-        mine = received[i]
-        try:
-            async for raw in sock.ws:
-                now = time.time()
-                frame = orjson.loads(raw)
-                if frame[3] == "sync:update_batch":
-                    for update in frame[4]["updates"]:
-                        mine.setdefault(update["watermark"], now)
-        except Exception as exc:
-            closed.append(f"{type(exc).__name__}: {exc}")
 
     async def heartbeats() -> None:
         live = [c for c in conns if c is not None]
         while True:
             random.shuffle(live)
             for sock in live:
-                try:
-                    await sock.heartbeat()
-                except Exception:
-                    pass
+                sock.heartbeat()
                 await asyncio.sleep(CLIENT_HEARTBEAT_SECONDS / max(len(live), 1))
 
-    readers = [asyncio.create_task(reader(i, c)) for i, c in enumerate(conns) if c is not None]
     beat = asyncio.create_task(heartbeats())
     print(f"READY {sum(c is not None for c in conns)} {len(failures)}", flush=True)
 
@@ -100,21 +91,15 @@ async def client_main(urls: list[str], sockets: int, token: str, topic: str, out
     while time.monotonic() < deadline and not all(last in received[i] for i in live_idx):
         await asyncio.sleep(0.05)  # polling a condition with a deadline
     beat.cancel()
-    for c in conns:
-        if c is not None:
-            try:
-                await asyncio.wait_for(c.close(), 2)
-            except Exception:
-                pass
-    for r in readers:
-        r.cancel()
+    closed_early = [i for i in live_idx if conns[i].closed.is_set()]
+    await asyncio.gather(*(conns[i].close() for i in live_idx), return_exceptions=True)
     Path(out_path).write_bytes(
         orjson.dumps(
             {
                 "received": [{str(k): v for k, v in received[i].items()} for i in live_idx],
                 "failures": failures[:20],
                 "failed": len(failures),
-                "closed_early": closed[:20],
+                "closed_early": [f"socket {i} closed with {conns[i].close_code}" for i in closed_early][:20],
                 "cpu_seconds": time.process_time(),
             }
         )
@@ -154,6 +139,7 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         connected = sum(r[0] for r in ready)
         print(f"  {kind}: {connected}/{args.sockets} sockets subscribed over {args.workers} workers in {time.monotonic() - connect_started:.1f} s", flush=True)
 
+        profilers = [harness.start_profiler(s.pid, args.py_spy, f"fanout-{kind}-worker{n}") for n, s in enumerate(servers)] if args.py_spy else []
         cpu_before = {s.pid: harness.proc_cpu_seconds(s.pid) for s in servers}
         commits: dict[int, float] = {}
         interval = 1.0 / args.rate
@@ -173,6 +159,8 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
                 result = project(topic, f"fanout:{i % 100}", i + 1, harness.payload_of_size(i), "", public=True)
             commits[result.watermark] = stamp[0]
         write_seconds = time.monotonic() - started
+        for profiler in profilers:
+            print(f"  profile: {harness.stop_profiler(profiler)}")
         last_wm = max(commits)
         for proc in clients:
             proc.stdin.write(f"DONE {last_wm}\n")
@@ -186,6 +174,8 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
             proc.wait(timeout=30)
         cpu_after = {s.pid: harness.proc_cpu_seconds(s.pid) for s in servers}
         rss = [s.rss_bytes() for s in servers]
+        # Why a row was read (hint vs periodic head check) tells lost/late hints from slow sends.
+        server_metrics = [harness.scrape_metrics(s.http_url) for s in servers]
     finally:
         for proc in clients:
             if proc.poll() is None:
@@ -225,6 +215,7 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         "sockets_subscribed": sockets_seen,
         "connect_failures": sum(r["failed"] for r in results),
         "closed_early": sum(len(r["closed_early"]) for r in results),
+        "closed_early_examples": [c for r in results for c in r["closed_early"]][:5],
         "updates_written": total,
         "writer_late_slots": late,
         "write_seconds": round(write_seconds, 3),
@@ -242,6 +233,7 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         "latency_p50_ms_by_5s_slice": p50_by_slice,
         "server_cpu_seconds_during_writes": {str(pid): round(cpu_after[pid] - cpu_before[pid], 2) for pid in cpu_before},
         "server_rss_bytes": rss,
+        "server_metrics": server_metrics,
         "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in results],
     }
     data["meets_target"] = (
@@ -263,6 +255,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of writing")
     parser.add_argument("--client-processes", type=int, default=2, help="load-client processes")
     parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne,uvicorn")
+    parser.add_argument("--py-spy", metavar="DIR", help="profile each server process during the writes into DIR")
     # internal: a load-client process
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--urls", help=argparse.SUPPRESS)

@@ -181,6 +181,25 @@ def stop_profiler(profiler) -> Path:
     return out
 
 
+def scrape_metrics(http_url: str, prefixes=("khala_hub_", "khala_live_", "khala_slow_")) -> dict:
+    """Khala counters of one server process from ``/metrics`` (sample name with labels -> value)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(http_url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return {"error": str(exc)}
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(prefixes) and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            if name.endswith(("_created", "_bucket")) or "_created{" in name:
+                continue
+            found[name] = float(value)
+    return found
+
+
 def machine() -> dict:
     return {
         "cpus": os.cpu_count(),
@@ -272,3 +291,166 @@ class SyncSocket:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+class RawSyncSocket(asyncio.Protocol):
+    """A lean ``sync:v1`` client for fan-out load: a plain asyncio Protocol that parses WebSocket
+    frames itself and calls ``on_push(frame, received_at)`` from ``data_received``.
+
+    Why not ``websockets`` here: on this 2-core box the load clients share the CPU with the
+    servers they measure. ``websockets`` costs about as much CPU per received frame as the server
+    spends sending it (a task switch and several objects per message); this parser is a few
+    slicing operations, so the servers get the CPU and the figures describe them, not the client.
+    The receive time is taken when the bytes arrive, before any parsing.
+    """
+
+    def __init__(self, on_push=None):
+        self.on_push = on_push
+        self.transport = None
+        self._buf = bytearray()
+        self._fragments: list[bytes] = []
+        self._handshake: asyncio.Future | None = None
+        self._replies: dict[str, asyncio.Future] = {}
+        self._ref = 0
+        self.join_ref: str | None = None
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+
+    # -- connection ------------------------------------------------------------------------
+    @classmethod
+    async def connect(cls, ws_url: str, on_push=None, timeout: float = 60.0) -> "RawSyncSocket":
+        import base64 as _b64
+
+        parts = urllib.parse.urlsplit(ws_url)
+        loop = asyncio.get_running_loop()
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: cls(on_push), parts.hostname, parts.port), timeout
+        )
+        proto._handshake = loop.create_future()
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        key = _b64.b64encode(os.urandom(16)).decode()
+        proto.transport.write(
+            (
+                f"GET {target} HTTP/1.1\r\nHost: {parts.hostname}:{parts.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        await asyncio.wait_for(proto._handshake, timeout)
+        return proto
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        self.closed.set()
+        for future in self._replies.values():
+            if not future.done():
+                future.set_exception(ConnectionError("socket closed"))
+        if self._handshake is not None and not self._handshake.done():
+            self._handshake.set_exception(ConnectionError("closed during handshake"))
+
+    # -- receiving -------------------------------------------------------------------------
+    def data_received(self, data):
+        now = time.time()
+        buf = self._buf
+        buf += data
+        if self._handshake is not None and not self._handshake.done():
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = bytes(buf[: buf.find(b"\r\n")])
+            del buf[: end + 4]
+            if b" 101 " not in status:
+                self._handshake.set_exception(ConnectionError(f"handshake refused: {status!r}"))
+                return
+            self._handshake.set_result(None)
+        while len(buf) >= 2:
+            b0, b1 = buf[0], buf[1]
+            length, pos = b1 & 0x7F, 2
+            if length == 126:
+                if len(buf) < 4:
+                    return
+                length, pos = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                if len(buf) < 10:
+                    return
+                length, pos = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < pos + length:
+                return
+            payload = bytes(buf[pos : pos + length])
+            del buf[: pos + length]
+            opcode, fin = b0 & 0x0F, b0 & 0x80
+            if opcode == 0x8:
+                self.close_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                self.transport.close()
+                return
+            if opcode == 0x9:
+                self._send_frame(0xA, payload)
+                continue
+            if opcode in (0x1, 0x0):
+                if not fin:
+                    self._fragments.append(payload)
+                    continue
+                if self._fragments:
+                    payload = b"".join(self._fragments) + payload
+                    self._fragments.clear()
+                self._on_text(payload, now)
+
+    def _on_text(self, payload: bytes, now: float) -> None:
+        frame = orjson.loads(payload)
+        if frame[3] == "phx_reply":
+            future = self._replies.pop(frame[1], None)
+            if future is not None and not future.done():
+                future.set_result(frame[4])
+                return
+        if self.on_push is not None:
+            self.on_push(frame, now)
+
+    # -- sending ---------------------------------------------------------------------------
+    def _send_frame(self, opcode: int, payload: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        mask = os.urandom(4)
+        n = len(payload)
+        if n < 126:
+            header = bytes([0x80 | opcode, 0x80 | n])
+        elif n < 65536:
+            header = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+        else:
+            header = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+        masked = (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big") if n else b""
+        self.transport.write(header + mask + masked)
+
+    def push(self, topic: str, event: str, payload: dict, *, join_ref: str | None) -> str:
+        self._ref += 1
+        ref = str(self._ref)
+        self._send_frame(0x1, orjson.dumps([join_ref, ref, topic, event, payload]))
+        return ref
+
+    async def call(self, event: str, payload: dict, timeout: float = 120.0) -> dict:
+        future = asyncio.get_running_loop().create_future()
+        self._ref += 1
+        ref = str(self._ref)
+        if event == "phx_join":
+            self.join_ref = ref
+        self._replies[ref] = future
+        self._send_frame(0x1, orjson.dumps([self.join_ref, ref, "sync:v1", event, payload]))
+        return await asyncio.wait_for(future, timeout)
+
+    async def join(self, payload: dict | None = None) -> dict:
+        reply = await self.call("phx_join", payload or {}, timeout=60)
+        if reply["status"] != "ok":
+            raise RuntimeError(f"join refused: {reply}")
+        return reply["response"]
+
+    def heartbeat(self) -> None:
+        self.push("phoenix", "heartbeat", {}, join_ref=None)
+
+    async def close(self) -> None:
+        self._send_frame(0x8, (1000).to_bytes(2, "big"))
+        try:
+            await asyncio.wait_for(self.closed.wait(), 2)
+        except asyncio.TimeoutError:
+            if self.transport is not None:
+                self.transport.close()
