@@ -261,3 +261,37 @@ def test_paging_while_writers_commit_concurrently_converges(topics, mint, api):
     assert not any(k.startswith("new:1:") for k in docs), "user:2's documents leaked"
     state = {k: {"doc_version": d["doc_version"], "payload": d["payload"]} for k, d in docs.items()}
     assert apply(state, replay_after(pages[0]["head_watermark"], "user:1")) == visible_read_models("user:1")
+
+
+def test_a_write_committed_between_the_head_and_the_page_reads_is_in_neither(topics, mint, api):
+    """Force the race inside one request: right after the head is read, another connection commits
+    a new document. The page must still be exactly the state at ``head_watermark`` (one snapshot):
+    the new document is not listed, so resuming from the head replays it exactly once."""
+    from django.db import connection
+
+    project(RUN_SUMMARIES, "run:a", 1, {"v": 1}, "user:1")
+    fired = []
+
+    def write_from_another_connection():
+        try:
+            project(RUN_SUMMARIES, "run:b", 1, {"v": 1}, "user:1")
+        finally:
+            close_old_connections()
+
+    def wrapper(execute, sql, params, many, context):
+        result = execute(sql, params, many, context)
+        if "FROM sync_topic_sequences" in sql and not fired:
+            fired.append(True)
+            thread = threading.Thread(target=write_from_another_connection)
+            thread.start()
+            thread.join(timeout=30)
+        return result
+
+    with connection.execute_wrapper(wrapper):
+        body = api(mint(1)).get(LIST).json()
+    assert fired, "the race was not forced"
+    written = StreamEvent.objects.get(doc_key="run:b").watermark
+    assert written > body["head_watermark"]
+    assert [d["doc_key"] for d in body["documents"]] == ["run:a"]
+    assert all(d["watermark"] <= body["head_watermark"] for d in body["documents"])
+    assert [r.doc_key for r in replay_after(body["head_watermark"], "user:1")] == ["run:b"]
