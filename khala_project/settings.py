@@ -99,7 +99,11 @@ else:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "khala.sqlite3",
-            "OPTIONS": {"timeout": 20},
+            # WAL: the WebSocket lane's reader thread (sync.journal_sqlite) reads a snapshot while a
+            # writer commits. BEGIN IMMEDIATE: a transaction that reads before it writes (runtime
+            # commands, the projector) takes the database write lock up front and waits for it
+            # (timeout) instead of failing with "database is locked" when it later upgrades.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL"},
         }
     }
 

@@ -24,12 +24,14 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import connection, transaction
+from django.db.models import F
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from khala_project.conf import khala_setting
 from projector import metrics
-from projector.models import TopicSequence
+from projector.models import StreamEvent, TopicSequence
 
 _CUTOFF_SQL = """
 SELECT watermark FROM sync_stream_events
@@ -77,6 +79,8 @@ class TopicRetention:
 
 def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_size: int) -> TopicRetention:
     cutoff = now - dt.timedelta(seconds=retention_seconds)
+    if connection.vendor != "postgresql":  # the embedded SQLite of `make run`
+        return _prune_topic_portable(topic, cutoff, retention_seconds, batch_size)
     deleted = batches = 0
     with connection.cursor() as cursor:  # autocommit: each statement below is its own transaction
         cursor.execute(_CUTOFF_SQL, [topic, cutoff])
@@ -94,6 +98,38 @@ def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_s
                     break
         cursor.execute(_STATS_SQL, [topic, topic])
         oldest, head, pruned_through = cursor.fetchone()
+    metrics.JOURNAL_OLDEST_WATERMARK.labels(topic=topic).set(oldest or 0)
+    metrics.JOURNAL_HEAD_WATERMARK.labels(topic=topic).set(head)
+    metrics.JOURNAL_PRUNED_THROUGH.labels(topic=topic).set(pruned_through)
+    return TopicRetention(topic, retention_seconds, cutoff, deleted, batches, pruned_through, oldest, head)
+
+
+def _prune_topic_portable(topic: str, cutoff: dt.datetime, retention_seconds: int, batch_size: int) -> TopicRetention:
+    """``prune_topic`` through the ORM: the same prefix, batches and floor, each batch one transaction
+    (delete the rows and raise ``pruned_through`` together; SQLite's write lock is held until COMMIT)."""
+    deleted = batches = 0
+    events = StreamEvent.objects.filter(topic=topic)
+    cutoff_watermark = (
+        events.filter(inserted_at__lt=cutoff).order_by("-inserted_at", "-watermark").values_list("watermark", flat=True).first()
+    )
+    while cutoff_watermark is not None:
+        with transaction.atomic():
+            doomed = list(
+                events.filter(watermark__lte=cutoff_watermark).order_by("watermark").values_list("id", "watermark")[:batch_size]
+            )
+            if doomed:
+                events.filter(id__in=[row_id for row_id, _ in doomed]).delete()
+                TopicSequence.objects.filter(topic=topic).update(
+                    pruned_through=Greatest(F("pruned_through"), doomed[-1][1]), updated_at=timezone.now()
+                )
+        if doomed:
+            batches += 1
+            deleted += len(doomed)
+            metrics.RETENTION_DELETED.labels(topic=topic).inc(len(doomed))
+        if len(doomed) < batch_size:
+            break
+    head, pruned_through = TopicSequence.objects.filter(topic=topic).values_list("last_watermark", "pruned_through").get()
+    oldest = events.order_by("watermark").values_list("watermark", flat=True).first()
     metrics.JOURNAL_OLDEST_WATERMARK.labels(topic=topic).set(oldest or 0)
     metrics.JOURNAL_HEAD_WATERMARK.labels(topic=topic).set(head)
     metrics.JOURNAL_PRUNED_THROUGH.labels(topic=topic).set(pruned_through)

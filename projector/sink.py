@@ -17,6 +17,9 @@ Round trips: ``project()`` is one statement (allocation, upsert and append fused
 the block, then one statement of ``unnest`` arrays for upsert + append + returning unused
 watermarks). Each payload is canonicalised once (``projector.canonical``): the same bytes give the
 hash, the size and the pointer-mode decision.
+
+On any database but PostgreSQL (the embedded SQLite of ``make run``) the validated writes go to
+``projector.sink_portable`` instead: same semantics through the ORM, none of the SQL below.
 """
 
 import re
@@ -244,6 +247,10 @@ def project(
     except SinkError as exc:
         _count_error(topic, exc.code)
         raise
+    if connections[alias].vendor != "postgresql":  # the embedded SQLite of `make run`
+        from projector import sink_portable
+
+        return sink_portable.project(prepared, alias, started)
     write, encoded = prepared.write, prepared.encoded
     params = {
         "topic": write.topic,
@@ -423,6 +430,10 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
             raise
     if not prepared:
         return []
+    if connections[alias].vendor != "postgresql":  # the embedded SQLite of `make run`
+        from projector import sink_portable
+
+        return sink_portable.project_many(prepared, alias, started)
     candidates, superseded = _newest_only(prepared)
     by_topic: dict[str, list[_Prepared]] = {}
     for item in candidates:

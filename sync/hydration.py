@@ -120,6 +120,8 @@ def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) 
         # SET TRANSACTION must be the first statement of a transaction; inside an outer atomic
         # block the snapshot guarantee could not be given, so refuse instead of lying.
         raise RuntimeError("list_page must not run inside an outer transaction")
+    if connection.vendor != "postgresql":  # the embedded SQLite of `make run`
+        return _list_page_portable(topic, owner, limit, cursor_epoch, after)
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute(
@@ -155,3 +157,37 @@ def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) 
     documents = [_document(k, v, _decode_json(p), bytes(h), w) for k, v, p, h, w in rows]
     next_cursor = encode_cursor(topic, stream_epoch, rows[-1][0]) if more else None
     return Page(documents, head_watermark, stream_epoch, next_cursor)
+
+
+def _list_page_portable(topic: str, owner: str, limit: int, cursor_epoch: str | None, after: str | None) -> Page:
+    """``list_page`` through the ORM. One SQLite transaction is one snapshot (the database lock or,
+    in WAL mode, the read snapshot lasts until COMMIT), so the head and the page still agree."""
+    from django.db.models import Q
+
+    from projector.models import ReadModelDocument, TopicSequence
+
+    with transaction.atomic():
+        seq = TopicSequence.objects.filter(topic=topic).values_list("last_watermark", "stream_epoch").first()
+        if seq is None:
+            raise HydrationError("unknown_topic", f"unknown topic {topic!r}", http_status=404, topic=topic)
+        head_watermark, stream_epoch = seq
+        if cursor_epoch is not None and cursor_epoch != stream_epoch:
+            raise HydrationError(
+                "stream_epoch_changed",
+                "the topic's stream epoch changed while paging; start again from the first page",
+                http_status=409,
+                stream_epoch=stream_epoch,
+            )
+        documents = ReadModelDocument.objects.filter(Q(owner=owner) | Q(public=True), topic=topic)
+        if after is not None:
+            documents = documents.filter(doc_key__gt=after)
+        rows = list(
+            documents.order_by("doc_key").values_list("doc_key", "doc_version", "payload", "payload_hash", "watermark")[
+                : limit + 1
+            ]
+        )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    page = [_document(k, v, _decode_json(p), bytes(h), w) for k, v, p, h, w in rows]
+    next_cursor = encode_cursor(topic, stream_epoch, rows[-1][0]) if more else None
+    return Page(page, head_watermark, stream_epoch, next_cursor)

@@ -1,0 +1,202 @@
+"""The sink's write path on databases other than PostgreSQL: the embedded SQLite of ``make run``.
+
+``projector.sink`` validates and canonicalises every write, then hands it here when
+``connection.vendor != "postgresql"``. The PostgreSQL statements (fused CTEs, ``jsonb_to_recordset``,
+``now()``) stay untouched; this module does the same thing with the ORM, one topic at a time, with
+the same results (``WriteResult``), the same ``SinkError`` codes and the same metrics and hints:
+
+1. ``UPDATE sync_topic_sequences SET last_watermark = last_watermark + k`` FIRST. On SQLite the
+   first write of a transaction takes the database-wide write lock and keeps it until COMMIT, so
+   writers are serialised from that statement on: commit order = watermark order, and the stored
+   ``doc_version``s read next cannot change under us (the same argument as the row lock on
+   PostgreSQL, with the whole database as the "row");
+2. read the stored versions; a write older than the stored one is a no-op (no journal row, no
+   watermark), an equal one replaces; the unused watermarks are given back before COMMIT (nobody
+   else can have seen them), so committed watermarks stay gap-free;
+3. upsert the read models, append the journal rows (payload NULL in pointer mode);
+4. after COMMIT (``transaction.on_commit``): metrics and one hint per topic.
+
+Payloads are stored as their canonical JSON text (what the hash is computed over), so the WebSocket
+lane's SQLite reader can splice the column into frames as it is.
+
+Only one process should write (the embedded default serves one process); correctness of the
+multi-worker deployment is proven on PostgreSQL only.
+"""
+
+import time
+
+from django.db import models, transaction
+from django.db.models import F, Value
+from django.utils import timezone
+
+from projector import metrics
+from projector.models import ReadModelDocument, StreamEvent, TopicSequence
+from projector.sink import SinkError, WriteResult, _after_commit, _count_error, _newest_only, _Prepared
+
+# SQLite limits the number of bound parameters per statement; stay far below every build's limit.
+_IN_CHUNK = 500
+
+
+class _UnknownTopic(Exception):
+    pass
+
+
+def _json_text(text: str) -> Value:
+    """The canonical JSON text as the column value (no re-encoding by ``JSONField``)."""
+    return Value(text, output_field=models.TextField())
+
+
+def _stored_versions(alias: str, topic: str, doc_keys: list[str]) -> dict[str, int]:
+    stored: dict[str, int] = {}
+    for start in range(0, len(doc_keys), _IN_CHUNK):
+        chunk = doc_keys[start : start + _IN_CHUNK]
+        stored.update(
+            ReadModelDocument.objects.using(alias)
+            .filter(topic=topic, doc_key__in=chunk)
+            .values_list("doc_key", "doc_version")
+        )
+    return stored
+
+
+def _write_topic(alias: str, topic: str, items: list[_Prepared]):
+    """Write one topic's items (already free of in-batch superseded writes) in the open transaction.
+
+    Returns ``(outcome, stats, stale)``: input index -> (watermark, pointer) of the effective
+    writes, the ``_after_commit`` tuple (None when nothing was written), the number of no-ops.
+    Raises ``_UnknownTopic`` (nothing written)."""
+    now = timezone.now()
+    sequences = TopicSequence.objects.using(alias).filter(topic=topic)
+    count = len(items)
+    # The allocation is the transaction's first write: from here on this transaction holds the
+    # database write lock until COMMIT (see the module docstring).
+    if not sequences.update(last_watermark=F("last_watermark") + count, updated_at=now):
+        raise _UnknownTopic(topic)
+    last, stream_epoch, forced = sequences.values_list("last_watermark", "stream_epoch", "force_pointer_mode").get()
+    first = last - count + 1
+
+    stored = _stored_versions(alias, topic, list(dict.fromkeys(item.write.doc_key for item in items)))
+    existing = set(stored)
+    effective: list[tuple[_Prepared, int]] = []
+    latest: dict[str, tuple[_Prepared, int]] = {}
+    for item in items:
+        w = item.write
+        version = stored.get(w.doc_key)
+        if version is not None and version > w.doc_version:
+            continue  # never backwards: an older version is a no-op
+        watermark = first + len(effective)
+        stored[w.doc_key] = w.doc_version
+        effective.append((item, watermark))
+        latest[w.doc_key] = (item, watermark)
+    if len(effective) < count:
+        # Give back the watermarks of the no-op writes (we still hold the write lock).
+        sequences.update(last_watermark=first - 1 + len(effective))
+    if not effective:
+        return {}, None, count
+
+    documents = ReadModelDocument.objects.using(alias)
+    new_documents = []
+    for doc_key, (item, watermark) in latest.items():
+        w = item.write
+        values = {
+            "doc_version": w.doc_version,
+            "owner": w.owner,
+            "public": w.public,
+            "payload": _json_text(item.encoded.text),
+            "payload_hash": item.encoded.digest,
+            "watermark": watermark,
+        }
+        if doc_key in existing:
+            documents.filter(topic=topic, doc_key=doc_key).update(**values, updated_at=now)
+        else:
+            new_documents.append(ReadModelDocument(topic=topic, doc_key=doc_key, **values, created_at=now, updated_at=now))
+    if new_documents:
+        documents.bulk_create(new_documents)
+
+    outcome = {}
+    events = []
+    inline = pointer_count = nbytes = 0
+    for item, watermark in effective:
+        w = item.write
+        pointer = item.over_inline_limit or forced
+        events.append(
+            StreamEvent(
+                topic=topic,
+                watermark=watermark,
+                doc_key=w.doc_key,
+                doc_version=w.doc_version,
+                owner=w.owner,
+                public=w.public,
+                payload=None if pointer else _json_text(item.encoded.text),
+                payload_hash=item.encoded.digest,
+                payload_bytes=item.encoded.size,
+                inserted_at=now,
+            )
+        )
+        outcome[item.index] = (watermark, pointer)
+        if pointer:
+            pointer_count += 1
+        else:
+            inline += 1
+        nbytes += item.encoded.size
+    StreamEvent.objects.using(alias).bulk_create(events)
+    stats = (topic, effective[-1][1], stream_epoch, inline, pointer_count, nbytes)
+    return outcome, stats, count - len(effective)
+
+
+def _unknown(topic: str, index: int | None) -> SinkError:
+    metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
+    _count_error(topic, "unknown_topic")
+    return SinkError("unknown_topic", f"unknown topic {topic!r}", index=index, field="topic")
+
+
+def project(prepared: _Prepared, alias: str, started: float) -> WriteResult:
+    """``projector.sink.project`` after validation."""
+    w = prepared.write
+    try:
+        # A savepoint inside the caller's transaction: a refused topic leaves it usable.
+        with transaction.atomic(using=alias):
+            outcome, stats, stale = _write_topic(alias, w.topic, [prepared])
+            if stats is not None:
+                transaction.on_commit(lambda: _after_commit([stats]), using=alias)
+    except _UnknownTopic:
+        raise _unknown(w.topic, None) from None
+    if stale:
+        metrics.PROJECTION_WRITES.labels(topic=w.topic, result="stale").inc()
+    watermark, pointer = outcome.get(prepared.index, (None, False))
+    metrics.SINK_DURATION.labels(op="project").observe(time.perf_counter() - started)
+    return WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer)
+
+
+def project_many(prepared: list[_Prepared], alias: str, started: float) -> list[WriteResult]:
+    """``projector.sink.project_many`` after validation: all topics in one transaction."""
+    candidates, superseded = _newest_only(prepared)
+    by_topic: dict[str, list[_Prepared]] = {}
+    for item in candidates:
+        by_topic.setdefault(item.write.topic, []).append(item)
+    outcome: dict[int, tuple[int, bool]] = {}
+    all_stats, stale_counts = [], {}
+    topic = None
+    try:
+        with transaction.atomic(using=alias):
+            for topic in sorted(by_topic):  # the same watermark order as the PostgreSQL path
+                written, stats, stale = _write_topic(alias, topic, by_topic[topic])
+                outcome.update(written)
+                if stats is not None:
+                    all_stats.append(stats)
+                stale_counts[topic] = stale
+            if all_stats:
+                transaction.on_commit(lambda: _after_commit(all_stats), using=alias)
+    except _UnknownTopic:
+        raise _unknown(topic, by_topic[topic][0].index) from None
+    for topic, stale in stale_counts.items():
+        if stale:
+            metrics.PROJECTION_WRITES.labels(topic=topic, result="stale").inc(stale)
+    for item in superseded:
+        metrics.PROJECTION_WRITES.labels(topic=item.write.topic, result="stale").inc()
+    results = []
+    for item in prepared:
+        w = item.write
+        watermark, pointer = outcome.get(item.index, (None, False))
+        results.append(WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer))
+    metrics.SINK_DURATION.labels(op="project_many").observe(time.perf_counter() - started)
+    return results
