@@ -30,7 +30,7 @@ from channels.layers import get_channel_layer
 from khala_project.conf import khala_setting
 from projector.hints import HINT_TYPE, topic_group
 from sync import metrics
-from sync.journal import Journal, JournalPage
+from sync.journal import Journal, JournalPage, default_journal
 from sync.policies import RevocationCheck
 from sync.protocol import (
     KIND_UPDATE_BATCH,
@@ -115,7 +115,7 @@ class TopicFeed:
 
 class Hub:
     def __init__(self, *, journal: Journal | None = None, layer=None, clock=time.monotonic, rng=None):
-        self.journal = journal or Journal()
+        self.journal = journal or default_journal()
         self.layer = layer if layer is not None else get_channel_layer()
         self.clock = clock
         self.rng = rng or random.Random()

@@ -155,3 +155,14 @@ class Journal:
             if wm is not None
         ]
         return JournalPage(out, head, pruned, epoch)
+
+
+def default_journal():
+    """The worker's journal reader for the default database: ``Journal`` (a psycopg pool) on
+    PostgreSQL; on the embedded SQLite of ``make run``, ``sync.journal_sqlite.SQLiteJournal``
+    (same interface, one reader thread)."""
+    if connections["default"].vendor != "postgresql":
+        from sync.journal_sqlite import SQLiteJournal
+
+        return SQLiteJournal()
+    return Journal()
