@@ -21,8 +21,11 @@ $(VENV)/bin/activate:
 venv: $(VENV)/bin/activate
 
 # Stamp files: reinstall only when a requirements file changes.
-$(VENV)/.deps-base: requirements/base.txt | venv
+# The Python client (and its `khala` CLI) needs nothing beyond base.txt, so `make run` installs it
+# too: a newcomer can `.venv/bin/khala tail ...` against the server it just started.
+$(VENV)/.deps-base: requirements/base.txt clients/python/pyproject.toml | venv
 	$(PIP) install --quiet -r requirements/base.txt
+	$(PIP) install --quiet -e clients/python
 	touch $@
 
 $(VENV)/.deps-test: requirements/base.txt requirements/test.txt clients/python/pyproject.toml | venv
