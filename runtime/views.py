@@ -36,6 +36,33 @@ def _valid(serializer_class, data, **kwargs):
     return serializer
 
 
+def _owned(model, kind: str, entity_id: str, user):
+    """``user``'s run or worker; 404 ``not_found`` for a missing one and for another user's alike."""
+    entity = model.objects.filter(id=entity_id, owner=user).first()
+    if entity is None:
+        raise _not_found(kind, entity_id)
+    return entity
+
+
+def _event_page(entity, query_params, serializer_class):
+    """The serialized events of ``entity`` after ``after_seq``, in seq order, at most ``limit``."""
+    query = _valid(EventListQuery, query_params).validated_data
+    events = entity.events.filter(seq__gt=query["after_seq"]).order_by("seq")[: query["limit"]]
+    return serializer_class(events, many=True).data
+
+
+def _append_event(append, model, kind: str, entity_id: str, request, serializer_class) -> Response:
+    """Validate the body, append through the runtime command ``append``, answer 201 with the event."""
+    data = _valid(serializer_class, request.data).validated_data
+    try:
+        event = append(entity_id, request.user, data["event_type"], data["payload"])
+    except model.DoesNotExist:
+        raise _not_found(kind, entity_id) from None
+    except commands.CommandError as exc:
+        raise _command_error(exc) from None
+    return Response(serializer_class(event).data, status=status.HTTP_201_CREATED)
+
+
 class RunListView(APIView):
     def get(self, request):
         runs = Run.objects.filter(owner=request.user).order_by("-created_at")[:LIST_LIMIT]
@@ -49,30 +76,17 @@ class RunListView(APIView):
 
 class RunDetailView(APIView):
     def get(self, request, run_id: str):
-        run = Run.objects.filter(id=run_id, owner=request.user).first()
-        if run is None:
-            raise _not_found("run", run_id)
-        return Response(RunSerializer(run).data)
+        return Response(RunSerializer(_owned(Run, "run", run_id, request.user)).data)
 
 
 class RunEventsView(APIView):
     def get(self, request, run_id: str):
-        run = Run.objects.filter(id=run_id, owner=request.user).first()
-        if run is None:
-            raise _not_found("run", run_id)
-        query = _valid(EventListQuery, request.query_params).validated_data
-        events = run.events.filter(seq__gt=query["after_seq"]).order_by("seq")[: query["limit"]]
-        return Response({"run_id": run.id, "events": RunEventSerializer(events, many=True).data})
+        run = _owned(Run, "run", run_id, request.user)
+        events = _event_page(run, request.query_params, RunEventSerializer)
+        return Response({"run_id": run.id, "events": events})
 
     def post(self, request, run_id: str):
-        data = _valid(RunEventSerializer, request.data).validated_data
-        try:
-            event = commands.append_run_event(run_id, request.user, data["event_type"], data["payload"])
-        except Run.DoesNotExist:
-            raise _not_found("run", run_id) from None
-        except commands.CommandError as exc:
-            raise _command_error(exc) from None
-        return Response(RunEventSerializer(event).data, status=status.HTTP_201_CREATED)
+        return _append_event(commands.append_run_event, Run, "run", run_id, request, RunEventSerializer)
 
 
 class WorkerListView(APIView):
@@ -88,27 +102,16 @@ class WorkerListView(APIView):
 
 class WorkerDetailView(APIView):
     def get(self, request, worker_id: str):
-        worker = CodexWorker.objects.filter(id=worker_id, owner=request.user).first()
-        if worker is None:
-            raise _not_found("codex worker", worker_id)
-        return Response(CodexWorkerSerializer(worker).data)
+        return Response(CodexWorkerSerializer(_owned(CodexWorker, "codex worker", worker_id, request.user)).data)
 
 
 class WorkerEventsView(APIView):
     def get(self, request, worker_id: str):
-        worker = CodexWorker.objects.filter(id=worker_id, owner=request.user).first()
-        if worker is None:
-            raise _not_found("codex worker", worker_id)
-        query = _valid(EventListQuery, request.query_params).validated_data
-        events = worker.events.filter(seq__gt=query["after_seq"]).order_by("seq")[: query["limit"]]
-        return Response({"worker_id": worker.id, "events": CodexWorkerEventSerializer(events, many=True).data})
+        worker = _owned(CodexWorker, "codex worker", worker_id, request.user)
+        events = _event_page(worker, request.query_params, CodexWorkerEventSerializer)
+        return Response({"worker_id": worker.id, "events": events})
 
     def post(self, request, worker_id: str):
-        data = _valid(CodexWorkerEventSerializer, request.data).validated_data
-        try:
-            event = commands.append_worker_event(worker_id, request.user, data["event_type"], data["payload"])
-        except CodexWorker.DoesNotExist:
-            raise _not_found("codex worker", worker_id) from None
-        except commands.CommandError as exc:
-            raise _command_error(exc) from None
-        return Response(CodexWorkerEventSerializer(event).data, status=status.HTTP_201_CREATED)
+        return _append_event(
+            commands.append_worker_event, CodexWorker, "codex worker", worker_id, request, CodexWorkerEventSerializer
+        )
