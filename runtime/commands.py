@@ -49,6 +49,18 @@ def _project_after_commit(entity: str, entity_id: str) -> None:
     transaction.on_commit(lambda: project_after_commit(entity, entity_id))
 
 
+def _append_next_event(parent, event_type: str, payload: dict, now):
+    """Create the next event of ``parent`` (a run or a worker) and advance its ``latest_seq``.
+
+    The caller holds ``parent``'s row lock (``select_for_update``) until commit, so
+    ``latest_seq + 1`` is unique and gap-free; the caller saves ``parent``.
+    """
+    seq = parent.latest_seq + 1
+    event = parent.events.create(seq=seq, event_type=event_type, payload=payload, created_at=now)
+    parent.latest_seq = seq
+    return event
+
+
 def create_run(owner, *, thread_id: str = "", now=None) -> Run:
     with transaction.atomic():
         run = Run.objects.create(owner=owner, thread_id=thread_id)
@@ -63,9 +75,7 @@ def append_run_event(run_id: str, owner, event_type: str, payload: dict, *, now=
         run = Run.objects.select_for_update().get(id=run_id, owner=owner)
         if run.status in TERMINAL_RUN_STATUSES:
             raise CommandError("run_terminal", f"run {run_id} is {run.status}; it takes no more events")
-        seq = run.latest_seq + 1
-        event = RunEvent.objects.create(run=run, seq=seq, event_type=event_type, payload=payload, created_at=now)
-        run.latest_seq = seq
+        event = _append_next_event(run, event_type, payload, now)
         if event_type == RUN_STARTED and run.status == RunStatus.CREATED:
             run.status = RunStatus.RUNNING
         elif event_type in RUN_TERMINAL_EVENTS:
@@ -107,11 +117,7 @@ def append_worker_event(worker_id: str, owner, event_type: str, payload: dict, *
                     f"worker.status needs payload.status in {sorted(WorkerStatus.values)}",
                     http_status=422,
                 )
-        seq = worker.latest_seq + 1
-        event = CodexWorkerEvent.objects.create(
-            worker=worker, seq=seq, event_type=event_type, payload=payload, created_at=now
-        )
-        worker.latest_seq = seq
+        event = _append_next_event(worker, event_type, payload, now)
         if event_type == WORKER_HEARTBEAT:
             worker.last_heartbeat_at = now
             if worker.status == WorkerStatus.STARTING:
