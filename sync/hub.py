@@ -121,7 +121,7 @@ class Hub:
         self.rng = rng or random.Random()
         self.sessions: set = set()
         self.feeds: dict[str, TopicFeed] = {}
-        self.revocation = RevocationCheck()
+        self.revocation = RevocationCheck(self.journal)
         self.channel: str | None = None
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()

@@ -1,4 +1,5 @@
-"""Async reads of the journal and topic state: the ONLY database access of the WebSocket lane.
+"""Async reads of the journal, topic state and session revocations: the ONLY database access of
+the WebSocket lane.
 
 Why not the ORM through ``sync_to_async``: ``thread_sensitive=True`` (the default) runs every call
 on one shared thread, serialising all sockets' replays, and each executor thread would hold its own
@@ -143,6 +144,22 @@ class Journal:
         Pass ``through=MAX_WATERMARK`` to read up to the head of the statement's snapshot."""
         params = {"topic": topic, "after": after, "through": through, "owner": owner, "limit": limit}
         return self._page(topic, await self._fetch(_READ_VISIBLE, params))
+
+    async def revocations(self, session_ids, device_ids, at) -> list[tuple]:
+        """``(kind, value, reason)`` of the unexpired revocations among the ids at ``at`` (an aware
+        datetime), newest first: the statements of ``tokens.revocation.revocation_lookups`` (one
+        source for the semantics), on this pool instead of Django's thread-sensitive executor."""
+        from tokens.revocation import revocation_lookups
+
+        rows: list[tuple] = []
+        statements = revocation_lookups(list(session_ids), list(device_ids), at)
+        if not statements:
+            return rows
+        async with self.pool.connection() as conn:
+            for sql, params in statements:
+                cursor = await conn.execute(sql, params)
+                rows.extend(await cursor.fetchall())
+        return rows
 
     @staticmethod
     def _page(topic: str, rows: list[tuple]) -> JournalPage:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
@@ -58,6 +59,13 @@ _ALL_TOPICS = "SELECT topic FROM sync_topic_sequences ORDER BY topic"
 
 # SQLite limits bound parameters per statement; topic lists are short, chunk anyway.
 _IN_CHUNK = 500
+
+
+def stored_datetime(at: dt.datetime) -> str:
+    """``at`` as Django's SQLite backend stores and compares datetimes (USE_TZ, UTC): ``str()`` of
+    the naive UTC value (``DatabaseOperations.adapt_datetimefield_value``). SQLite compares the
+    text, so a bound instant must have exactly this form."""
+    return str(at.astimezone(dt.timezone.utc).replace(tzinfo=None))
 
 
 def sqlite_path(alias: str = "default") -> str:
@@ -153,6 +161,14 @@ class SQLiteJournal:
             for topic, head, pruned, epoch, budget, qos, snapshot in result
         }
 
+    def _revocations(self, session_ids: list[str], device_ids: list[str], at) -> list[tuple]:
+        from tokens.revocation import revocation_lookups
+
+        statements = revocation_lookups(session_ids, device_ids, stored_datetime(at), placeholder="?")
+        if not statements:
+            return []
+        return [row for result in self._snapshot([(sql, tuple(params)) for sql, params in statements]) for row in result]
+
     def _known_topics(self) -> tuple[str, ...]:
         return tuple(row[0] for row in self._snapshot([(_ALL_TOPICS, ())])[0])
 
@@ -171,3 +187,8 @@ class SQLiteJournal:
     async def read_visible(self, topic: str, after: int, through: int, owner: str, limit: int) -> JournalPage:
         """Rows ``after < watermark <= through`` that ``owner`` may see (its own or public)."""
         return await self._call(self._page, topic, _READ_VISIBLE, (topic, after, through, owner, limit))
+
+    async def revocations(self, session_ids, device_ids, at) -> list[tuple]:
+        """``(kind, value, reason)`` of the unexpired revocations among the ids at ``at``, newest
+        first (``tokens.revocation.revocation_lookups``, as ``sync.journal.Journal``)."""
+        return await self._call(self._revocations, list(session_ids), list(device_ids), at)

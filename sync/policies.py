@@ -2,16 +2,17 @@
 
 - ``CompatibilityGate.check(params, claims)``: upstream §5.2, only when ``COMPAT_ENFORCED``.
 - ``TokenAuthentication.authenticate(token)``: ``tokens.verifier`` (CPU only, no database).
-- ``RevocationCheck.revoked_reason(principal)`` / ``revoked_among(principals)``: ``tokens.revocation``
-  (sync ORM) run through ``database_sync_to_async``; called at join and once per heartbeat
-  interval per worker (one query for all its sockets), never per frame.
+- ``RevocationCheck.revoked_reason(principal)`` / ``revoked_among(principals)``: the statements of
+  ``tokens.revocation`` run on the worker's journal reader (its bounded async pool; never Django's
+  single thread-sensitive executor, never a new connection per join); called at join and once per
+  heartbeat interval per worker (one query for all its sockets), never per frame.
 
 Each returns/raises values the session turns into frames with codes from ``sync.errors``.
 """
 
 from __future__ import annotations
 
-from channels.db import database_sync_to_async
+import datetime as dt
 
 from khala_project.conf import khala_setting
 from sync.errors import error_payload
@@ -97,21 +98,39 @@ def reauth_payload(reason: str) -> dict:
 
 
 class RevocationCheck:
-    async def revoked_reason(self, principal) -> str | None:
-        from tokens.revocation import revoked_reason
+    """Revocation of a principal's session or device, read through ``reader`` (``sync.journal.Journal``
+    or ``SQLiteJournal``: their ``revocations()`` run ``tokens.revocation.revocation_lookups``, and
+    the answers come from the same ``reason_from_rows`` / ``among_from_rows`` as the sync
+    functions, so both paths mean the same thing, expiry included). Time: ``tokens.revocation.clock``."""
 
-        return await database_sync_to_async(revoked_reason)(principal.session_id, principal.device_id)
+    def __init__(self, reader):
+        self.reader = reader
+
+    @staticmethod
+    def _at():
+        from tokens import revocation
+
+        return dt.datetime.fromtimestamp(revocation.clock(), tz=dt.timezone.utc)
+
+    async def revoked_reason(self, principal) -> str | None:
+        from tokens.revocation import reason_from_rows
+
+        session_id, device_id = principal.session_id, principal.device_id
+        if not session_id and not device_id:
+            return None
+        rows = await self.reader.revocations([session_id] if session_id else [], [device_id] if device_id else [], self._at())
+        return reason_from_rows(rows)
 
     async def revoked_among(self, principals) -> dict:
         """``{(session_id, device_id): reason}`` for the revoked ones among ``principals``."""
-        from tokens.revocation import revoked_among
+        from tokens.revocation import among_from_rows
 
         principals = list(principals)
-        if not principals:
+        sessions = sorted({p.session_id for p in principals if p.session_id})
+        devices = sorted({p.device_id for p in principals if p.device_id})
+        if not sessions and not devices:
             return {}
-        found = await database_sync_to_async(revoked_among)(
-            [p.session_id for p in principals], [p.device_id for p in principals]
-        )
+        found = among_from_rows(await self.reader.revocations(sessions, devices, self._at()))
         out = {}
         for p in principals:
             reason = found["session_ids"].get(p.session_id) or found["device_ids"].get(p.device_id)

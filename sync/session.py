@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from khala_project.conf import khala_setting
 from sync import metrics
 from sync.errors import close_code, error_payload
-from sync.policies import CompatibilityGate, JoinRefused, RevocationCheck, TokenAuthentication, reauth_payload
+from sync.policies import CompatibilityGate, JoinRefused, TokenAuthentication, reauth_payload
 from sync.protocol import (
     AUTH_FRAME_TOPIC,
     CHANNEL_TOPIC,
@@ -179,7 +179,7 @@ class Session:
         self.inline_limit = inline_limit(int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), self.batch_max_bytes)
         self.gate = CompatibilityGate()
         self.auth = TokenAuthentication()
-        self.revocation = RevocationCheck()
+        self.revocation = hub.revocation  # reads through the hub's journal pool
 
     # ---- status ---------------------------------------------------------------------------
 

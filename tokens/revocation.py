@@ -10,8 +10,12 @@ A row is kept until ``expires_at`` = revocation time + ``REVOCATION_TTL_SECONDS`
 outlive it). Re-revoking an id refreshes its row. Expired rows are ignored and pruned on the next
 ``revoke()``.
 
-All functions here are synchronous ORM code (one transaction each); async callers wrap them in
-``database_sync_to_async``.
+The lookups (``revoked_reason``, ``revoked_among``) are ONE statement, ``revocation_lookups()``,
+shared by every reader: the functions here run it through Django's connection (HTTP views,
+commands), and the WebSocket lane runs the very same statements on its own bounded async reader
+(``sync.journal.Journal.revocations`` on PostgreSQL, ``sync.journal_sqlite`` on the embedded
+SQLite) so that a join never waits for Django's single thread-sensitive executor or opens a fresh
+connection. ``reason_from_rows`` / ``among_from_rows`` turn the rows into the answers for both.
 """
 
 from __future__ import annotations
@@ -24,8 +28,7 @@ from collections.abc import Iterable
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
-from django.db.models import Q
+from django.db import connection, transaction
 
 from khala_project.conf import khala_setting
 from tokens.metrics import REVOCATIONS
@@ -141,23 +144,67 @@ def _announce(session_ids: list[str], device_ids: list[str], reason: str) -> Non
         log.warning("could not publish sync.revoked hint", exc_info=True)
 
 
+# At most this many ids of each kind per statement: keeps every statement under SQLite's
+# bound-parameter limit (999 on old builds) and its text reusable.
+LOOKUP_CHUNK_IDS = 400
+
+
+def revocation_lookups(session_ids: list[str], device_ids: list[str], at, *, placeholder: str = "%s") -> list[tuple[str, list]]:
+    """The statements answering "which of these ids are revoked at ``at``", as ``[(sql, params)]``.
+
+    Each selects ``(kind, value, reason)`` of the rows that are not expired (``expires_at > at``),
+    newest revocation first. ``at`` must already be adapted for the database (an aware datetime
+    for PostgreSQL; SQLite compares the stored text form: ``connection.ops.adapt_datetimefield_value``,
+    ``sync.journal_sqlite.stored_datetime``);
+    ``placeholder`` is the driver's (``%s``: psycopg and Django cursors, ``?``: sqlite3). No
+    statement when both lists are empty.
+    """
+    table = RevokedSession._meta.db_table
+    out = []
+    sessions, devices = list(session_ids), list(device_ids)
+    while sessions or devices:
+        chunk_s, sessions = sessions[:LOOKUP_CHUNK_IDS], sessions[LOOKUP_CHUNK_IDS:]
+        chunk_d, devices = devices[:LOOKUP_CHUNK_IDS], devices[LOOKUP_CHUNK_IDS:]
+        matches = []
+        for kind, chunk in ((RevokedSession.Kind.SESSION, chunk_s), (RevokedSession.Kind.DEVICE, chunk_d)):
+            if chunk:
+                matches.append(f"(kind = '{kind.value}' AND value IN ({', '.join([placeholder] * len(chunk))}))")
+        sql = (
+            f"SELECT kind, value, reason FROM {table} "
+            f"WHERE expires_at > {placeholder} AND ({' OR '.join(matches)}) ORDER BY revoked_at DESC"
+        )
+        out.append((sql, [at, *chunk_s, *chunk_d]))
+    return out
+
+
+def reason_from_rows(rows) -> str | None:
+    """``revoked_reason``'s answer from the rows of ``revocation_lookups`` (newest first)."""
+    return rows[0][2] if rows else None
+
+
+def among_from_rows(rows) -> dict:
+    """``revoked_among``'s answer from the rows of ``revocation_lookups``."""
+    result: dict = {"session_ids": {}, "device_ids": {}}
+    for kind, value, reason in rows:
+        result["session_ids" if kind == RevokedSession.Kind.SESSION else "device_ids"][value] = reason
+    return result
+
+
+def _lookup(session_ids: list[str], device_ids: list[str], now: float | None) -> list[tuple]:
+    at = connection.ops.adapt_datetimefield_value(_as_datetime(clock() if now is None else now))
+    rows: list[tuple] = []
+    with connection.cursor() as cursor:
+        for sql, params in revocation_lookups(session_ids, device_ids, at):
+            cursor.execute(sql, params)
+            rows.extend(cursor.fetchall())
+    return rows
+
+
 def revoked_reason(session_id: str | None, device_id: str | None, *, now: float | None = None) -> str | None:
     """The reason ``session_id`` or ``device_id`` was revoked, or None when neither is (any longer)."""
-    condition = Q()
-    if session_id:
-        condition |= Q(kind=RevokedSession.Kind.SESSION, value=session_id)
-    if device_id:
-        condition |= Q(kind=RevokedSession.Kind.DEVICE, value=device_id)
-    if not condition:
+    if not session_id and not device_id:
         return None
-    at = _as_datetime(clock() if now is None else now)
-    row = (
-        RevokedSession.objects.filter(condition, expires_at__gt=at)
-        .order_by("-revoked_at")
-        .values_list("reason", flat=True)
-        .first()
-    )
-    return row
+    return reason_from_rows(_lookup([session_id] if session_id else [], [device_id] if device_id else [], now))
 
 
 def revoked_among(
@@ -165,19 +212,11 @@ def revoked_among(
 ) -> dict:
     """Batch check for a worker: ``{"session_ids": {id: reason}, "device_ids": {id: reason}}``.
 
-    Only revoked ids appear; one query whatever the number of ids.
+    Only revoked ids appear; one query whatever the number of ids (up to ``LOOKUP_CHUNK_IDS``
+    of each kind; one more per further chunk).
     """
-    sessions = list({s for s in session_ids if s})
-    devices = list({d for d in device_ids if d})
-    result: dict = {"session_ids": {}, "device_ids": {}}
+    sessions = sorted({s for s in session_ids if s})
+    devices = sorted({d for d in device_ids if d})
     if not sessions and not devices:
-        return result
-    at = _as_datetime(clock() if now is None else now)
-    condition = Q(kind=RevokedSession.Kind.SESSION, value__in=sessions) | Q(
-        kind=RevokedSession.Kind.DEVICE, value__in=devices
-    )
-    for kind, value, reason in RevokedSession.objects.filter(condition, expires_at__gt=at).values_list(
-        "kind", "value", "reason"
-    ):
-        result["session_ids" if kind == RevokedSession.Kind.SESSION else "device_ids"][value] = reason
-    return result
+        return {"session_ids": {}, "device_ids": {}}
+    return among_from_rows(_lookup(sessions, devices, now))

@@ -20,11 +20,17 @@ class FakeClock:
         return self.now
 
 
+class NothingRevoked:
+    async def revoked_reason(self, principal):
+        return None
+
+
 class FakeHub:
     """Just enough hub for a session that joins and is never subscribed."""
 
     def __init__(self):
         self.rng = random.Random(7)
+        self.revocation = NothingRevoked()
 
     def head(self, topic):
         return 0
