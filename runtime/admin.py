@@ -11,49 +11,47 @@ from khala_project.admin_site import EstimatedCountAdminMixin, ReadOnlyAdminMixi
 from runtime.models import CodexWorker, CodexWorkerEvent, Run, RunEvent
 
 
-@admin.register(Run)
-class RunAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ("id", "owner", "status", "latest_seq", "thread_id", "created_at", "terminal_at")
+class _EntityAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Runs and workers: newest first, filtered by status."""
+
     list_select_related = ("owner",)
     list_filter = ("status",)
     ordering = ("-created_at",)
     sortable_by = ()
     list_per_page = 50
+
+
+class _EventAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Events of a run or a worker: newest first, the payload pretty-printed."""
+
+    ordering = ("-id",)
+    sortable_by = ()
+    list_per_page = 50
+
+    @admin.display(description="payload")
+    def payload_pretty(self, obj):
+        return pretty_json(obj.payload)
+
+
+@admin.register(Run)
+class RunAdmin(_EntityAdmin):
+    list_display = ("id", "owner", "status", "latest_seq", "thread_id", "created_at", "terminal_at")
 
 
 @admin.register(RunEvent)
-class RunEventAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class RunEventAdmin(_EventAdmin):
     list_display = ("run_id", "seq", "event_type", "created_at")
-    ordering = ("-id",)
-    sortable_by = ()
-    list_per_page = 50
     fields = ("run", "seq", "event_type", "created_at", "payload_pretty")
     readonly_fields = fields
 
-    @admin.display(description="payload")
-    def payload_pretty(self, obj):
-        return pretty_json(obj.payload)
-
 
 @admin.register(CodexWorker)
-class CodexWorkerAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class CodexWorkerAdmin(_EntityAdmin):
     list_display = ("id", "owner", "status", "adapter", "latest_seq", "last_heartbeat_at", "created_at")
-    list_select_related = ("owner",)
-    list_filter = ("status",)
-    ordering = ("-created_at",)
-    sortable_by = ()
-    list_per_page = 50
 
 
 @admin.register(CodexWorkerEvent)
-class CodexWorkerEventAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+class CodexWorkerEventAdmin(_EventAdmin):
     list_display = ("worker_id", "seq", "event_type", "created_at")
-    ordering = ("-id",)
-    sortable_by = ()
-    list_per_page = 50
     fields = ("worker", "seq", "event_type", "created_at", "payload_pretty")
     readonly_fields = fields
-
-    @admin.display(description="payload")
-    def payload_pretty(self, obj):
-        return pretty_json(obj.payload)
