@@ -29,9 +29,17 @@ CATCHUP_DURATION = Histogram(
     ["status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+# Meaning, exactly: for a live sync:update_batch frame queued to a socket, the wall time from the
+# commit of the OLDEST journal row it carries (the row's inserted_at, set by the database at insert
+# time) to the moment the socket's writer handed the frame to the ASGI server's transport (for
+# daphne: after waiting for the transport to drain). Replay batches are not counted. It is SAMPLED:
+# one (socket, frame) pair in sync.outbound.LIVE_LAG_SAMPLE_EVERY (16) per worker, so quantiles
+# describe all pairs while _count is about 1/16 of the live frames sent (khala_live_frames_total
+# counts them all). Clock skew between the database host and the worker adds to the figure.
 LIVE_DELIVERY_LAG = Histogram(
     "khala_live_delivery_lag_seconds",
-    "Commit of a journal row (its inserted_at) to the live frame carrying it being written to the socket.",
+    "Commit of a live frame's oldest journal row to the frame being handed to the socket's transport; "
+    "sampled: one (socket, frame) pair in 16 per worker.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 LIVE_FRAMES = Counter("khala_live_frames_total", "Live sync:update_batch frames queued to sockets.")

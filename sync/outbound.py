@@ -92,11 +92,42 @@ class OutboundQueue:
         self._room.set()
 
 
-async def run_writer(queue: OutboundQueue, writer, wall_clock=time.time) -> None:
+# One (socket, live frame) pair in this many has its commit → send lag observed.
+LIVE_LAG_SAMPLE_EVERY = 16
+
+
+class LagSampler:
+    """Observes ``khala_live_delivery_lag_seconds`` for every ``every``-th live frame handed to a
+    transport, counted across all sockets of the worker (the first one included).
+
+    Why: observing every (socket, frame) pair cost ~3 % of a worker's CPU in the fan-out profile
+    (a histogram observation per frame per socket). A systematic 1-in-N sample of the same pairs
+    keeps the metric's meaning (the distribution of commit → send over (socket, frame) pairs, so
+    quantiles and the alert are unchanged) at 1/N of the cost; only ``_count`` is 1/N of the pairs.
+    Writers of different sockets interleave on the event loop, so the sample spreads over sockets.
+    """
+
+    def __init__(self, every: int = LIVE_LAG_SAMPLE_EVERY):
+        self.every = max(int(every), 1)
+        self._left = 1
+
+    def sent(self, committed_at: float, wall_clock) -> None:
+        self._left -= 1
+        if self._left:
+            return
+        self._left = self.every
+        metrics.LIVE_DELIVERY_LAG.observe(max(wall_clock() - committed_at, 0.0))
+
+
+LIVE_LAG_SAMPLER = LagSampler()
+
+
+async def run_writer(queue: OutboundQueue, writer, wall_clock=time.time, sampler: LagSampler | None = None) -> None:
     """Drain ``queue`` into ``writer`` until cancelled. ``committed_at`` (a live frame's oldest row
-    commit time) feeds the commit → send lag histogram once the frame is handed to the transport."""
+    commit time) is handed to the worker's lag sampler once the frame reached the transport."""
+    sampler = sampler or LIVE_LAG_SAMPLER
     while True:
         text, committed_at = await queue.get()
         await writer.send_text(text)
         if committed_at is not None:
-            metrics.LIVE_DELIVERY_LAG.observe(max(wall_clock() - committed_at, 0.0))
+            sampler.sent(committed_at, wall_clock)
