@@ -231,12 +231,8 @@ def issue_token(
     return IssuedToken(token=token, kid=key.kid, claims=claims, config=config)
 
 
-def mint_sync_token(user, *, scopes=None, ttl_seconds=None, device_id=None, session_id=None, now=None) -> dict:
-    """Mint for ``POST /api/sync/token``; return the response's ``data`` object."""
-    issued = issue_token(
-        user, scopes=scopes, ttl_seconds=ttl_seconds, device_id=device_id, session_id=session_id, now=now
-    )
-    TOKENS_ISSUED.labels(endpoint="sync").inc()
+def _token_response(issued: IssuedToken) -> dict:
+    """The leading fields both token endpoints answer with (callers append their own, in order)."""
     claims = issued.claims
     return {
         "token": issued.token,
@@ -247,6 +243,18 @@ def mint_sync_token(user, *, scopes=None, ttl_seconds=None, device_id=None, sess
         "issuer": claims["iss"],
         "audience": claims["aud"],
         "subject": claims["sub"],
+    }
+
+
+def mint_sync_token(user, *, scopes=None, ttl_seconds=None, device_id=None, session_id=None, now=None) -> dict:
+    """Mint for ``POST /api/sync/token``; return the response's ``data`` object."""
+    issued = issue_token(
+        user, scopes=scopes, ttl_seconds=ttl_seconds, device_id=device_id, session_id=session_id, now=now
+    )
+    TOKENS_ISSUED.labels(endpoint="sync").inc()
+    claims = issued.claims
+    return {
+        **_token_response(issued),
         "org_id": claims["oa_org_id"],
         "claims_version": claims["oa_claims_version"],
         "scopes": claims["oa_sync_scopes"],
@@ -268,14 +276,7 @@ def mint_legacy_token(user, *, scope=None, workspace_id=None, role=None, now=Non
     claims = issued.claims
     TOKENS_ISSUED.labels(endpoint="legacy").inc()
     return {
-        "token": issued.token,
-        "token_type": "Bearer",
-        "expires_in": issued.expires_in,
-        "issued_at": issued.issued_at,
-        "expires_at": issued.expires_at,
-        "issuer": claims["iss"],
-        "audience": claims["aud"],
-        "subject": claims["sub"],
+        **_token_response(issued),
         "claims_version": claims["oa_claims_version"],
         "scope": claims["oa_sync_scopes"],
         "workspace_id": workspace_id,
