@@ -107,6 +107,34 @@ def decode_cursor(cursor: str, topic: str) -> tuple[str, str]:
     return data["e"], data["k"]
 
 
+def _checked_head(topic: str, seq, cursor_epoch: str | None) -> tuple[int, str]:
+    """``(head_watermark, stream_epoch)`` from the topic's sequence row read in the page's snapshot.
+
+    No row: 404 ``unknown_topic``. A cursor minted under another ``stream_epoch``: 409
+    ``stream_epoch_changed`` (see ``list_page``).
+    """
+    if seq is None:
+        raise HydrationError("unknown_topic", f"unknown topic {topic!r}", http_status=404, topic=topic)
+    head_watermark, stream_epoch = seq
+    if cursor_epoch is not None and cursor_epoch != stream_epoch:
+        raise HydrationError(
+            "stream_epoch_changed",
+            "the topic's stream epoch changed while paging; start again from the first page",
+            http_status=409,
+            stream_epoch=stream_epoch,
+        )
+    return head_watermark, stream_epoch
+
+
+def _page(topic: str, rows: list, limit: int, head_watermark: int, stream_epoch: str) -> Page:
+    """The page from ``limit + 1`` rows ordered by ``doc_key``: the extra row only says "there is more"."""
+    more = len(rows) > limit
+    rows = rows[:limit]
+    documents = [_document(k, v, _decode_json(p), bytes(h), w) for k, v, p, h, w in rows]
+    next_cursor = encode_cursor(topic, stream_epoch, rows[-1][0]) if more else None
+    return Page(documents, head_watermark, stream_epoch, next_cursor)
+
+
 def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) -> Page:
     """One page of the documents of ``topic`` visible to ``owner``, ordered by ``doc_key``.
 
@@ -128,16 +156,7 @@ def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) 
             "SELECT last_watermark, stream_epoch FROM sync_topic_sequences WHERE topic = %s", [topic]
         )
         seq = cur.fetchone()
-        if seq is None:
-            raise HydrationError("unknown_topic", f"unknown topic {topic!r}", http_status=404, topic=topic)
-        head_watermark, stream_epoch = seq
-        if cursor_epoch is not None and cursor_epoch != stream_epoch:
-            raise HydrationError(
-                "stream_epoch_changed",
-                "the topic's stream epoch changed while paging; start again from the first page",
-                http_status=409,
-                stream_epoch=stream_epoch,
-            )
+        head_watermark, stream_epoch = _checked_head(topic, seq, cursor_epoch)
         # Two index-ordered branches (own documents via (topic, owner, doc_key); public ones of
         # other owners) merged by doc_key, instead of one OR that cannot use the owner index.
         # LIMIT n+1 tells whether another page exists without a COUNT.
@@ -152,11 +171,7 @@ def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) 
             {"topic": topic, "owner": owner, "after": after, "n": limit + 1},
         )
         rows = cur.fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    documents = [_document(k, v, _decode_json(p), bytes(h), w) for k, v, p, h, w in rows]
-    next_cursor = encode_cursor(topic, stream_epoch, rows[-1][0]) if more else None
-    return Page(documents, head_watermark, stream_epoch, next_cursor)
+    return _page(topic, rows, limit, head_watermark, stream_epoch)
 
 
 def _list_page_portable(topic: str, owner: str, limit: int, cursor_epoch: str | None, after: str | None) -> Page:
@@ -168,16 +183,7 @@ def _list_page_portable(topic: str, owner: str, limit: int, cursor_epoch: str | 
 
     with transaction.atomic():
         seq = TopicSequence.objects.filter(topic=topic).values_list("last_watermark", "stream_epoch").first()
-        if seq is None:
-            raise HydrationError("unknown_topic", f"unknown topic {topic!r}", http_status=404, topic=topic)
-        head_watermark, stream_epoch = seq
-        if cursor_epoch is not None and cursor_epoch != stream_epoch:
-            raise HydrationError(
-                "stream_epoch_changed",
-                "the topic's stream epoch changed while paging; start again from the first page",
-                http_status=409,
-                stream_epoch=stream_epoch,
-            )
+        head_watermark, stream_epoch = _checked_head(topic, seq, cursor_epoch)
         documents = ReadModelDocument.objects.filter(Q(owner=owner) | Q(public=True), topic=topic)
         if after is not None:
             documents = documents.filter(doc_key__gt=after)
@@ -186,8 +192,4 @@ def _list_page_portable(topic: str, owner: str, limit: int, cursor_epoch: str | 
                 : limit + 1
             ]
         )
-    more = len(rows) > limit
-    rows = rows[:limit]
-    page = [_document(k, v, _decode_json(p), bytes(h), w) for k, v, p, h, w in rows]
-    next_cursor = encode_cursor(topic, stream_epoch, rows[-1][0]) if more else None
-    return Page(page, head_watermark, stream_epoch, next_cursor)
+    return _page(topic, rows, limit, head_watermark, stream_epoch)
