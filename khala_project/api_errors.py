@@ -9,6 +9,19 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 
+class CodedError(Exception):
+    """A refusal raised below the views (ingest decoding, hydration reads, runtime commands): the
+    same ``code``, ``message``, ``http_status`` and ``extra`` an ``ApiError`` carries, without DRF.
+    A view re-raises it with ``ApiError.from_coded(exc)``."""
+
+    def __init__(self, code: str, message: str, http_status: int = 400, **extra):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.http_status = http_status
+        self.extra = extra
+
+
 class ApiError(exceptions.APIException):
     """An API failure with a stable ``code``; ``extra`` is merged into the error object."""
 
@@ -18,6 +31,10 @@ class ApiError(exceptions.APIException):
         self.code = code
         self.message = message
         self.extra = extra
+
+    @classmethod
+    def from_coded(cls, exc: CodedError) -> "ApiError":
+        return cls(exc.code, exc.message, exc.http_status, **exc.extra)
 
 
 _DRF_CODES = {

@@ -8,6 +8,7 @@ whole request is valid (``project_many`` is all-or-nothing).
 
 import orjson
 
+from khala_project.api_errors import CodedError
 from khala_project.conf import khala_setting
 from projector.sink import DocumentWrite
 
@@ -15,13 +16,8 @@ REQUIRED_FIELDS = ("topic", "doc_key", "doc_version", "payload", "owner")
 OPTIONAL_FIELDS = ("public",)
 
 
-class IngestError(ValueError):
-    def __init__(self, code: str, message: str, http_status: int = 400, **extra):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.http_status = http_status
-        self.extra = extra
+class IngestError(CodedError, ValueError):
+    """A refused ingest request; nothing was written."""
 
 
 def decode_body(raw: bytes) -> list[DocumentWrite]:

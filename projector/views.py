@@ -41,7 +41,7 @@ class ProjectionIngestView(APIView):
         try:
             writes = decode_body(_read_body(request))
         except IngestError as exc:
-            raise ApiError(exc.code, exc.message, exc.http_status, **exc.extra) from None
+            raise ApiError.from_coded(exc) from None
         try:
             results = sink.project_many(writes)
         except sink.SinkError as exc:

@@ -11,6 +11,7 @@ project_after_commit``), best effort: the authority write never fails because pr
 from django.db import transaction
 from django.utils import timezone
 
+from khala_project.api_errors import CodedError
 from runtime.models import (
     TERMINAL_RUN_STATUSES,
     CodexWorker,
@@ -33,14 +34,11 @@ WORKER_STATUS = "worker.status"  # payload {"status": one of WorkerStatus}
 WORKER_STOPPED_STATUSES = {WorkerStatus.STOPPED, WorkerStatus.FAILED}
 
 
-class CommandError(Exception):
+class CommandError(CodedError):
     """A refused command; ``code`` is stable and ``http_status`` is what the API answers."""
 
     def __init__(self, code: str, message: str, http_status: int = 409):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.http_status = http_status
+        super().__init__(code, message, http_status)
 
 
 def _project_after_commit(entity: str, entity_id: str) -> None:

@@ -26,10 +26,6 @@ def _not_found(kind: str, entity_id: str) -> ApiError:
     return ApiError("not_found", f"{kind} {entity_id} not found", status.HTTP_404_NOT_FOUND)
 
 
-def _command_error(exc: commands.CommandError) -> ApiError:
-    return ApiError(exc.code, exc.message, exc.http_status)
-
-
 def _valid(serializer_class, data, **kwargs):
     serializer = serializer_class(data=data, **kwargs)
     serializer.is_valid(raise_exception=True)
@@ -59,7 +55,7 @@ def _append_event(append, model, kind: str, entity_id: str, request, serializer_
     except model.DoesNotExist:
         raise _not_found(kind, entity_id) from None
     except commands.CommandError as exc:
-        raise _command_error(exc) from None
+        raise ApiError.from_coded(exc) from None
     return Response(serializer_class(event).data, status=status.HTTP_201_CREATED)
 
 

@@ -25,20 +25,14 @@ from dataclasses import dataclass
 import orjson
 from django.db import connection, transaction
 
+from khala_project.api_errors import CodedError
 from projector.payload_hash import to_wire
 
 CURSOR_VERSION = 1
 
 
-class HydrationError(Exception):
+class HydrationError(CodedError):
     """A request that cannot be served; ``code`` is the stable API error code."""
-
-    def __init__(self, code: str, message: str, http_status: int = 400, **extra):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.http_status = http_status
-        self.extra = extra
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ class HydrationView(NoStoreAPIView):
         try:
             return read(*args, **kwargs)
         except hydration.HydrationError as exc:
-            raise ApiError(exc.code, exc.message, http_status=exc.http_status, **exc.extra) from None
+            raise ApiError.from_coded(exc) from None
 
 
 class DocumentView(HydrationView):
