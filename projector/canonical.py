@@ -39,29 +39,22 @@ def _fast_path_ok(payload) -> bool:
         value = pop()
         kind = type(value)
         if kind is dict:
-            for key, item in value.items():
+            for key in value:
                 if type(key) is not str or not key.isascii():
                     return False
-                kind_item = type(item)
-                if kind_item is dict or kind_item is list:
-                    push(item)
-                elif kind_item is float:
-                    return False
-                elif not (kind_item is str or kind_item is int or kind_item is bool or item is None):
-                    return False
+            items = value.values()
         elif kind is list:
-            for item in value:
-                kind_item = type(item)
-                if kind_item is dict or kind_item is list:
-                    push(item)
-                elif kind_item is float:
-                    return False
-                elif not (kind_item is str or kind_item is int or kind_item is bool or item is None):
-                    return False
-        elif kind is float:
-            return False
-        elif not (kind is str or kind is int or kind is bool or value is None):
-            return False
+            items = value
+        else:  # a scalar is only ever the top-level value: nested ones are checked below, never pushed
+            return kind is str or kind is int or kind is bool or value is None
+        for item in items:
+            kind_item = type(item)
+            if kind_item is dict or kind_item is list:
+                push(item)
+            elif kind_item is float:
+                return False
+            elif not (kind_item is str or kind_item is int or kind_item is bool or item is None):
+                return False
     return True
 
 
