@@ -222,6 +222,16 @@ def _locked_checkpoint(projection: str, entity_id: str, doc_key: str) -> Project
     return ProjectionCheckpoint.objects.select_for_update().get(projection_name=projection, entity_id=entity_id)
 
 
+def _advance_checkpoint(checkpoint: ProjectionCheckpoint, doc_key: str, seq: int, summary_hash: str, now) -> None:
+    """Record a projection that was written, in the transaction of its sink write."""
+    checkpoint.document_id = doc_key
+    checkpoint.last_runtime_seq = seq
+    checkpoint.projection_version = PROJECTION_VERSION
+    checkpoint.summary_hash = summary_hash
+    checkpoint.last_projected_at = now or timezone.now()
+    checkpoint.save()
+
+
 def _read_model_matches(topic: str, doc_key: str, seq: int, digest: bytes) -> tuple[bool, str]:
     row = ReadModelDocument.objects.filter(topic=topic, doc_key=doc_key).values_list("doc_version", "payload_hash")
     row = row.first()
@@ -265,12 +275,7 @@ def project_document(
             metrics.PROJECTOR_DRIFT.labels(projection=projection).inc()
             log.warning("projection drift %s %s at seq %s", projection, entity_id, seq)
         result = sink.project(topic, doc_key, seq, payload, owner)
-        checkpoint.document_id = doc_key
-        checkpoint.last_runtime_seq = seq
-        checkpoint.projection_version = PROJECTION_VERSION
-        checkpoint.summary_hash = summary_hash
-        checkpoint.last_projected_at = now or timezone.now()
-        checkpoint.save()
+        _advance_checkpoint(checkpoint, doc_key, seq, summary_hash, now)
     metrics.PROJECTOR_RUNS.labels(projection=projection, result="written", reason=decision.reason).inc()
     return ProjectionResult(projection, entity_id, doc_key, result.written, decision.reason, result.watermark)
 
@@ -378,12 +383,8 @@ def _project_worker_events(worker: CodexWorker, owner: str, *, verify_read_model
     ]
     written = sink.project_many(writes)
     newest = max(checkpoint.last_runtime_seq, events[-1].seq)
-    checkpoint.document_id = worker_event_doc_key(worker.id, newest)
-    checkpoint.last_runtime_seq = newest
-    checkpoint.projection_version = PROJECTION_VERSION
-    checkpoint.summary_hash = encode(documents[-1][1]).digest.hex()
-    checkpoint.last_projected_at = now or timezone.now()
-    checkpoint.save()
+    summary_hash = encode(documents[-1][1]).digest.hex()
+    _advance_checkpoint(checkpoint, worker_event_doc_key(worker.id, newest), newest, summary_hash, now)
     metrics.PROJECTOR_RUNS.labels(projection=CODEX_WORKER_EVENT, result="written", reason="new_events").inc(len(writes))
     return [
         ProjectionResult(CODEX_WORKER_EVENT, worker.id, w.doc_key, r.written, "new_events", r.watermark)
