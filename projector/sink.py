@@ -150,6 +150,13 @@ def _count_error(topic, code: str) -> None:
     metrics.SINK_ERRORS.labels(topic=metrics.topic_label(str(topic), declared), code=code).inc()
 
 
+def _unknown_topic(topic: str, index: int | None) -> SinkError:
+    """Count a write to an undeclared topic (nothing was written) and return the error to raise."""
+    metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
+    _count_error(topic, "unknown_topic")
+    return SinkError("unknown_topic", f"unknown topic {topic!r}", index=index, field="topic")
+
+
 def _after_commit(stats: list[tuple[str, int, str, int, int, int]]) -> None:
     """Runs once the transaction committed: count what became durable, then hint."""
     for topic, head, stream_epoch, inline, pointer, nbytes in stats:
@@ -283,9 +290,7 @@ def project(
         else:
             metrics.PROJECTION_WRITES.labels(topic=write.topic, result="stale").inc()
     if row is None:
-        metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
-        _count_error(topic, "unknown_topic")
-        raise SinkError("unknown_topic", f"unknown topic {topic!r}", field="topic")
+        raise _unknown_topic(topic, None)
     if watermark is None:
         pointer = False
     metrics.SINK_DURATION.labels(op="project").observe(time.perf_counter() - started)
@@ -393,10 +398,12 @@ def _for_topic(sql: str, n: int) -> str:
     return _PLACEHOLDER.sub(lambda m: f"%(t{n}_{m.group(1)})s", sql)
 
 
-def _newest_only(prepared: list[_Prepared]) -> tuple[list[_Prepared], list[_Prepared]]:
-    """Drop in-batch writes older than an earlier write of the same document (sequential semantics)."""
+def _by_topic(prepared: list[_Prepared]) -> tuple[dict[str, list[_Prepared]], list[_Prepared]]:
+    """The batch's writes grouped by topic (input order kept), without the in-batch writes older
+    than an earlier write of the same document (sequential semantics), which come back second."""
     newest: dict[tuple[str, str], int] = {}
-    kept, dropped = [], []
+    by_topic: dict[str, list[_Prepared]] = {}
+    dropped = []
     for item in prepared:
         key = (item.write.topic, item.write.doc_key)
         seen = newest.get(key)
@@ -404,8 +411,24 @@ def _newest_only(prepared: list[_Prepared]) -> tuple[list[_Prepared], list[_Prep
             dropped.append(item)
             continue
         newest[key] = item.write.doc_version
-        kept.append(item)
-    return kept, dropped
+        by_topic.setdefault(item.write.topic, []).append(item)
+    return by_topic, dropped
+
+
+def _batch_results(
+    prepared: list[_Prepared], superseded: list[_Prepared], outcome: dict, started: float
+) -> list[WriteResult]:
+    """After a batch committed: count its superseded writes as stale, time it, and return the
+    results in input order (``outcome``: input index -> (watermark, pointer) of the effective writes)."""
+    for item in superseded:  # the topics are declared: the batch's transaction succeeded
+        metrics.PROJECTION_WRITES.labels(topic=item.write.topic, result="stale").inc()
+    results = []
+    for item in prepared:
+        w = item.write
+        watermark, pointer = outcome.get(item.index, (None, False))
+        results.append(WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer))
+    metrics.SINK_DURATION.labels(op="project_many").observe(time.perf_counter() - started)
+    return results
 
 
 def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -> list[WriteResult]:
@@ -434,10 +457,7 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
         from projector import sink_portable
 
         return sink_portable.project_many(prepared, alias, started)
-    candidates, superseded = _newest_only(prepared)
-    by_topic: dict[str, list[_Prepared]] = {}
-    for item in candidates:
-        by_topic.setdefault(item.write.topic, []).append(item)
+    by_topic, superseded = _by_topic(prepared)
 
     # Sorted topics: two batches that span the same topics lock the rows in the same order.
     topics = sorted(by_topic)
@@ -465,9 +485,7 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
                 rows = cursor.fetchall()
                 items = by_topic[topic]
                 if allocation is None:
-                    metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
-                    _count_error(topic, "unknown_topic")
-                    unknown = SinkError("unknown_topic", f"unknown topic {topic!r}", index=items[0].index, field="topic")
+                    unknown = _unknown_topic(topic, items[0].index)
                     if len(topics) > 1:
                         raise unknown  # other topics were written: roll back the (savepoint) block
                     break  # nothing was written for the only topic
@@ -491,13 +509,4 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
             transaction.on_commit(lambda: _after_commit(stats), using=alias)
     if unknown is not None:
         raise unknown
-
-    for item in superseded:  # the topics are declared: the transaction above succeeded
-        metrics.PROJECTION_WRITES.labels(topic=item.write.topic, result="stale").inc()
-    results = []
-    for item in prepared:
-        w = item.write
-        watermark, pointer = outcome.get(item.index, (None, False))
-        results.append(WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer))
-    metrics.SINK_DURATION.labels(op="project_many").observe(time.perf_counter() - started)
-    return results
+    return _batch_results(prepared, superseded, outcome, started)

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from projector import metrics
 from projector.models import ReadModelDocument, StreamEvent, TopicSequence
-from projector.sink import SinkError, WriteResult, _after_commit, _count_error, _newest_only, _Prepared
+from projector.sink import WriteResult, _after_commit, _batch_results, _by_topic, _Prepared, _unknown_topic
 
 # SQLite limits the number of bound parameters per statement; stay far below every build's limit.
 _IN_CHUNK = 500
@@ -143,12 +143,6 @@ def _write_topic(alias: str, topic: str, items: list[_Prepared]):
     return outcome, stats, count - len(effective)
 
 
-def _unknown(topic: str, index: int | None) -> SinkError:
-    metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
-    _count_error(topic, "unknown_topic")
-    return SinkError("unknown_topic", f"unknown topic {topic!r}", index=index, field="topic")
-
-
 def project(prepared: _Prepared, alias: str, started: float) -> WriteResult:
     """``projector.sink.project`` after validation."""
     w = prepared.write
@@ -159,7 +153,7 @@ def project(prepared: _Prepared, alias: str, started: float) -> WriteResult:
             if stats is not None:
                 transaction.on_commit(lambda: _after_commit([stats]), using=alias)
     except _UnknownTopic:
-        raise _unknown(w.topic, None) from None
+        raise _unknown_topic(w.topic, None) from None
     if stale:
         metrics.PROJECTION_WRITES.labels(topic=w.topic, result="stale").inc()
     watermark, pointer = outcome.get(prepared.index, (None, False))
@@ -169,10 +163,7 @@ def project(prepared: _Prepared, alias: str, started: float) -> WriteResult:
 
 def project_many(prepared: list[_Prepared], alias: str, started: float) -> list[WriteResult]:
     """``projector.sink.project_many`` after validation: all topics in one transaction."""
-    candidates, superseded = _newest_only(prepared)
-    by_topic: dict[str, list[_Prepared]] = {}
-    for item in candidates:
-        by_topic.setdefault(item.write.topic, []).append(item)
+    by_topic, superseded = _by_topic(prepared)
     outcome: dict[int, tuple[int, bool]] = {}
     all_stats, stale_counts = [], {}
     topic = None
@@ -187,16 +178,8 @@ def project_many(prepared: list[_Prepared], alias: str, started: float) -> list[
             if all_stats:
                 transaction.on_commit(lambda: _after_commit(all_stats), using=alias)
     except _UnknownTopic:
-        raise _unknown(topic, by_topic[topic][0].index) from None
+        raise _unknown_topic(topic, by_topic[topic][0].index) from None
     for topic, stale in stale_counts.items():
         if stale:
             metrics.PROJECTION_WRITES.labels(topic=topic, result="stale").inc(stale)
-    for item in superseded:
-        metrics.PROJECTION_WRITES.labels(topic=item.write.topic, result="stale").inc()
-    results = []
-    for item in prepared:
-        w = item.write
-        watermark, pointer = outcome.get(item.index, (None, False))
-        results.append(WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer))
-    metrics.SINK_DURATION.labels(op="project_many").observe(time.perf_counter() - started)
-    return results
+    return _batch_results(prepared, superseded, outcome, started)
