@@ -1,16 +1,12 @@
 """Fixtures of the WebSocket delivery tests (real PostgreSQL, real Redis; process tests use
 ``tests.support`` to run real daphne/uvicorn workers)."""
 
-import secrets
-import time
-import uuid
-
-import jwt
 import pytest
 
 from projector.models import V1_TOPICS
 
 from tests.support.fixtures import asgi_server  # noqa: E402,F401  (fixture re-export; pytest_plugins is only allowed at the top level)
+from tests.support.tokens import sign, sync_claims
 
 SIGNING_KID = "sync-ws-test-k1"
 SIGNING_SECRET = "sync-ws-test-secret-" + "z" * 40
@@ -43,27 +39,7 @@ def khala(settings, signing_key):
 
 
 def make_token(user_id: int, scopes=V1_TOPICS, *, ttl=300, now=None, **overrides) -> str:
-    from khala_project.conf import khala_setting
-
-    now = int(now if now is not None else time.time())
-    claims = {
-        "iss": khala_setting("TOKEN_ISSUER"),
-        "aud": khala_setting("TOKEN_AUDIENCE"),
-        "sub": f"user:{user_id}",
-        "iat": now,
-        "nbf": now,
-        "exp": now + ttl,
-        "jti": secrets.token_hex(12),
-        "oa_user_id": user_id,
-        "oa_org_id": f"user:{user_id}",
-        "oa_sync_scopes": list(scopes),
-        "oa_claims_version": khala_setting("TOKEN_CLAIMS_VERSION"),
-        "oa_session_id": f"sess_{uuid.uuid4().hex}",
-        "oa_device_id": f"dev_{uuid.uuid4().hex[:12]}",
-    }
-    claims.update(overrides)
-    claims = {k: v for k, v in claims.items() if v is not None}
-    return jwt.encode(claims, SIGNING_SECRET, algorithm="HS256", headers={"kid": SIGNING_KID})
+    return sign(sync_claims(user_id, scopes, now=now, ttl=ttl, **overrides), kid=SIGNING_KID, secret=SIGNING_SECRET)
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ import pytest
 from projector.models import CODEX_WORKER_EVENTS, RUN_SUMMARIES
 from projector.sink import project
 
-from .conftest import OTHER_SECRET, claims_for, encode
+from tests.support.tokens import sync_claims
+
+from .conftest import OTHER_SECRET, encode
 
 DOC = f"/api/sync/v1/doc/{RUN_SUMMARIES}/run:1"
 LIST = f"/api/sync/v1/list/{RUN_SUMMARIES}"
@@ -45,14 +47,14 @@ def _now():
 # and change exactly one thing.
 BAD_TOKENS = {
     "invalid_token_format": lambda: "not-a-jwt",
-    "unsupported_alg": lambda: encode(claims_for(1, [RUN_SUMMARIES]), alg="HS512"),
-    "missing_kid": lambda: encode(claims_for(1, [RUN_SUMMARIES]), kid=None),
-    "unknown_kid": lambda: encode(claims_for(1, [RUN_SUMMARIES]), kid="nobody-k9"),
-    "invalid_signature": lambda: encode(claims_for(1, [RUN_SUMMARIES]), secret=OTHER_SECRET),
-    "invalid_claims": lambda: encode(claims_for(1, [RUN_SUMMARIES], sub="")),
-    "token_expired": lambda: encode(claims_for(1, [RUN_SUMMARIES], now=_now() - 1000, ttl=300)),
-    "token_not_yet_valid": lambda: encode(claims_for(1, [RUN_SUMMARIES], now=_now() + 600)),
-    "claim_mismatch": lambda: encode(claims_for(1, [RUN_SUMMARIES], aud="someone-else")),
+    "unsupported_alg": lambda: encode(sync_claims(1, [RUN_SUMMARIES]), alg="HS512"),
+    "missing_kid": lambda: encode(sync_claims(1, [RUN_SUMMARIES]), kid=None),
+    "unknown_kid": lambda: encode(sync_claims(1, [RUN_SUMMARIES]), kid="nobody-k9"),
+    "invalid_signature": lambda: encode(sync_claims(1, [RUN_SUMMARIES]), secret=OTHER_SECRET),
+    "invalid_claims": lambda: encode(sync_claims(1, [RUN_SUMMARIES], sub="")),
+    "token_expired": lambda: encode(sync_claims(1, [RUN_SUMMARIES], now=_now() - 1000, ttl=300)),
+    "token_not_yet_valid": lambda: encode(sync_claims(1, [RUN_SUMMARIES], now=_now() + 600)),
+    "claim_mismatch": lambda: encode(sync_claims(1, [RUN_SUMMARIES], aud="someone-else")),
 }
 
 
