@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 
 from django import forms
 from django.contrib import admin, messages
@@ -103,6 +104,7 @@ class TopicSequenceAdmin(admin.ModelAdmin):
         "journal_bytes",
         "live_connections",
         "subscribers",
+        "stale_cursors_last_hour",
         "retention",
         "replay_budget_events",
         "epoch",
@@ -182,15 +184,22 @@ class TopicSequenceAdmin(admin.ModelAdmin):
         estimates = journal_stats.estimated_topic_bytes(self._stats(request), self._journal_table(request))
         return _fmt_bytes(estimates.get(obj.topic))
 
-    @admin.display(description="connections (this worker)")
+    # The scope of the three delivery columns (all workers, or this process without Redis) is
+    # stated in the page header (``DeliveryStatus.source``).
+    @admin.display(description="connections (all topics)")
     def live_connections(self, obj):
         status = self._delivery(self._request)
         return "n/a" if status is None else status.connections
 
-    @admin.display(description="subscribers (this worker)")
+    @admin.display(description="subscribers")
     def subscribers(self, obj):
         status = self._delivery(self._request)
         return "n/a" if status is None else status.subscribers.get(obj.topic, 0)
+
+    @admin.display(description="stale cursors (last hour)")
+    def stale_cursors_last_hour(self, obj):
+        status = self._delivery(self._request)
+        return "n/a" if status is None else status.stale_cursors_last_hour.get(obj.topic, 0)
 
     @admin.display(description="retention", ordering="retention_seconds")
     def retention(self, obj):
@@ -219,6 +228,7 @@ class TopicSequenceAdmin(admin.ModelAdmin):
             "read_model_table": read_models,
             "read_model_bytes_h": _fmt_bytes(read_models.total_bytes),
             "delivery": delivery,
+            "delivery_pid": os.getpid(),
             **(extra_context or {}),
         }
         return super().changelist_view(request, extra_context=context)
@@ -497,6 +507,7 @@ def overview_view(request):
         "topics": topics,
         "chart": _chart(series),
         "delivery": delivery,
+        "delivery_pid": os.getpid(),
         "journal_table": journal_stats.table_stats(journal_stats.JOURNAL_TABLE),
         "now": now,
     }

@@ -1,23 +1,37 @@
 """What the admin shows about live delivery: connections, subscribers, stale cursors, delivery lag.
 
-Scope, said on every page that shows these figures: **the worker process that serves the admin
-page**. Delivery keeps no shared state by design (sockets never touch the database; Redis carries
-only hints), so there is nothing cluster-wide to read here. Cluster-wide figures are the
-Prometheus sums over every worker's ``/metrics`` (``docs/ops/grafana-khala.json``). Under
-``make run`` one process serves everything, so there the figures are complete.
+Scope, said on every page that shows these figures (``DeliveryStatus.source``):
 
-Sources: the process's fan-out hubs (``sync.hub``: one per event loop; open sessions and the
-followers of each topic) and the process's Prometheus collectors (``sync.metrics``: stale cursors
-by reason since the process started, the live delivery lag histogram). Reading the hub from the
-admin's thread is a racy snapshot of a few set sizes, which is all a dashboard needs.
+- **With Redis** (``REDIS_URL``; every multi-worker deployment): connections and subscribers are
+  summed over the live workers' presence records, and the per-topic stale-cursor count of the last
+  hour over the per-minute buckets every worker increments (``sync.presence``). Cluster-wide.
+- **Without Redis** (the embedded default of ``make run``: one process) or when Redis cannot be
+  read: the figures of the process serving the admin page (its fan-out hubs and their in-memory
+  stale-cursor buckets), and the page says so.
+
+Always per process: stale cursors by reason since start and the live delivery lag quantiles come
+from this process's Prometheus collectors (``sync.metrics``); cluster-wide, those are the
+Prometheus sums over every worker's ``/metrics`` (``docs/ops/grafana-khala.json``). Reading a hub
+from the admin's thread is a racy snapshot of a few set sizes, which is all a dashboard needs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 
-SOURCE = "this worker process only (pid {pid}); sum every worker's /metrics for the cluster"
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+CLUSTER_SOURCE = (
+    "all {workers} live worker{plural} ({servers}), from the presence records each worker refreshes in Redis "
+    "on its head-check tick; stale cursors: per-minute Redis buckets of the last 60 minutes"
+)
+PROCESS_SOURCE = "this worker process only (pid {pid}): {why}; sum every worker's /metrics for the cluster"
+NO_REDIS = "no REDIS_URL (embedded default: one process), so workers publish no presence"
+REDIS_FAILED = "Redis could not be read ({error}), so these are the figures of this process"
 
 
 @dataclass(frozen=True)
@@ -25,8 +39,11 @@ class DeliveryStatus:
     source: str  # one sentence saying where the figures come from and what they cover
     connections: int
     subscribers: dict[str, int] = field(default_factory=dict)
-    stale_cursors_by_reason: dict[str, int] = field(default_factory=dict)
-    delivery_lag: dict[str, float] = field(default_factory=dict)  # {"p50_ms", "p99_ms", "count"}
+    stale_cursors_last_hour: dict[str, int] = field(default_factory=dict)  # per topic, same scope as connections
+    stale_cursors_by_reason: dict[str, int] = field(default_factory=dict)  # this process, since it started
+    delivery_lag: dict[str, float] = field(default_factory=dict)  # this process: {"p50_ms", "p99_ms", "count"}
+    cluster: bool = False  # True: connections/subscribers/stale last hour are summed over all workers
+    workers: list = field(default_factory=list)  # cluster: the live workers' presence records
 
 
 def _hubs():
@@ -79,23 +96,62 @@ def _histogram_quantiles(histogram) -> dict[str, float]:
     return {"p50_ms": round(quantile(0.5) * 1000, 1), "p99_ms": round(quantile(0.99) * 1000, 1), "count": int(count)}
 
 
+def _topics() -> list[str]:
+    from projector.models import TopicSequence
+
+    return list(TopicSequence.objects.order_by("topic").values_list("topic", flat=True))
+
+
 def delivery_status() -> DeliveryStatus | None:
-    """Figures of this process, or None when delivery is not importable."""
+    """Cluster-wide figures when Redis is configured and readable, else this process's; None when
+    delivery is not importable."""
     try:
         from sync import metrics
+        from sync.presence import read_cluster
     except ImportError:
         return None
+    per_process = {
+        "stale_cursors_by_reason": _counter_values(metrics.STALE_CURSORS, "reason"),
+        "delivery_lag": _histogram_quantiles(metrics.LIVE_DELIVERY_LAG),
+    }
+    redis_url = getattr(settings, "REDIS_URL", "")
+    why = NO_REDIS
+    if redis_url:
+        try:
+            cluster = read_cluster(redis_url, settings.KHALA_CHANNEL_PREFIX, _topics())
+        except Exception as exc:  # the admin page must render; say what happened instead
+            log.warning("admin: cannot read worker presence from Redis", exc_info=True)
+            why = REDIS_FAILED.format(error=type(exc).__name__)
+        else:
+            servers = sorted({str(w.get("server")) for w in cluster.workers})
+            return DeliveryStatus(
+                source=CLUSTER_SOURCE.format(
+                    workers=len(cluster.workers),
+                    plural="" if len(cluster.workers) == 1 else "s",
+                    servers=", ".join(servers) if servers else "none reporting",
+                ),
+                connections=cluster.connections,
+                subscribers=cluster.subscribers,
+                stale_cursors_last_hour=cluster.stale_last_hour,
+                cluster=True,
+                workers=cluster.workers,
+                **per_process,
+            )
     connections = 0
     subscribers: dict[str, int] = {}
+    stale: dict[str, int] = {}
     for hub in _hubs():
         connections += len(_snapshot(hub.sessions))
         for topic, feed in _snapshot(hub.feeds.items()):
             subscribers[topic] = subscribers.get(topic, 0) + len(_snapshot(feed.sessions))
-    lag = _histogram_quantiles(metrics.LIVE_DELIVERY_LAG)
+        presence = getattr(hub, "presence", None)
+        if presence is not None:
+            for topic, n in presence.local_stale_last_hour().items():
+                stale[topic] = stale.get(topic, 0) + n
     return DeliveryStatus(
-        source=SOURCE.format(pid=os.getpid()),
+        source=PROCESS_SOURCE.format(pid=os.getpid(), why=why),
         connections=connections,
         subscribers=subscribers,
-        stale_cursors_by_reason=_counter_values(metrics.STALE_CURSORS, "reason"),
-        delivery_lag=lag,
+        stale_cursors_last_hour=stale,
+        **per_process,
     )

@@ -12,7 +12,9 @@ What it does:
   owner filter and its ``last_sent`` rule. Frames are shared between sockets that see the same
   rows (``LiveBatch``). Hints are lossy; the head check is what makes a lost hint a delay only;
 - ticks every session (heartbeats, idle timeout) and re-checks revocation of all joined sessions
-  once per heartbeat interval (one query), besides reacting to ``sync.revoked`` hints.
+  once per heartbeat interval (one query), besides reacting to ``sync.revoked`` hints;
+- on each head-check tick, publishes the worker's presence record to Redis (``sync.presence``,
+  best effort) so the admin can sum connections and subscribers over all workers.
 
 The hub never awaits a socket: offers only append to bounded outbound queues.
 """
@@ -32,6 +34,7 @@ from projector.hints import HINT_TYPE, topic_group
 from sync import metrics
 from sync.journal import Journal, JournalPage, default_journal
 from sync.policies import RevocationCheck
+from sync.presence import WorkerPresence
 from sync.protocol import (
     KIND_UPDATE_BATCH,
     UPDATE_BATCH,
@@ -122,6 +125,7 @@ class Hub:
         self.sessions: set = set()
         self.feeds: dict[str, TopicFeed] = {}
         self.revocation = RevocationCheck(self.journal)
+        self.presence = WorkerPresence.from_settings()  # best effort; never awaited by delivery
         self.channel: str | None = None
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
@@ -153,6 +157,7 @@ class Hub:
                     await self.layer.group_discard(group, self.channel)
                 except Exception:
                     pass
+        await self.presence.stop()
         await self.journal.close()
         self.started = False
 
@@ -348,6 +353,7 @@ class Hub:
     async def _head_check_loop(self) -> None:
         while True:
             await asyncio.sleep(float(khala_setting("HEAD_CHECK_INTERVAL_SECONDS")))
+            self.presence.beat(self)  # schedules its own Redis write; failures only log
             try:
                 await self.head_check()
             except asyncio.CancelledError:

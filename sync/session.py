@@ -378,6 +378,7 @@ class Session:
         if stale is not None:
             for entry in stale["stale_topics"]:
                 metrics.STALE_CURSORS.labels(reason=entry["reason"]).inc()
+                self.hub.presence.stale_cursor(entry["topic"])  # the admin's per-topic last hour
             metrics.SUBSCRIBES.labels(result="stale_cursor").inc()
             metrics.CATCHUP_DURATION.labels(status="stale_cursor").observe(self.clock() - started)
             self._push_error(stale, frame_topic=stale["stale_topics"][0]["topic"])
@@ -536,6 +537,7 @@ class Session:
         cursor = Cursor(sub.topic, sub.last_sent, sub.stream_epoch)
         reason = stale_reason(cursor, state) or "stream_epoch_mismatch"
         metrics.STALE_CURSORS.labels(reason=reason).inc()
+        self.hub.presence.stale_cursor(sub.topic)
         self.subs.pop(sub.topic, None)
         self.hub.unfollow(self, sub.topic)
         self._push_error(stale_cursor_error([(cursor, state, reason)]), frame_topic=sub.topic)

@@ -311,33 +311,57 @@ def test_reproject_topic_rebuilds_a_lost_read_model(admin_client, topics, django
     assert StreamEvent.objects.filter(doc_key=run_doc_key(run.id)).count() == rows_before + 1
 
 
-def test_topics_page_shows_this_workers_delivery_figures(admin_client, journal):
-    """Connections and subscribers come from this process's hub, stale cursors from sync.metrics."""
+def _fake_hub(loop, connections=3, subscribers=2):
+    from sync import hub as hub_module
+
+    hub = hub_module.Hub(layer=None)
+    sessions = [object() for _ in range(connections)]
+    hub.sessions.update(sessions)
+    feed = hub_module.TopicFeed(RUN_SUMMARIES)
+    feed.sessions.update(sessions[:subscribers])
+    hub.feeds[RUN_SUMMARIES] = feed
+    future = loop.create_future()
+    future.set_result(hub)
+    hub_module._hubs[loop] = future
+    return hub
+
+
+def test_without_redis_the_topics_page_shows_this_process_and_says_so(admin_client, journal, settings):
+    """The embedded default (no REDIS_URL): connections, subscribers and the stale cursors of the
+    last hour come from this process's hub, and the page says the figures are not cluster-wide."""
     import asyncio
 
     from sync import hub as hub_module
     from sync import metrics as sync_metrics
 
+    settings.REDIS_URL = ""
     loop = asyncio.new_event_loop()
-    hub = hub_module.Hub(layer=None)
-    sessions = [object() for _ in range(3)]
-    hub.sessions.update(sessions)
-    feed = hub_module.TopicFeed(RUN_SUMMARIES)
-    feed.sessions.update(sessions[:2])
-    hub.feeds[RUN_SUMMARIES] = feed
-    future = loop.create_future()
-    future.set_result(hub)
-    hub_module._hubs[loop] = future
+    hub = _fake_hub(loop)
+    for _ in range(4):
+        hub.presence.stale_cursor(RUN_SUMMARIES)
     before = int(sync_metrics.STALE_CURSORS.labels("retention_floor_breach")._value.get())
     sync_metrics.STALE_CURSORS.labels("retention_floor_breach").inc(4)
     try:
         response = admin_client.get(reverse("admin:projector_topicsequence_changelist"))
         delivery = response.context["delivery"]
+        assert not delivery.cluster
         assert delivery.connections == 3
         assert delivery.subscribers == {RUN_SUMMARIES: 2}
+        assert delivery.stale_cursors_last_hour == {RUN_SUMMARIES: 4}
         assert delivery.stale_cursors_by_reason["retention_floor_breach"] == before + 4
         html = response.content.decode()
-        assert "this worker process only" in html and f"retention_floor_breach</code> {before + 4}" in html
+        assert "not cluster-wide" in html and "this worker process only" in html and "no REDIS_URL" in html
+        assert f"retention_floor_breach</code> {before + 4}" in html
+        assert re.search(r'<td class="field-stale_cursors_last_hour">4</td>', html)
     finally:
         del hub_module._hubs[loop]
         loop.close()
+
+
+def test_unreachable_redis_falls_back_to_this_process_and_says_so(admin_client, journal, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    response = admin_client.get(reverse("admin:projector_topicsequence_changelist"))
+    assert response.status_code == 200
+    delivery = response.context["delivery"]
+    assert not delivery.cluster and "Redis could not be read" in delivery.source
+    assert "Redis could not be read" in response.content.decode()
