@@ -33,49 +33,21 @@ import platform
 import statistics
 import sys
 import time
-import urllib.parse
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import harness  # noqa: E402
+
+REPO_ROOT = harness.REPO_ROOT
 RESULTS = REPO_ROOT / "bench" / "results" / "sink.json"
-DEFAULT_DATABASE_URL = "postgres://root@127.0.0.1:5432/khala"
 TOPICS = [f"bench.sink_{i}" for i in range(4)]
 WARMUP_SECONDS = 0.5
 
 
-def database_url() -> str:
-    base = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
-    parts = urllib.parse.urlsplit(base)
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/khala_bench_sink", parts.query, ""))
-
-
-def ensure_database(url: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    parts = urllib.parse.urlsplit(url)
-    admin = urllib.parse.urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        name = parts.path.lstrip("/")
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
 def setup() -> str:
-    url = database_url()
-    ensure_database(url)
-    os.environ["DATABASE_URL"] = url
-    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
-    os.environ["KHALA_CHANNEL_PREFIX"] = "khala_bench_sink"
-    os.environ["KHALA_LOG_LEVEL"] = "WARNING"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "khala_project.settings")
-    sys.path.insert(0, str(REPO_ROOT))
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", interactive=False, verbosity=0)
+    """The benchmark database ``khala_bench_sink`` (``harness.setup``), with the measured topics."""
+    url = harness.setup("sink")["database_url"]
     from projector.topics import declare_topic
 
     for topic in TOPICS:
