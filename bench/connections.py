@@ -29,11 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,10 +58,7 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
         async with limiter:
             try:
                 sock = await harness.SyncSocket.connect(url, open_timeout=60)
-                await sock.join()
-                reply = await sock.call("sync:subscribe", {"topics": [topic]}, timeout=120)
-                if reply["status"] != "ok":
-                    raise RuntimeError(str(reply))
+                await harness.join_and_subscribe(sock, topic)
                 conns.append(sock)
             except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
@@ -99,7 +93,7 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
 
     readers = [asyncio.create_task(reader(c)) for c in conns]
     beat = asyncio.create_task(heartbeats())
-    print(f"READY {len(conns)} {len(failures)}", flush=True)
+    harness.report_ready(len(conns), len(failures))
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # "MARK": start of the idle window
     mark = dict(counts)
@@ -114,10 +108,10 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
             pass
     for r in readers:
         r.cancel()
-    Path(out_path).write_bytes(
-        orjson.dumps({"subscribed": len(conns), "failed": len(failures), "failures": failures[:20], "window": window, "cpu_seconds": time.process_time()})
+    harness.report_result(
+        out_path,
+        {"subscribed": len(conns), "failed": len(failures), "failures": failures[:20], "window": window, "cpu_seconds": time.process_time()},
     )
-    print(f"RESULT {out_path}", flush=True)
 
 
 # --- orchestrator -------------------------------------------------------------------------------
@@ -185,23 +179,9 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         base_cpu_per_second = (harness.proc_cpu_seconds(server.pid) - cpu_base_start) / args.baseline
         t_connect = time.monotonic()
 
-        per_client = [args.sockets // args.client_processes + (1 if i < args.sockets % args.client_processes else 0) for i in range(args.client_processes)]
         profiler = harness.start_profiler(server.pid, args.py_spy, f"connections-{kind}-connect") if args.py_spy else None
-        tmpdir = tempfile.mkdtemp(prefix="khala-connections-")
-        for i, n in enumerate(per_client):
-            out = os.path.join(tmpdir, f"client{i}.json")
-            clients.append(
-                subprocess.Popen(
-                    [sys.executable, __file__, "--client", "--url", url, "--client-sockets", str(n), "--topic", topic, "--out", out],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT,
-                )
-            )
-        ready = []
-        for proc in clients:
-            line = proc.stdout.readline()
-            if not line.startswith("READY"):
-                raise RuntimeError(f"client did not get ready: {line!r}")
-            ready.append(tuple(int(x) for x in line.split()[1:]))
+        harness.start_clients(clients, __file__, args.sockets, args.client_processes, "--url", url, "--topic", topic)
+        ready = harness.wait_ready(clients)
         connect_seconds = time.monotonic() - t_connect
         if profiler is not None:
             print(f"  profile: {harness.stop_profiler(profiler)}")
@@ -209,9 +189,7 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         subscribed = sum(r[0] for r in ready)
         print(f"  {kind}: {subscribed}/{args.sockets} sockets subscribed in {connect_seconds:.1f} s", flush=True)
 
-        for proc in clients:
-            proc.stdin.write("MARK\n")
-            proc.stdin.flush()
+        harness.tell_clients(clients, "MARK")
         for proc in clients:
             assert proc.stdout.readline().startswith("MARKED")
         t_idle = time.monotonic()
@@ -222,24 +200,14 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         rss_subscribed = server.rss_bytes()
         if profiler is not None:
             print(f"  profile: {harness.stop_profiler(profiler)}")
-        for proc in clients:
-            proc.stdin.write("STOP\n")
-            proc.stdin.flush()
-        results = []
-        for proc in clients:
-            line = proc.stdout.readline()
-            if not line.startswith("RESULT"):
-                raise RuntimeError(f"client failed: {line!r}")
-            results.append(orjson.loads(Path(line.split(maxsplit=1)[1].strip()).read_bytes()))
-            proc.wait(timeout=60)
+        harness.tell_clients(clients, "STOP")
+        results = harness.collect_results(clients, timeout=60)
         t_end = time.monotonic()
         time.sleep(1)
     finally:
         sampler.stop_event.set()
         sampler.join(timeout=5)
-        for proc in clients:
-            if proc.poll() is None:
-                proc.kill()
+        harness.kill_clients(clients)
         server.stop()
 
     db_peak, db_by_app = sampler.max_between(t_connect, t_end)
@@ -294,12 +262,7 @@ def main(argv=None) -> int:
 
     limit = harness.raise_nofile((args.client_sockets if args.client else args.sockets) * 2 + 1024)
     if args.client:
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
+        harness.install_uvloop()
         asyncio.run(client_main(args.url, args.client_sockets, None, args.topic, args.out))
         return 0
 
@@ -318,7 +281,7 @@ def main(argv=None) -> int:
     harness.reset_topic(topic)
     user = harness.bench_user()
     results = {}
-    for kind in [k.strip() for k in args.servers.split(",") if k.strip()]:
+    for kind in harness.server_kinds(args.servers):
         results[kind] = run_kind(kind, env, args, user, topic)
 
     print()
@@ -333,14 +296,13 @@ def main(argv=None) -> int:
     path = harness.write_result(
         "connections",
         {
-            "command": "python bench/connections.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "git_revision": harness.git_revision(),
             "target_rss_per_socket_bytes": TARGET_RSS_PER_SOCKET_BYTES,
             "postgres_max_connections": max_connections,
             "db_pool_max_size": khala_setting("DB_POOL_MAX_SIZE"),
             "open_file_limit": limit,
             "servers": results,
         },
+        argv,
     )
     print(f"wrote {path}")
     return 0

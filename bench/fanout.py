@@ -22,15 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,10 +57,7 @@ async def client_main(urls: list[str], sockets: int, token: str, topic: str, out
         async with limiter:
             try:
                 sock = await harness.RawSyncSocket.connect(urls[i % len(urls)], on_push=recorder(received[i]))
-                await sock.join()
-                reply = await sock.call("sync:subscribe", {"topics": [topic]}, timeout=120)
-                if reply["status"] != "ok":
-                    raise RuntimeError(str(reply))
+                await harness.join_and_subscribe(sock, topic)
                 conns[i] = sock
             except Exception as exc:  # counted and reported
                 failures.append(f"{type(exc).__name__}: {exc}")
@@ -81,7 +73,7 @@ async def client_main(urls: list[str], sockets: int, token: str, topic: str, out
                 await asyncio.sleep(CLIENT_HEARTBEAT_SECONDS / max(len(live), 1))
 
     beat = asyncio.create_task(heartbeats())
-    print(f"READY {sum(c is not None for c in conns)} {len(failures)}", flush=True)
+    harness.report_ready(sum(c is not None for c in conns), len(failures))
 
     loop = asyncio.get_running_loop()
     line = await loop.run_in_executor(None, sys.stdin.readline)  # "DONE <last watermark>"
@@ -93,18 +85,16 @@ async def client_main(urls: list[str], sockets: int, token: str, topic: str, out
     beat.cancel()
     closed_early = [i for i in live_idx if conns[i].closed.is_set()]
     await asyncio.gather(*(conns[i].close() for i in live_idx), return_exceptions=True)
-    Path(out_path).write_bytes(
-        orjson.dumps(
-            {
-                "received": [{str(k): v for k, v in received[i].items()} for i in live_idx],
-                "failures": failures[:20],
-                "failed": len(failures),
-                "closed_early": [f"socket {i} closed with {conns[i].close_code}" for i in closed_early][:20],
-                "cpu_seconds": time.process_time(),
-            }
-        )
+    harness.report_result(
+        out_path,
+        {
+            "received": [{str(k): v for k, v in received[i].items()} for i in live_idx],
+            "failures": failures[:20],
+            "failed": len(failures),
+            "closed_early": [f"socket {i} closed with {conns[i].close_code}" for i in closed_early][:20],
+            "cpu_seconds": time.process_time(),
+        },
     )
-    print(f"RESULT {out_path}", flush=True)
 
 
 # --- orchestrator / writer ------------------------------------------------------------------------
@@ -120,22 +110,11 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
     try:
         token = harness.mint(user, [topic])
         urls = [s.ws_url(token=token) for s in servers]
-        per_client = [args.sockets // args.client_processes + (1 if i < args.sockets % args.client_processes else 0) for i in range(args.client_processes)]
-        tmpdir = tempfile.mkdtemp(prefix="khala-fanout-")
-        for i, n in enumerate(per_client):
-            out = os.path.join(tmpdir, f"client{i}.json")
-            proc = subprocess.Popen(
-                [sys.executable, __file__, "--client", "--urls", ",".join(urls), "--client-sockets", str(n), "--token", token, "--topic", topic, "--out", out],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT,
-            )
-            clients.append(proc)
+        harness.start_clients(
+            clients, __file__, args.sockets, args.client_processes, "--urls", ",".join(urls), "--token", token, "--topic", topic
+        )
         connect_started = time.monotonic()
-        ready = []
-        for proc in clients:
-            line = proc.stdout.readline()
-            if not line.startswith("READY"):
-                raise RuntimeError(f"client did not get ready: {line!r}")
-            ready.append(tuple(int(x) for x in line.split()[1:]))
+        ready = harness.wait_ready(clients)
         connected = sum(r[0] for r in ready)
         print(f"  {kind}: {connected}/{args.sockets} sockets subscribed over {args.workers} workers in {time.monotonic() - connect_started:.1f} s", flush=True)
 
@@ -162,24 +141,14 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         for profiler in profilers:
             print(f"  profile: {harness.stop_profiler(profiler)}")
         last_wm = max(commits)
-        for proc in clients:
-            proc.stdin.write(f"DONE {last_wm}\n")
-            proc.stdin.flush()
-        results = []
-        for proc in clients:
-            line = proc.stdout.readline()
-            if not line.startswith("RESULT"):
-                raise RuntimeError(f"client failed: {line!r}")
-            results.append(orjson.loads(Path(line.split(maxsplit=1)[1].strip()).read_bytes()))
-            proc.wait(timeout=30)
+        harness.tell_clients(clients, f"DONE {last_wm}")
+        results = harness.collect_results(clients, timeout=30)
         cpu_after = {s.pid: harness.proc_cpu_seconds(s.pid) for s in servers}
         rss = [s.rss_bytes() for s in servers]
         # Why a row was read (hint vs periodic head check) tells lost/late hints from slow sends.
         server_metrics = [harness.scrape_metrics(s.http_url) for s in servers]
     finally:
-        for proc in clients:
-            if proc.poll() is None:
-                proc.kill()
+        harness.kill_clients(clients)
         for s in servers:
             s.stop()
         close_old_connections()
@@ -267,12 +236,7 @@ def main(argv=None) -> int:
 
     harness.raise_nofile(args.sockets * 2 + 1024 if not args.client else (args.client_sockets or 0) * 2 + 1024)
     if args.client:
-        try:
-            import uvloop
-
-            uvloop.install()
-        except ImportError:
-            pass
+        harness.install_uvloop()
         asyncio.run(client_main(args.urls.split(","), args.client_sockets, args.token, args.topic, args.out))
         return 0
 
@@ -282,7 +246,7 @@ def main(argv=None) -> int:
     topic = RUN_SUMMARIES
     user = harness.bench_user()
     results = {}
-    for kind in [k.strip() for k in args.servers.split(",") if k.strip()]:
+    for kind in harness.server_kinds(args.servers):
         harness.reset_topic(topic)
         results[kind] = run_kind(kind, env, args, user, topic)
 
@@ -298,8 +262,6 @@ def main(argv=None) -> int:
     path = harness.write_result(
         "fanout",
         {
-            "command": "python bench/fanout.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "git_revision": harness.git_revision(),
             "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS},
             "sockets": args.sockets,
             "workers": args.workers,
@@ -308,6 +270,7 @@ def main(argv=None) -> int:
             "client_processes": args.client_processes,
             "servers": results,
         },
+        argv,
     )
     print(f"wrote {path}")
     return 0

@@ -1,4 +1,5 @@
-"""Harness of the WebSocket benchmarks (replay, fanout, connections): environment and load client.
+"""Harness of the benchmarks: environment (all of them), load-client processes and load client
+(the WebSocket ones: replay, fanout, connections).
 
 Environment: every benchmark runs on its OWN database on the ``DATABASE_URL`` server (default
 ``postgres://root@127.0.0.1:5432/khala``; the database name is replaced by ``khala_bench_<name>``,
@@ -9,6 +10,11 @@ uvicorn processes started with ``tests.support.servers.start_server`` on loopbac
 Load client: a minimal Phoenix-v2 ``sync:v1`` client over ``websockets`` (no compression: daphne
 does not negotiate permessage-deflate, and uvicorn is started with it off, so both servers send
 the same bytes). Frames are parsed with orjson; the client's own cost is part of every figure.
+
+Load-client processes (fanout, connections): the script re-runs itself with ``--client``; the two
+sides talk in lines: the client prints ``READY <subscribed> <failed>``, reads commands on stdin
+(``MARK``, ``STOP``, ``DONE <watermark>``: the script's own), writes its figures to a JSON file and
+prints ``RESULT <path>``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import resource
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 from pathlib import Path
@@ -218,10 +225,19 @@ def percentile(sorted_values, q: float) -> float:
     return sorted_values[index]
 
 
-def write_result(name: str, result: dict) -> Path:
+def write_result(name: str, result: dict, argv=None) -> Path:
+    """``bench/results/<name>.json``: what ran (``bench/<name>.py`` with ``argv``, default the
+    process's arguments), where and on which revision, then ``result``."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    result = {"benchmark": name, "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine(), **result}
+    result = {
+        "benchmark": name,
+        "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "command": f"python bench/{name}.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "git_revision": git_revision(),
+        **result,
+    }
     path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
     return path
 
@@ -231,6 +247,86 @@ def git_revision() -> str:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def server_kinds(servers: str) -> list[str]:
+    """The ``--servers`` option (``daphne,uvicorn``) as a list, in its order."""
+    return [kind.strip() for kind in servers.split(",") if kind.strip()]
+
+
+def install_uvloop() -> str:
+    """Run this process's asyncio loops on uvloop when it is installed; the loop's name."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    uvloop.install()
+    return "uvloop"
+
+
+# --- load-client processes (protocol in the module docstring) ------------------------------------
+
+
+def start_clients(clients: list, script: str, sockets: int, processes: int, *args: str) -> None:
+    """Start ``processes`` load clients of ``script`` sharing ``sockets`` evenly; each gets ``args``,
+    its own ``--client-sockets`` and a result file. Appended to ``clients`` one by one, so the
+    caller's cleanup kills whatever started even if a later start fails."""
+    tmpdir = tempfile.mkdtemp(prefix=f"khala-{Path(script).stem}-")
+    for i in range(processes):
+        n = sockets // processes + (1 if i < sockets % processes else 0)
+        out = os.path.join(tmpdir, f"client{i}.json")
+        clients.append(
+            subprocess.Popen(
+                [sys.executable, script, "--client", *args, "--client-sockets", str(n), "--out", out],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+            )
+        )
+
+
+def wait_ready(clients: list) -> list[tuple[int, ...]]:
+    """Each client's ``READY`` figures (subscribed, failed)."""
+    ready = []
+    for proc in clients:
+        line = proc.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"client did not get ready: {line!r}")
+        ready.append(tuple(int(x) for x in line.split()[1:]))
+    return ready
+
+
+def tell_clients(clients: list, line: str) -> None:
+    for proc in clients:
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+
+
+def collect_results(clients: list, timeout: float) -> list[dict]:
+    """Each client's result file, waiting up to ``timeout`` s for each process to exit after it."""
+    results = []
+    for proc in clients:
+        line = proc.stdout.readline()
+        if not line.startswith("RESULT"):
+            raise RuntimeError(f"client failed: {line!r}")
+        results.append(orjson.loads(Path(line.split(maxsplit=1)[1].strip()).read_bytes()))
+        proc.wait(timeout=timeout)
+    return results
+
+
+def kill_clients(clients: list) -> None:
+    for proc in clients:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def report_ready(subscribed: int, failed: int) -> None:
+    """Client side: the ``READY`` line."""
+    print(f"READY {subscribed} {failed}", flush=True)
+
+
+def report_result(out_path: str, result: dict) -> None:
+    """Client side: write the figures, then the ``RESULT`` line."""
+    Path(out_path).write_bytes(orjson.dumps(result))
+    print(f"RESULT {out_path}", flush=True)
 
 
 # --- load client ---------------------------------------------------------------------------------
@@ -291,6 +387,14 @@ class SyncSocket:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def join_and_subscribe(sock: "SyncSocket | RawSyncSocket", topic: str) -> None:
+    """Join ``sync:v1`` and subscribe to ``topic``; raise if the subscription is refused."""
+    await sock.join()
+    reply = await sock.call("sync:subscribe", {"topics": [topic]}, timeout=120)
+    if reply["status"] != "ok":
+        raise RuntimeError(str(reply))
 
 
 class RawSyncSocket(asyncio.Protocol):

@@ -102,13 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--py-spy", metavar="DIR", help="profile each server with py-spy during its runs; raw stacks go to DIR")
     args = parser.parse_args(argv)
 
-    try:
-        import uvloop
-
-        uvloop.install()
-        client_loop = "uvloop"
-    except ImportError:
-        client_loop = "asyncio"
+    client_loop = harness.install_uvloop()
 
     env = harness.setup("replay")
     from projector.models import RUN_SUMMARIES
@@ -129,7 +123,7 @@ def main(argv=None) -> int:
     connection.close()
 
     servers = {}
-    for kind in [k.strip() for k in args.servers.split(",") if k.strip()]:
+    for kind in harness.server_kinds(args.servers):
         server = harness.start(kind, env)
         try:
             token = harness.mint(user, [topic])
@@ -168,8 +162,6 @@ def main(argv=None) -> int:
     path = harness.write_result(
         "replay",
         {
-            "command": "python bench/replay.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "git_revision": harness.git_revision(),
             "target_updates_per_second": TARGET_UPDATES_PER_SECOND,
             "updates": args.updates,
             "avg_payload_bytes": avg_payload,
@@ -178,6 +170,7 @@ def main(argv=None) -> int:
             "seed": seeded,
             "servers": servers,
         },
+        argv,
     )
     print(f"wrote {path}")
     return 0
