@@ -59,6 +59,16 @@ def migrated(tmp_path: Path) -> dict:
     return env
 
 
+def run_on_sqlite(tmp_path: Path, script: str, *, timeout: float) -> dict:
+    """Run ``script`` in a new interpreter on a freshly migrated SQLite default; its last stdout line as JSON."""
+    env = migrated(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def embedded_server(tmp_path):
     """``(server, api_token)``: daphne on the embedded default, migrated, with the demo user."""
@@ -228,12 +238,7 @@ print(json.dumps(out))
 
 
 def test_portable_write_path_retention_and_hydration_on_sqlite(tmp_path):
-    env = migrated(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-c", _PORTABLE_CHECK], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_on_sqlite(tmp_path, _PORTABLE_CHECK, timeout=180)
 
     # WriteResult fields from `written` on: (written, watermark, pointer)
     assert out["first"] == [True, 1, False]
@@ -330,12 +335,7 @@ print(json.dumps({
 
 
 def test_concurrent_writers_on_sqlite_get_gap_free_watermarks_and_never_go_backwards(tmp_path):
-    env = migrated(tmp_path)
-    done = subprocess.run(
-        [sys.executable, "-c", _CONCURRENT_WRITERS], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = run_on_sqlite(tmp_path, _CONCURRENT_WRITERS, timeout=300)
     assert out["errors"] == [] and out["alive"] == 0
     # 4 writers x 20 batches: 20 batch documents each, plus the shared documents' effective writes.
     assert out["watermarks"] == list(range(1, out["head"] + 1))  # unique, gap-free, nothing past the head
