@@ -253,11 +253,9 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", type=float, default=10.0, help="seconds of the no-socket CPU baseline")
     parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne,uvicorn")
     parser.add_argument("--py-spy", metavar="DIR", help="profile the server (connect phase, idle window) into DIR")
-    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    harness.add_client_options(parser)
     parser.add_argument("--url", help=argparse.SUPPRESS)
-    parser.add_argument("--client-sockets", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     limit = harness.raise_nofile((args.client_sockets if args.client else args.sockets) * 2 + 1024)

@@ -226,12 +226,10 @@ def main(argv=None) -> int:
     parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne,uvicorn")
     parser.add_argument("--py-spy", metavar="DIR", help="profile each server process during the writes into DIR")
     # internal: a load-client process
-    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    harness.add_client_options(parser)
     parser.add_argument("--urls", help=argparse.SUPPRESS)
-    parser.add_argument("--client-sockets", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     harness.raise_nofile(args.sockets * 2 + 1024 if not args.client else (args.client_sockets or 0) * 2 + 1024)

@@ -19,6 +19,7 @@ prints ``RESULT <path>``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -265,6 +266,13 @@ def install_uvloop() -> str:
 
 
 # --- load-client processes (protocol in the module docstring) ------------------------------------
+
+
+def add_client_options(parser: argparse.ArgumentParser) -> None:
+    """The hidden options ``start_clients`` gives every load-client process (scripts add their own)."""
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--client-sockets", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
 
 
 def start_clients(clients: list, script: str, sockets: int, processes: int, *args: str) -> None:
