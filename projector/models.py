@@ -129,7 +129,10 @@ class ReadModelDocument(models.Model):
             models.CheckConstraint(condition=Q(doc_version__gte=0), name="sync_read_models_doc_version_gte_0"),
         ]
         indexes = [
-            models.Index(fields=["topic", "owner", "doc_key"], name="sync_rm_topic_owner_doc_idx"),
+            # owner FIRST: an index led by (topic, ...) would compete with the unique (topic, doc_key)
+            # one, and the planner, with stale statistics (a topic just emptied), took it for the
+            # sink's per-document version probe and scanned a whole owner range per row.
+            models.Index(fields=["owner", "topic", "doc_key"], name="sync_rm_owner_topic_doc_idx"),
         ]
 
     def __str__(self) -> str:

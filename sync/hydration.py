@@ -13,7 +13,7 @@ in one snapshot therefore makes ``head_watermark`` an exact statement: "this pag
 at head_watermark". Two separate statements under READ COMMITTED could see a newer head than the
 page (a client resuming from that head would skip the write in between) or an older one.
 
-Pages are keyset-paginated on ``doc_key`` (index ``(topic, owner, doc_key)``), never OFFSET, and
+Pages are keyset-paginated on ``doc_key`` (index ``(owner, topic, doc_key)``), never OFFSET, and
 each page is its own snapshot; ``docs/protocol/OA_SYNC_WS_MAPPING.md`` ("HTTP hydration") says
 how a client stitches pages and the live stream together (resume from the FIRST page's head).
 """
@@ -151,7 +151,7 @@ def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) 
         )
         seq = cur.fetchone()
         head_watermark, stream_epoch = _checked_head(topic, seq, cursor_epoch)
-        # Two index-ordered branches (own documents via (topic, owner, doc_key); public ones of
+        # Two index-ordered branches (own documents via (owner, topic, doc_key); public ones of
         # other owners) merged by doc_key, instead of one OR that cannot use the owner index.
         # LIMIT n+1 tells whether another page exists without a COUNT.
         after_sql = "" if after is None else " AND doc_key > %(after)s"
