@@ -28,9 +28,8 @@ $(VENV)/.deps-base: requirements/base.txt clients/python/pyproject.toml | venv
 	$(PIP) install --quiet -e clients/python
 	touch $@
 
-$(VENV)/.deps-test: requirements/base.txt requirements/test.txt clients/python/pyproject.toml | venv
+$(VENV)/.deps-test: $(VENV)/.deps-base requirements/test.txt | venv
 	$(PIP) install --quiet -r requirements/test.txt
-	$(PIP) install --quiet -e clients/python
 	touch $@
 
 deps-base: $(VENV)/.deps-base
