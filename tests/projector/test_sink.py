@@ -3,7 +3,7 @@
 import itertools
 
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test import override_settings
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
@@ -292,7 +292,8 @@ class TestAtomicity:
     """
 
     def test_single_write_leaves_neither_row(self, topics, failing_journal):
-        with pytest.raises(Exception, match="forced journal failure"):
+        # A django.db error (callers catch those), although the statement runs on a plain psycopg cursor.
+        with pytest.raises(DatabaseError, match="forced journal failure"):
             sink.project(RUNS, "explode", 1, {"a": 1}, "user:1")
         assert not ReadModelDocument.objects.filter(doc_key="explode").exists()
         assert not StreamEvent.objects.exists()
@@ -332,6 +333,31 @@ class TestAtomicity:
                 raise RuntimeError("caller fails after the sink")
         assert not ReadModelDocument.objects.exists() and not StreamEvent.objects.exists()
         assert head(RUNS) == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_single_document_statement_is_prepared_once_per_connection(topics):
+    """Planning the fused statement costs about as much as running it: it must be prepared once
+    and reused (as a generic plan once PostgreSQL has seen a few executions)."""
+
+    def prepared():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT generic_plans + custom_plans, generic_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE %s",
+                ["%INSERT INTO sync_stream_events%"],
+            )
+            return cursor.fetchall()
+
+    sink.project(RUNS, "prepared:first", 1, {"n": -1}, "user:1")  # this connection may be new
+    (before,) = prepared()
+    for n in range(12):
+        sink.project(RUNS, f"prepared:{n}", 1, {"n": n}, "user:1")
+    rows = prepared()
+    assert len(rows) == 1, rows  # one statement, not one per call or per doc_key
+    executions, generic = rows[0]
+    assert executions - before[0] == 12 and generic > 0
+    assert [row[1] for row in journal(RUNS)] == ["prepared:first"] + [f"prepared:{n}" for n in range(12)]
 
 
 @pytest.mark.django_db
