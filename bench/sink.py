@@ -18,7 +18,15 @@ Raw ceiling = psycopg 3 without Django or the ORM (prepared statements, one conn
 per transaction ``UPDATE sync_topic_sequences … RETURNING`` then ``INSERT INTO sync_stream_events``
 (for batches: UPDATE by 100, one multi-row INSERT via unnest). It does less than the sink: no
 read-model upsert, no hashing/canonical JSON, no validation, no hint. Durability is the server's
-default (synchronous_commit stays on) for both.
+default (synchronous_commit stays on) for all of them.
+
+Batch scenarios also measure two server-only ceilings, rows made by the database itself
+(``generate_series``, no client work at all), with the same clients and topics:
+
+- ``server_schema``: the sink's own work per 100 documents (allocate, upsert the read models,
+  append the journal rows, every migrated index): what no client code can beat;
+- ``server_minimal``: allocate and insert 100 ``(topic, watermark)`` rows into an index-free
+  table: the cheapest row this server can write, to compare the machine with published figures.
 
 Prints a table and writes ``bench/results/sink.json``.
 """
@@ -29,8 +37,6 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
-import os
-import platform
 import statistics
 import sys
 import time
@@ -41,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import harness  # noqa: E402
 
 REPO_ROOT = harness.REPO_ROOT
-RESULTS = REPO_ROOT / "bench" / "results" / "sink.json"
 TOPICS = [f"bench.sink_{i}" for i in range(4)]
 WARMUP_SECONDS = 0.5
 
@@ -195,6 +200,79 @@ def raw_client(kind: str, topic: str, client: int, seconds: float, start_at: flo
     conn.close()
 
 
+# Server-only ceilings of a 100-document transaction, for the batch scenarios: the rows are made
+# by the database itself (generate_series; one constant payload, parsed once), so no client
+# encodes, hashes, validates or ships anything. "schema" does the sink's work (allocate 100,
+# upsert 100 read models, append 100 journal rows, all indexes as migrated); "minimal" allocates
+# 100 and inserts 100 (topic, watermark) rows into an index-free table: what the server can do
+# for a row that costs almost nothing, to compare this machine with the figures the issue gives.
+SERVER_SCHEMA_BATCH = """
+WITH seq AS (
+    UPDATE sync_topic_sequences SET last_watermark = last_watermark + 100, updated_at = now()
+     WHERE topic = %(topic)s RETURNING last_watermark
+),
+input AS (
+    SELECT (SELECT last_watermark FROM seq) - 100 + g AS watermark, %(prefix)s || g AS doc_key
+      FROM generate_series(1, 100) AS g
+),
+upserted AS (
+    INSERT INTO sync_read_models AS rm
+           (topic, doc_key, doc_version, owner, public, payload, payload_hash, watermark, created_at, updated_at)
+    SELECT %(topic)s, doc_key, 1, %(owner)s, false, %(payload)s::jsonb, %(digest)s, watermark, now(), now() FROM input
+    ON CONFLICT (topic, doc_key) DO UPDATE
+       SET doc_version = EXCLUDED.doc_version, payload = EXCLUDED.payload, payload_hash = EXCLUDED.payload_hash,
+           watermark = EXCLUDED.watermark, updated_at = EXCLUDED.updated_at
+     WHERE rm.doc_version <= EXCLUDED.doc_version
+    RETURNING 1
+)
+INSERT INTO sync_stream_events
+       (topic, watermark, doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, inserted_at)
+SELECT %(topic)s, watermark, doc_key, 1, %(owner)s, false, %(payload)s::jsonb, %(digest)s, %(size)s, now() FROM input
+"""
+SERVER_MINIMAL_TABLE = "bench_minimal_rows"
+SERVER_MINIMAL_BATCH = f"""
+WITH seq AS (
+    UPDATE sync_topic_sequences SET last_watermark = last_watermark + 100 WHERE topic = %(topic)s RETURNING last_watermark
+)
+INSERT INTO {SERVER_MINIMAL_TABLE} (topic, watermark)
+SELECT %(topic)s, (SELECT last_watermark FROM seq) - 100 + g FROM generate_series(1, 100) AS g
+"""
+
+
+def server_client(kind: str, topic: str, client: int, seconds: float, start_at: float, size: int, url: str, out) -> None:
+    import psycopg
+
+    conn = psycopg.connect(url)
+    counter = iter(range(10**12))
+    text = json.dumps(payload(0, size), separators=(",", ":"), sort_keys=True)
+    params = {
+        "topic": topic,
+        "owner": f"user:{client}",
+        "payload": text,
+        "digest": hashlib.sha256(text.encode()).digest(),
+        "size": len(text),
+    }
+    sql = SERVER_SCHEMA_BATCH if kind == "server_schema" else SERVER_MINIMAL_BATCH
+
+    def step():
+        params["prefix"] = f"c{client}:batch:{next(counter)}:"
+        conn.execute(sql, params, prepare=True)
+        conn.commit()
+        return 100
+
+    out.put(_timed_loop(step, seconds, start_at))
+    conn.close()
+
+
+def ensure_minimal_table() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {SERVER_MINIMAL_TABLE} (topic text NOT NULL, watermark bigint NOT NULL)")
+        cur.execute(f"TRUNCATE {SERVER_MINIMAL_TABLE}")
+    connection.close()
+
+
 def run_clients(target, args_per_client: list[tuple]) -> float:
     """Start one process per client, return total docs/s (sum of per-client rates)."""
     from django.db import connections
@@ -212,6 +290,20 @@ def run_clients(target, args_per_client: list[tuple]) -> float:
         if p.exitcode != 0:
             raise SystemExit(f"client process failed with exit code {p.exitcode}")
     return sum(done / elapsed for done, elapsed in results)
+
+
+def server_settings() -> dict:
+    """The PostgreSQL settings the figures depend on (durability must stay on)."""
+    from django.db import connection
+
+    names = ["synchronous_commit", "fsync", "full_page_writes", "shared_buffers", "max_wal_size", "wal_compression"]
+    with connection.cursor() as cur:
+        cur.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)", [names])
+        found = dict(cur.fetchall())
+        cur.execute("SHOW server_version")
+        found["server_version"] = cur.fetchone()[0]
+    connection.close()
+    return found
 
 
 def check_journal(topics: list[str]) -> None:
@@ -260,59 +352,71 @@ def main() -> None:
     for name, kind, topics in SCENARIOS:
         if args.only and name != args.only:
             continue
-        sink_rates, raw_rates = [], []
+        measures = ("sink", "raw") if kind == "single" else ("sink", "raw", "server_schema", "server_minimal")
+        rates: dict[str, list[float]] = {m: [] for m in measures}
         for round_no in range(args.rounds):
-            order = ("sink", "raw") if round_no % 2 == 0 else ("raw", "sink")
-            for which in order:
+            # Rotate the order each round: drift on the shared server (fsync latency, autovacuum,
+            # checkpoints) must not always favour the same measure.
+            shift = round_no % len(measures)
+            for which in measures[shift:] + measures[:shift]:
                 reset_topics()
                 if which == "sink":
-                    rate = run_clients(
-                        sink_client,
-                        [(kind, topic, c, args.seconds, args.payload_bytes) for c, topic in enumerate(topics)],
-                    )
-                    sink_rates.append(rate)
+                    target, extra = sink_client, ()
+                elif which == "raw":
+                    target, extra = raw_client, (url,)
                 else:
-                    rate = run_clients(
-                        raw_client,
-                        [(kind, topic, c, args.seconds, args.payload_bytes, url) for c, topic in enumerate(topics)],
-                    )
-                    raw_rates.append(rate)
+                    ensure_minimal_table()
+                    target, extra = server_client, (url,)
+                client_kind = kind if which in ("sink", "raw") else which
+                rate = run_clients(
+                    target,
+                    [(client_kind, topic, c, args.seconds, args.payload_bytes, *extra) for c, topic in enumerate(topics)],
+                )
+                rates[which].append(rate)
                 check_journal(sorted(set(topics)))
-        sink_rate, raw_rate = statistics.median(sink_rates), statistics.median(raw_rates)
+        median = {m: statistics.median(r) for m, r in rates.items()}
         row = {
             "scenario": name,
             "clients": len(topics),
             "topics": len(set(topics)),
             "docs_per_txn": 100 if kind == "batch" else 1,
-            "sink_docs_per_s": round(sink_rate),
-            "raw_docs_per_s": round(raw_rate),
-            "ratio": round(sink_rate / raw_rate, 3),
-            "sink_rounds": [round(r) for r in sink_rates],
-            "raw_rounds": [round(r) for r in raw_rates],
+            "sink_docs_per_s": round(median["sink"]),
+            "raw_docs_per_s": round(median["raw"]),
+            "ratio": round(median["sink"] / median["raw"], 3),
+            "sink_rounds": [round(r) for r in rates["sink"]],
+            "raw_rounds": [round(r) for r in rates["raw"]],
         }
-        rows.append(row)
-        print(
+        line = (
             f"{name:26s} clients={row['clients']} sink={row['sink_docs_per_s']:>8,} docs/s "
-            f"raw={row['raw_docs_per_s']:>8,} docs/s ratio={row['ratio']:.2f}",
-            flush=True,
+            f"raw={row['raw_docs_per_s']:>8,} docs/s ratio={row['ratio']:.2f}"
         )
+        if kind == "batch":
+            row["server_schema_docs_per_s"] = round(median["server_schema"])
+            row["server_minimal_rows_per_s"] = round(median["server_minimal"])
+            row["server_schema_rounds"] = [round(r) for r in rates["server_schema"]]
+            row["server_minimal_rounds"] = [round(r) for r in rates["server_minimal"]]
+            line += (
+                f" | server-only: sink's schema={row['server_schema_docs_per_s']:>7,} docs/s"
+                f" minimal rows={row['server_minimal_rows_per_s']:>8,} rows/s"
+            )
+        rows.append(row)
+        print(line, flush=True)
     reset_topics()
-    result = {
-        "benchmark": "sink",
-        "command": "python bench/sink.py " + " ".join(sys.argv[1:]),
-        "seconds_per_run": args.seconds,
-        "rounds": args.rounds,
-        "payload_bytes": args.payload_bytes,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "targets": {"single_ratio_min": 0.5, "batch_docs_per_s_min": 50000},
-        "results": rows,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if not args.only:
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {RESULTS.relative_to(REPO_ROOT)}")
-
+    ensure_minimal_table()  # leaves it empty
+    if args.only:
+        return  # a partial run never replaces the recorded figures
+    path = harness.write_result(
+        "sink",
+        {
+            "seconds_per_run": args.seconds,
+            "rounds": args.rounds,
+            "payload_bytes": args.payload_bytes,
+            "server_settings": server_settings(),
+            "targets": {"single_ratio_min": 0.5, "batch_docs_per_s_min": 50000},
+            "results": rows,
+        },
+    )
+    print(f"wrote {path.relative_to(REPO_ROOT)}")
 
 if __name__ == "__main__":
     main()
