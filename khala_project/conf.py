@@ -19,6 +19,10 @@ DEFAULTS: dict = {
     # The hint publisher waits this long after a commit before publishing, so a busy topic sends
     # one hint (the highest watermark) per period instead of one per commit. 0 = publish at once.
     "HINT_LINGER_SECONDS": 0.002,
+    # project() runs its statement as a server-side prepared statement (planned once per
+    # connection). Turn off behind a pooler that moves sessions between server connections
+    # (PgBouncer in transaction mode before 1.21, or without max_prepared_statements).
+    "SINK_PREPARED_STATEMENTS": True,
     # Hard cap on one document's canonical JSON (larger: `payload_too_large`, nothing written).
     "MAX_PAYLOAD_BYTES": 4 * 1024 * 1024,
     # POST /api/internal/sync/projections: most documents per request, and largest request body.

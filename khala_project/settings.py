@@ -166,6 +166,12 @@ LOGGING = {
 # Overrides for khala_project.conf.DEFAULTS. KHALA_SETTINGS_JSON takes a JSON object for any key;
 # the most common ones also have their own variable (documented in the README).
 KHALA: dict = json.loads(os.environ.get("KHALA_SETTINGS_JSON", "{}") or "{}")
+
+
+def _env_flag(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
 for _env_name, _key, _cast in [
     ("KHALA_SIGNING_KEYS", "SIGNING_KEYS", str),
     ("KHALA_SIGNING_KEYS_FILE", "SIGNING_KEYS_FILE", str),
@@ -176,7 +182,8 @@ for _env_name, _key, _cast in [
     ("KHALA_HEARTBEAT_INTERVAL_SECONDS", "HEARTBEAT_INTERVAL_SECONDS", float),
     ("KHALA_HEARTBEAT_TIMEOUT_SECONDS", "HEARTBEAT_TIMEOUT_SECONDS", float),
     ("KHALA_DB_POOL_MAX_SIZE", "DB_POOL_MAX_SIZE", int),
-    ("KHALA_WEB_SYNC_ENABLED", "WEB_SYNC_ENABLED", lambda v: v.strip().lower() in {"1", "true", "yes", "on"}),
+    ("KHALA_WEB_SYNC_ENABLED", "WEB_SYNC_ENABLED", _env_flag),
+    ("KHALA_SINK_PREPARED_STATEMENTS", "SINK_PREPARED_STATEMENTS", _env_flag),
     ("KHALA_WEB_SYNC_COHORT_PERCENT", "WEB_SYNC_COHORT_PERCENT", int),
 ]:
     if os.environ.get(_env_name):

@@ -244,7 +244,8 @@ def _execute_prepared(wrapper, sql: str, params: dict):
     several writers on a 2-core machine that CPU is the bottleneck. A plain psycopg ``Cursor`` on
     the same connection (same transaction) binds on the server and, with ``prepare=True``,
     prepares once per connection and reuses the plan. Errors are still raised as
-    ``django.db`` exceptions.
+    ``django.db`` exceptions. ``KHALA["SINK_PREPARED_STATEMENTS"] = False`` turns this off (for
+    poolers that move a session between server connections, where a prepared statement vanishes).
     """
     wrapper.ensure_connection()
     raw = wrapper.connection
@@ -297,7 +298,12 @@ def project(
         "pointer": prepared.over_inline_limit,
     }
     with _transaction(conn, single_statement=True):
-        row = _execute_prepared(conn, PROJECT_ONE_SQL, params)
+        if khala_setting("SINK_PREPARED_STATEMENTS"):
+            row = _execute_prepared(conn, PROJECT_ONE_SQL, params)
+        else:
+            with conn.cursor() as cursor:
+                cursor.execute(PROJECT_ONE_SQL, params)
+                row = cursor.fetchone()
         watermark = None
         if row is not None:
             stream_epoch, forced, watermark, advanced_to = row

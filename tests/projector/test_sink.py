@@ -359,6 +359,12 @@ def test_single_document_statement_is_prepared_once_per_connection(topics):
     assert executions - before[0] == 12 and generic > 0
     assert [row[1] for row in journal(RUNS)] == ["prepared:first"] + [f"prepared:{n}" for n in range(12)]
 
+    with override_settings(KHALA={"SINK_PREPARED_STATEMENTS": False}):  # behind a transaction-mode pooler
+        for n in range(3):
+            sink.project(RUNS, f"unprepared:{n}", 1, {"n": n}, "user:1")
+    assert prepared() == rows  # no execution of the prepared statement
+    assert [row[1] for row in journal(RUNS)][-3:] == [f"unprepared:{n}" for n in range(3)]
+
 
 @pytest.mark.django_db
 def test_on_commit_callbacks_only_after_commit(topics, django_capture_on_commit_callbacks):
