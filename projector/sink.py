@@ -242,21 +242,25 @@ def _execute_prepared(wrapper, sql: str, params: dict):
     plans the statement on every call. For the fused single-document statement planning costs
     about as much server CPU as running it (≈0.4 ms each, measured with EXPLAIN ANALYZE); with
     several writers on a 2-core machine that CPU is the bottleneck. A plain psycopg ``Cursor`` on
-    the same connection (same transaction) binds on the server and, with ``prepare=True``,
-    prepares once per connection and reuses the plan. Errors are still raised as
-    ``django.db`` exceptions. ``KHALA["SINK_PREPARED_STATEMENTS"] = False`` turns this off (for
-    poolers that move a session between server connections, where a prepared statement vanishes).
+    the same connection (same transaction) binds on the server, and psycopg prepares a statement
+    once it has run ``prepare_threshold`` times on the connection, then reuses the plan. The
+    cursor is wrapped the way Django wraps its own, so errors are ``django.db`` exceptions,
+    ``execute_wrapper`` hooks (tracing) see the statement and DEBUG logs it.
+    ``KHALA["SINK_PREPARED_STATEMENTS"] = False`` turns this off (for poolers that move a session
+    between server connections, where a prepared statement vanishes).
     """
     wrapper.ensure_connection()
+    wrapper.validate_thread_sharing()
     raw = wrapper.connection
     if raw.prepare_threshold is None:
-        # Django turns preparation off on its connections (prepare_threshold=None), which would
-        # make prepare=True a no-op. Its own cursors bind on the client and never prepare, so
-        # turning it back on changes nothing for them.
+        # Django turns preparation off on its connections (prepare_threshold=None). Its own
+        # cursors bind on the client and never prepare, so turning it back on (psycopg's default)
+        # changes nothing for them.
         raw.prepare_threshold = 5
-    with wrapper.wrap_database_errors, psycopg.Cursor(raw) as cursor:
-        cursor.execute(sql, params, prepare=True)
-        return cursor.fetchone()
+    cursor = psycopg.Cursor(raw)
+    with wrapper.make_debug_cursor(cursor) if wrapper.queries_logged else wrapper.make_cursor(cursor) as wrapped:
+        wrapped.execute(sql, params)
+        return wrapped.fetchone()
 
 
 def project(
