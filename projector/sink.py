@@ -245,7 +245,8 @@ def _execute_prepared(wrapper, sql: str, params: dict):
     the same connection (same transaction) binds on the server, and psycopg prepares a statement
     once it has run ``prepare_threshold`` times on the connection, then reuses the plan. The
     cursor is wrapped the way Django wraps its own, so errors are ``django.db`` exceptions,
-    ``execute_wrapper`` hooks (tracing) see the statement and DEBUG logs it.
+    ``execute_wrapper`` hooks (tracing) see the statement and the DEBUG query log times it
+    (without its SQL text, which Django cannot render for a server-bound statement).
     ``KHALA["SINK_PREPARED_STATEMENTS"] = False`` turns this off (for poolers that move a session
     between server connections, where a prepared statement vanishes).
     """
