@@ -219,6 +219,20 @@ def machine() -> dict:
     }
 
 
+def postgres_settings() -> dict:
+    """The PostgreSQL settings the figures depend on (durability must stay on)."""
+    from django.db import connection
+
+    names = ["synchronous_commit", "fsync", "full_page_writes", "shared_buffers", "max_wal_size", "wal_compression"]
+    with connection.cursor() as cur:
+        cur.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)", [names])
+        found = dict(cur.fetchall())
+        cur.execute("SHOW server_version")
+        found["server_version"] = cur.fetchone()[0]
+    connection.close()
+    return found
+
+
 def percentile(sorted_values, q: float) -> float:
     if not sorted_values:
         return float("nan")

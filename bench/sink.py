@@ -292,20 +292,6 @@ def run_clients(target, args_per_client: list[tuple]) -> float:
     return sum(done / elapsed for done, elapsed in results)
 
 
-def server_settings() -> dict:
-    """The PostgreSQL settings the figures depend on (durability must stay on)."""
-    from django.db import connection
-
-    names = ["synchronous_commit", "fsync", "full_page_writes", "shared_buffers", "max_wal_size", "wal_compression"]
-    with connection.cursor() as cur:
-        cur.execute("SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY(%s)", [names])
-        found = dict(cur.fetchall())
-        cur.execute("SHOW server_version")
-        found["server_version"] = cur.fetchone()[0]
-    connection.close()
-    return found
-
-
 def check_journal(topics: list[str]) -> None:
     """Sanity: every measured topic's journal is exactly 1..head (no holes, no duplicates)."""
     from django.db import connection
@@ -411,7 +397,7 @@ def main() -> None:
             "seconds_per_run": args.seconds,
             "rounds": args.rounds,
             "payload_bytes": args.payload_bytes,
-            "server_settings": server_settings(),
+            "server_settings": harness.postgres_settings(),
             "targets": {"single_ratio_min": 0.5, "batch_docs_per_s_min": 50000},
             "results": rows,
         },

@@ -176,15 +176,13 @@ def main() -> None:
     with connection.cursor() as cur:
         for table in ("v_seq", "v_minimal", "v_journal", "v_read_model"):
             cur.execute(f"DROP TABLE IF EXISTS {table}")
-    from bench.sink import server_settings
-
     path = harness.write_result(
         "sink_schema",
         {
             "seconds_per_run": args.seconds,
             "payload_bytes": args.payload_bytes,
             "docs_per_txn": 100,
-            "server_settings": server_settings(),
+            "server_settings": harness.postgres_settings(),
             "results": rows,
         },
     )
