@@ -171,6 +171,24 @@ def _after_commit(stats: list[tuple[str, int, str, int, int, int]]) -> None:
         submit_hint(topic, head, stream_epoch)
 
 
+def _settle_topic(
+    topic: str, stream_epoch: str, forced: bool, written: list[tuple[_Prepared, int]], outcome: dict
+) -> tuple[str, int, str, int, int, int]:
+    """After one topic's effective writes (``(item, watermark)`` in watermark order) were made:
+    record each one's ``(watermark, pointer)`` in ``outcome`` (input index -> …) and return the
+    topic's ``_after_commit`` tuple. Shared with ``projector.sink_portable``."""
+    inline = pointer_count = nbytes = 0
+    for item, watermark in written:
+        pointer = item.over_inline_limit or forced
+        outcome[item.index] = (watermark, pointer)
+        if pointer:
+            pointer_count += 1
+        else:
+            inline += 1
+        nbytes += item.encoded.size
+    return (topic, written[-1][1], stream_epoch, inline, pointer_count, nbytes)
+
+
 @contextmanager
 def _transaction(conn, *, single_statement: bool):
     """The transaction a sink call runs in.
@@ -526,18 +544,9 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
                         raise unknown  # other topics were written: roll back the (savepoint) block
                     break  # nothing was written for the only topic
                 _last, stream_epoch, forced = allocation
-                inline = pointer_count = nbytes = 0
-                for ordinal, watermark, _upserted, _appended in rows:
-                    item = items[ordinal - 1]
-                    pointer = item.over_inline_limit or forced
-                    outcome[item.index] = (watermark, pointer)
-                    if pointer:
-                        pointer_count += 1
-                    else:
-                        inline += 1
-                    nbytes += item.encoded.size
                 if rows:
-                    stats.append((topic, rows[-1][1], stream_epoch, inline, pointer_count, nbytes))
+                    written = [(items[ordinal - 1], watermark) for ordinal, watermark, _upserted, _appended in rows]
+                    stats.append(_settle_topic(topic, stream_epoch, forced, written, outcome))
                 stale = len(items) - len(rows)
                 if stale:
                     metrics.sink_counters(topic).stale.inc(stale)

@@ -31,7 +31,15 @@ from django.utils import timezone
 
 from projector import metrics
 from projector.models import ReadModelDocument, StreamEvent, TopicSequence
-from projector.sink import WriteResult, _after_commit, _batch_results, _by_topic, _Prepared, _unknown_topic
+from projector.sink import (
+    WriteResult,
+    _after_commit,
+    _batch_results,
+    _by_topic,
+    _Prepared,
+    _settle_topic,
+    _unknown_topic,
+)
 
 # SQLite limits the number of bound parameters per statement; stay far below every build's limit.
 _IN_CHUNK = 500
@@ -112,34 +120,23 @@ def _write_topic(alias: str, topic: str, items: list[_Prepared]):
     if new_documents:
         documents.bulk_create(new_documents)
 
-    outcome = {}
-    events = []
-    inline = pointer_count = nbytes = 0
-    for item, watermark in effective:
-        w = item.write
-        pointer = item.over_inline_limit or forced
-        events.append(
-            StreamEvent(
-                topic=topic,
-                watermark=watermark,
-                doc_key=w.doc_key,
-                doc_version=w.doc_version,
-                owner=w.owner,
-                public=w.public,
-                payload=None if pointer else _json_text(item.encoded.text),
-                payload_hash=item.encoded.digest,
-                payload_bytes=item.encoded.size,
-                inserted_at=now,
-            )
+    StreamEvent.objects.using(alias).bulk_create(
+        StreamEvent(
+            topic=topic,
+            watermark=watermark,
+            doc_key=item.write.doc_key,
+            doc_version=item.write.doc_version,
+            owner=item.write.owner,
+            public=item.write.public,
+            payload=None if item.over_inline_limit or forced else _json_text(item.encoded.text),
+            payload_hash=item.encoded.digest,
+            payload_bytes=item.encoded.size,
+            inserted_at=now,
         )
-        outcome[item.index] = (watermark, pointer)
-        if pointer:
-            pointer_count += 1
-        else:
-            inline += 1
-        nbytes += item.encoded.size
-    StreamEvent.objects.using(alias).bulk_create(events)
-    stats = (topic, effective[-1][1], stream_epoch, inline, pointer_count, nbytes)
+        for item, watermark in effective
+    )
+    outcome: dict[int, tuple[int, bool]] = {}
+    stats = _settle_topic(topic, stream_epoch, forced, effective, outcome)
     return outcome, stats, count - len(effective)
 
 
@@ -155,9 +152,9 @@ def project(prepared: _Prepared, alias: str, started: float) -> WriteResult:
     except _UnknownTopic:
         raise _unknown_topic(w.topic, None) from None
     if stale:
-        metrics.PROJECTION_WRITES.labels(topic=w.topic, result="stale").inc()
+        metrics.sink_counters(w.topic).stale.inc()
     watermark, pointer = outcome.get(prepared.index, (None, False))
-    metrics.SINK_DURATION.labels(op="project").observe(time.perf_counter() - started)
+    metrics.SINK_DURATION_PROJECT.observe(time.perf_counter() - started)
     return WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer)
 
 
@@ -181,5 +178,5 @@ def project_many(prepared: list[_Prepared], alias: str, started: float) -> list[
         raise _unknown_topic(topic, by_topic[topic][0].index) from None
     for topic, stale in stale_counts.items():
         if stale:
-            metrics.PROJECTION_WRITES.labels(topic=topic, result="stale").inc(stale)
+            metrics.sink_counters(topic).stale.inc(stale)
     return _batch_results(prepared, superseded, outcome, started)
