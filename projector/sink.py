@@ -4,18 +4,19 @@
 
 1. upsert the read-model row, never moving ``doc_version`` backwards (an older version is a
    no-op that consumes no watermark and appends nothing; an equal version replaces and appends);
-2. allocate the watermark(s) on the topic's ``sync_topic_sequences`` row (``projector.allocator``;
-   the row lock lasts until commit, so commit order = watermark order);
+2. allocate the watermark(s) on the topic's ``sync_topic_sequences`` row: ``SELECT … FOR UPDATE``
+   takes the row lock, then the row is advanced by the effective writes only
+   (``projector.allocator``; the lock lasts until commit, so commit order = watermark order);
 3. append one ``sync_stream_events`` row per effective write (payload NULL in pointer mode);
 
 and only after COMMIT (``transaction.on_commit``) count the writes and hand a hint
 ``{topic, watermark, stream_epoch}`` to ``projector.hints`` (one per topic, highest watermark).
 A rollback (of the caller's transaction too) therefore publishes nothing.
 
-Round trips: ``project()`` is one statement (allocation, upsert and append fused in CTEs); a
-``project_many()`` batch is two statements per topic however many documents it holds (allocate
-the block, then one statement of ``unnest`` arrays for upsert + append + returning unused
-watermarks). Each payload is canonicalised once (``projector.document_write.prepare``): the same
+Round trips: ``project()`` is one statement (lock, upsert, advance and append fused in CTEs); a
+``project_many()`` batch is two statements per topic however many documents it holds (lock the
+sequence row, then one statement over the batch's JSON for upsert + advance + append), all in one
+query message. Each payload is canonicalised once (``projector.document_write.prepare``): the same
 bytes give the hash, the size and the pointer-mode decision.
 
 On any database but PostgreSQL (the embedded SQLite of ``make run``) the validated writes go to
@@ -211,8 +212,9 @@ def project(
 
 PROJECT_BATCH_SQL = """
 WITH block AS (
-    -- The allocation made by the previous statement (this transaction's own, still locked).
-    SELECT last_watermark - %(count)s + 1 AS first, last_watermark AS last, force_pointer_mode AS forced
+    -- The head of the sequence row the previous statement locked (FOR UPDATE, held until commit):
+    -- nobody else can move it, and this statement's snapshot has its latest committed value.
+    SELECT last_watermark + 1 AS first, force_pointer_mode AS forced
       FROM sync_topic_sequences
      WHERE topic = %(topic)s
 ),
@@ -227,7 +229,7 @@ input AS (
            ) WITH ORDINALITY AS t(k, v, o, u, p, h, b, x, ord)
 ),
 effective AS (
-    -- This statement runs after the allocation took the topic's row lock, so its snapshot
+    -- This statement runs after the previous one took the topic's row lock, so its snapshot
     -- already contains every earlier writer of this topic: the doc_version comparison is exact.
     SELECT i.*, b.forced, b.first - 1 + row_number() OVER (ORDER BY i.ord) AS watermark
       FROM input AS i
@@ -265,13 +267,13 @@ appended AS (
       FROM effective
     RETURNING 1
 ),
-settled AS (
-    -- Give back the watermarks of no-op writes. Safe: we still hold the row lock and nobody
-    -- has seen them, so committed watermarks stay gap-free.
+advanced AS (
+    -- Allocate exactly the effective writes' watermarks: a no-op consumes none, so committed
+    -- watermarks stay gap-free. Commit order = watermark order because the lock lasts until commit.
     UPDATE sync_topic_sequences
-       SET last_watermark = (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective)
+       SET last_watermark = (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective), updated_at = now()
      WHERE topic = %(topic)s
-       AND (SELECT last FROM block) <> (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective)
+       AND EXISTS (SELECT 1 FROM effective)
     RETURNING last_watermark
 )
 SELECT ord, watermark, (SELECT count(*) FROM upserted), (SELECT count(*) FROM appended)
@@ -344,9 +346,9 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
     sql_parts, params = [], {}
     for n, topic in enumerate(topics):
         items = by_topic[topic]
-        sql_parts.append(_for_topic(allocator.ALLOCATE_NAMED_SQL, n))
+        sql_parts.append(_for_topic(allocator.LOCK_SEQUENCE_NAMED_SQL, n))
         sql_parts.append(_for_topic(PROJECT_BATCH_SQL, n))
-        for name, value in {"topic": topic, "count": len(items), "docs": _batch_json(items)}.items():
+        for name, value in {"topic": topic, "docs": _batch_json(items)}.items():
             params[f"t{n}_{name}"] = value
 
     outcome: dict[int, tuple[int, bool]] = {}  # input index -> (watermark, pointer)
@@ -360,16 +362,16 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
             for n, topic in enumerate(topics):
                 if n:
                     cursor.nextset()
-                allocation = cursor.fetchone()
+                locked = cursor.fetchone()
                 cursor.nextset()
                 rows = cursor.fetchall()
                 items = by_topic[topic]
-                if allocation is None:
+                if locked is None:
                     unknown = unknown_topic(topic, items[0].index)
                     if len(topics) > 1:
                         raise unknown  # other topics were written: roll back the (savepoint) block
                     break  # nothing was written for the only topic
-                _last, stream_epoch, forced = allocation
+                _head, stream_epoch, forced = locked
                 if rows:
                     written = [(items[ordinal - 1], watermark) for ordinal, watermark, _upserted, _appended in rows]
                     stats.append(settle_topic(topic, stream_epoch, forced, written, outcome))
