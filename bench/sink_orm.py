@@ -35,6 +35,7 @@ from khala_project.conf import khala_setting
 from projector import metrics
 from projector.document_write import DocumentWrite, PreparedWrite, SinkError, WriteResult, group_by_topic, prepare
 from projector.models import ReadModelDocument, StreamEvent, TopicSequence
+from projector.hints import submit_hint
 from projector.sink_settlement import after_commit, batch_results, count_refusal, settle_topic, unknown_topic
 
 READ_MODEL_UPDATE_FIELDS = ["doc_version", "owner", "public", "payload", "payload_hash", "watermark", "updated_at"]
@@ -137,7 +138,7 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
                 if settled is not None:
                     stats.append(settled)
             if stats:
-                transaction.on_commit(lambda: after_commit(stats), using=alias)
+                transaction.on_commit(lambda: after_commit(stats, submit_hint), using=alias)
     except _UnknownTopic:
         raise unknown_topic(topic, by_topic[topic][0].index) from None
     return batch_results(prepared, superseded, outcome, started)

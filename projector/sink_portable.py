@@ -32,6 +32,7 @@ from django.utils import timezone
 from projector import metrics
 from projector.models import ReadModelDocument, StreamEvent, TopicSequence
 from projector.document_write import PreparedWrite, WriteResult, group_by_topic
+from projector.hints import submit_hint
 from projector.sink_settlement import after_commit, batch_results, settle_topic, unknown_topic
 
 # SQLite limits the number of bound parameters per statement; stay far below every build's limit.
@@ -141,7 +142,7 @@ def project(prepared: PreparedWrite, alias: str, started: float) -> WriteResult:
         with transaction.atomic(using=alias):
             outcome, stats, stale = _write_topic(alias, w.topic, [prepared])
             if stats is not None:
-                transaction.on_commit(lambda: after_commit([stats]), using=alias)
+                transaction.on_commit(lambda: after_commit([stats], submit_hint), using=alias)
     except _UnknownTopic:
         raise unknown_topic(w.topic, None) from None
     if stale:
@@ -166,7 +167,7 @@ def project_many(prepared: list[PreparedWrite], alias: str, started: float) -> l
                     all_stats.append(stats)
                 stale_counts[topic] = stale
             if all_stats:
-                transaction.on_commit(lambda: after_commit(all_stats), using=alias)
+                transaction.on_commit(lambda: after_commit(all_stats, submit_hint), using=alias)
     except _UnknownTopic:
         raise unknown_topic(topic, by_topic[topic][0].index) from None
     for topic, stale in stale_counts.items():

@@ -8,9 +8,10 @@ no-ops are counted, and only after COMMIT the written rows are counted and one h
 
 import time
 
+from typing import Callable
+
 from projector import metrics
 from projector.document_write import PreparedWrite, SinkError, WriteResult
-from projector.hints import submit_hint
 
 # ``(topic, head watermark, stream_epoch, inline appends, pointer appends, appended bytes)``: what
 # ``after_commit`` counts and hints for one topic.
@@ -30,8 +31,12 @@ def unknown_topic(topic: str, index: int | None) -> SinkError:
     return SinkError("unknown_topic", f"unknown topic {topic!r}", index=index, field="topic")
 
 
-def after_commit(stats: list[TopicStats]) -> None:
-    """Runs once the transaction committed: count what became durable, then hint."""
+def after_commit(stats: list[TopicStats], submit_hint: Callable[[str, int, str], None]) -> None:
+    """Runs once the transaction committed: count what became durable, then hint.
+
+    ``submit_hint(topic, watermark, stream_epoch)`` is the caller's hint publisher
+    (``projector.hints.submit_hint``), named by each sink module so a test can lose every hint on
+    purpose by replacing it there."""
     for topic, head, stream_epoch, inline, pointer, nbytes in stats:
         counters = metrics.sink_counters(topic)
         counters.written.inc(inline + pointer)
