@@ -66,7 +66,7 @@ TEST_ENV = DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDI
 test-python: deps-test
 	$(TEST_ENV) $(VENV)/bin/pytest -p no:cacheprovider --ignore=tests/browser $(PYTEST_ARGS)
 
-# Proto contract checks: buf lint, buf breaking against main, generated code up to date.
+# Proto contract checks: buf lint, buf breaking against the released baseline, generated code up to date.
 # buf comes from the @bufbuild/buf npm package pinned in package.json/package-lock.json.
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund

@@ -4,7 +4,9 @@
 Environment: every benchmark runs on its OWN database on the ``DATABASE_URL`` server (default
 ``postgres://root@127.0.0.1:5432/khala``; the database name is replaced by ``khala_bench_<name>``,
 created and migrated here), its own Redis channel prefix and a fresh random signing key, so a
-benchmark never touches the test databases of a concurrent ``make test``. Servers are real daphne /
+benchmark never touches the test databases of a concurrent ``make test``. ``KHALA_BENCH_PREFIX``
+(default ``khala_bench``) replaces the ``khala_bench`` part of both names, so two checkouts on one
+server can run the same benchmark without emptying each other's topics. Servers are real daphne /
 uvicorn processes started with ``tests.support.servers.start_server`` on loopback.
 
 Load client: a minimal Phoenix-v2 ``sync:v1`` client over ``websockets`` (no compression: daphne
@@ -62,7 +64,12 @@ def bench_database_url(name: str) -> str:
     parts = urllib.parse.urlsplit(base)
     if parts.scheme not in {"postgres", "postgresql"}:
         raise SystemExit(f"DATABASE_URL must be PostgreSQL, got {parts.scheme!r}")
-    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/khala_bench_{name}", parts.query, ""))
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, f"/{bench_prefix()}_{name}", parts.query, ""))
+
+
+def bench_prefix() -> str:
+    """``KHALA_BENCH_PREFIX`` (default ``khala_bench``): the benchmark's database and channel prefix."""
+    return os.environ.get("KHALA_BENCH_PREFIX") or "khala_bench"
 
 
 def _ensure_database(url: str) -> None:
@@ -83,7 +90,7 @@ def setup(name: str) -> dict:
     _ensure_database(database_url)
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
-    os.environ["KHALA_CHANNEL_PREFIX"] = f"khala_bench_{name}"
+    os.environ["KHALA_CHANNEL_PREFIX"] = f"{bench_prefix()}_{name}"
     os.environ["KHALA_SIGNING_KEYS"] = f"bench:{secrets.token_urlsafe(48)}"
     os.environ["KHALA_LOG_LEVEL"] = "WARNING"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "khala_project.settings")

@@ -14,6 +14,15 @@ emptied topics:
 - ``batch100_1topic``: 1 client, ``project_many`` of 100 documents per transaction.
 - ``batch100_4topics``: 4 clients, each on its own topic, ``project_many`` of 100 documents.
 
+Every scenario also runs, in the same rounds:
+
+- ``orm``: the design card's sink written with the ORM (``bench/sink_orm.py``:
+  ``select_for_update()`` on the topic's sequence row, ``bulk_create(update_conflicts=True)``
+  upserts of the read models, ``bulk_create`` of the journal rows), reported as ``orm_to_sink``;
+- ``returning`` (batch scenarios): the production batch statement with the other allocation form,
+  ``UPDATE … RETURNING`` of the whole block then giving back the no-ops' watermarks, instead of
+  ``SELECT … FOR UPDATE`` then advancing by the effective writes, reported as ``returning_to_sink``.
+
 Raw ceiling = psycopg 3 without Django or the ORM (prepared statements, one connection per client):
 per transaction ``UPDATE sync_topic_sequences … RETURNING`` then ``INSERT INTO sync_stream_events``
 (for batches: UPDATE by 100, one multi-row INSERT via unnest). It does less than the sink: no
@@ -114,9 +123,63 @@ def _timed_loop(step, seconds: float, start_at: float) -> tuple[int, float]:
 
 
 def sink_client(kind: str, topic: str, client: int, seconds: float, start_at: float, size: int, out) -> None:
+    from projector import sink
+
+    _sink_loop(sink, kind, topic, client, seconds, start_at, size, out)
+
+
+def orm_client(kind: str, topic: str, client: int, seconds: float, start_at: float, size: int, out) -> None:
+    """The design card's ORM sink (``bench/sink_orm.py``): select_for_update + bulk upserts."""
+    from bench import sink_orm
+
+    _sink_loop(sink_orm, kind, topic, client, seconds, start_at, size, out)
+
+
+# The batch path with the other allocation form, ``UPDATE … RETURNING`` of the whole block first,
+# then the batch statement gives the no-ops' watermarks back (the form the sink used before it
+# adopted SELECT … FOR UPDATE, see docs/adr/ADR-0004-design-card-departures.md). The sink no longer
+# sends the batch's size as a parameter, so here both statements read it from the batch's JSON
+# (``jsonb_array_length``): two extra parses of ~35 kB per 100 documents, a small handicap for
+# this form (well under the 10 % the decision turns on; the decision run had none, see README).
+ALLOCATE_BLOCK_NAMED_SQL = """
+UPDATE sync_topic_sequences
+   SET last_watermark = last_watermark + jsonb_array_length(%(docs)s::jsonb), updated_at = now()
+ WHERE topic = %(topic)s
+RETURNING last_watermark, stream_epoch, force_pointer_mode
+"""
+_SWAPS = (
+    (
+        "SELECT last_watermark + 1 AS first, force_pointer_mode AS forced",
+        "SELECT last_watermark - jsonb_array_length(%(docs)s::jsonb) + 1 AS first, last_watermark AS last,"
+        " force_pointer_mode AS forced",
+    ),
+    (
+        "AND EXISTS (SELECT 1 FROM effective)",
+        "AND (SELECT last FROM block) <> (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective)",
+    ),
+)
+
+
+def returning_batch_client(kind: str, topic: str, client: int, seconds: float, start_at: float, size: int, out) -> None:
+    """``projector.sink`` with the batch allocation swapped to UPDATE … RETURNING (this child
+    process only)."""
+    from projector import allocator, sink
+
+    batch_sql = sink.PROJECT_BATCH_SQL
+    for production, variant in _SWAPS:
+        if production not in batch_sql:
+            raise SystemExit("bench/sink.py: the sink's batch statement changed; update returning_batch_client")
+        batch_sql = batch_sql.replace(production, variant)
+    sink.PROJECT_BATCH_SQL = batch_sql
+    allocator.LOCK_SEQUENCE_NAMED_SQL = ALLOCATE_BLOCK_NAMED_SQL
+    _sink_loop(sink, kind, topic, client, seconds, start_at, size, out)
+
+
+def _sink_loop(sink, kind: str, topic: str, client: int, seconds: float, start_at: float, size: int, out) -> None:
+    """Drive ``sink.project`` / ``sink.project_many`` (any module with the sink's interface)."""
     from django.db import connection
 
-    from projector import sink
+    from projector.document_write import DocumentWrite
     from projector.hints import flush_hints
 
     counter = iter(range(10**12))
@@ -134,7 +197,7 @@ def sink_client(kind: str, topic: str, client: int, seconds: float, start_at: fl
         def step():
             base = next(counter) * 100
             sink.project_many(
-                [sink.DocumentWrite(topic, f"c{client}:doc:{base + j}", 1, payload(base + j, size), owner) for j in range(100)]
+                [DocumentWrite(topic, f"c{client}:doc:{base + j}", 1, payload(base + j, size), owner) for j in range(100)]
             )
             return 100
 
@@ -310,6 +373,8 @@ def check_journal(topics: list[str]) -> None:
     connection.close()
 
 
+SINK_TARGETS = {"sink": sink_client, "orm": orm_client, "returning": returning_batch_client}
+
 SCENARIOS = [
     # name, kind, topics used by the clients (one entry per client)
     ("single_1topic", "single", [TOPICS[0]]),
@@ -338,7 +403,10 @@ def main() -> None:
     for name, kind, topics in SCENARIOS:
         if args.only and name != args.only:
             continue
-        measures = ("sink", "raw") if kind == "single" else ("sink", "raw", "server_schema", "server_minimal")
+        if kind == "single":
+            measures = ("sink", "orm", "raw")
+        else:
+            measures = ("sink", "orm", "returning", "raw", "server_schema", "server_minimal")
         rates: dict[str, list[float]] = {m: [] for m in measures}
         for round_no in range(args.rounds):
             # Rotate the order each round: drift on the shared server (fsync latency, autovacuum,
@@ -346,14 +414,14 @@ def main() -> None:
             shift = round_no % len(measures)
             for which in measures[shift:] + measures[:shift]:
                 reset_topics()
-                if which == "sink":
-                    target, extra = sink_client, ()
+                if which in SINK_TARGETS:
+                    target, extra = SINK_TARGETS[which], ()
                 elif which == "raw":
                     target, extra = raw_client, (url,)
                 else:
                     ensure_minimal_table()
                     target, extra = server_client, (url,)
-                client_kind = kind if which in ("sink", "raw") else which
+                client_kind = kind if which in ("sink", "orm", "returning", "raw") else which
                 rate = run_clients(
                     target,
                     [(client_kind, topic, c, args.seconds, args.payload_bytes, *extra) for c, topic in enumerate(topics)],
@@ -369,14 +437,22 @@ def main() -> None:
             "sink_docs_per_s": round(median["sink"]),
             "raw_docs_per_s": round(median["raw"]),
             "ratio": round(median["sink"] / median["raw"], 3),
+            "orm_docs_per_s": round(median["orm"]),
+            "orm_to_sink": round(median["orm"] / median["sink"], 3),
             "sink_rounds": [round(r) for r in rates["sink"]],
+            "orm_rounds": [round(r) for r in rates["orm"]],
             "raw_rounds": [round(r) for r in rates["raw"]],
         }
         line = (
             f"{name:26s} clients={row['clients']} sink={row['sink_docs_per_s']:>8,} docs/s "
-            f"raw={row['raw_docs_per_s']:>8,} docs/s ratio={row['ratio']:.2f}"
+            f"raw={row['raw_docs_per_s']:>8,} docs/s ratio={row['ratio']:.2f} "
+            f"orm={row['orm_docs_per_s']:>8,} docs/s orm/sink={row['orm_to_sink']:.2f}"
         )
         if kind == "batch":
+            row["returning_docs_per_s"] = round(median["returning"])
+            row["returning_to_sink"] = round(median["returning"] / median["sink"], 3)
+            row["returning_rounds"] = [round(r) for r in rates["returning"]]
+            line += f" returning={row['returning_docs_per_s']:>8,} docs/s returning/sink={row['returning_to_sink']:.2f}"
             row["server_schema_docs_per_s"] = round(median["server_schema"])
             row["server_minimal_rows_per_s"] = round(median["server_minimal"])
             row["server_schema_rounds"] = [round(r) for r in rates["server_schema"]]

@@ -12,12 +12,16 @@ checkpoints, runtime events):
   always slices to one page.
 
 The site itself is installed by ``KhalaAdminConfig`` (``INSTALLED_APPS``), so ``admin.site`` and
-``@admin.register`` keep working unchanged.
+``@admin.register`` keep working unchanged. Like Django's index page, the operator overview is a
+page of the site (it spans the journal, the topics and live delivery), so the site owns it; the
+apps' admin modules import the shared pieces below and nothing imports them back.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 from functools import cached_property
 
 from django.contrib import admin
@@ -25,7 +29,9 @@ from django.contrib.admin.apps import AdminConfig
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import connections
+from django.template.response import TemplateResponse
 from django.urls import path
+from django.utils import timezone
 from django.utils.html import format_html
 
 
@@ -42,14 +48,98 @@ class KhalaAdminSite(admin.AdminSite):
 
     def get_urls(self):
         # Imported here: this module is loaded while apps are still being registered.
-        from projector.admin import overview_view
         from tokens.admin import signing_keys_view
 
         return [
-            path("khala/overview/", self.admin_view(overview_view), name="khala_overview"),
+            path("khala/overview/", self.admin_view(self.overview_view), name="khala_overview"),
             path("khala/signing-keys/", self.admin_view(signing_keys_view), name="khala_signing_keys"),
             *super().get_urls(),
         ]
+
+    def overview_view(self, request):
+        """Per-topic head, lag and throughput of the last hour, and this process's live delivery."""
+        # Imported here: this module is loaded while apps are still being registered.
+        from projector import journal_stats
+        from projector.delivery_status import delivery_status
+
+        now = timezone.now()
+        stats = journal_stats.topic_stats()
+        series = journal_stats.throughput(60, now=now)
+        delivery = delivery_status()
+        topics = []
+        for topic, s in stats.items():
+            head_age = (now - s.head_inserted_at).total_seconds() if s.head_inserted_at else None
+            topics.append(
+                {
+                    "stats": s,
+                    "head_age": format_age(s.head_inserted_at, now),
+                    "head_age_seconds": head_age,
+                    "rows_last_hour": sum(series.rows_per_bucket.get(topic, [])),
+                    "rows_last_minute": (series.rows_per_bucket.get(topic) or [0])[-1],
+                    "subscribers": delivery.subscribers.get(topic, 0) if delivery else None,
+                }
+            )
+        context = {
+            **self.each_context(request),
+            "title": "Khala overview",
+            "topics": topics,
+            "chart": throughput_chart(series),
+            "delivery": delivery,
+            "delivery_pid": os.getpid(),
+            "journal_table": journal_stats.table_stats(journal_stats.JOURNAL_TABLE),
+            "now": now,
+        }
+        return TemplateResponse(request, "admin/khala/overview.html", context)
+
+
+CHART_WIDTH = 640
+CHART_HEIGHT = 160
+CHART_COLORS = ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b83280", "#4a5568")
+
+
+def throughput_chart(series) -> dict:
+    """Polyline points of a rows-per-bucket chart (a ``journal_stats.ThroughputSeries``); drawn
+    as inline SVG by the overview template."""
+    peak = max((max(v) for v in series.rows_per_bucket.values() if v), default=0) or 1
+    buckets = len(series.bucket_starts)
+    step = CHART_WIDTH / max(buckets - 1, 1)
+    lines = []
+    for index, (topic, values) in enumerate(sorted(series.rows_per_bucket.items())):
+        points = " ".join(
+            f"{i * step:.1f},{CHART_HEIGHT - (value / peak) * (CHART_HEIGHT - 10):.1f}" for i, value in enumerate(values)
+        )
+        lines.append(
+            {
+                "topic": topic,
+                "points": points,
+                "color": CHART_COLORS[index % len(CHART_COLORS)],
+                "total": sum(values),
+                "last": values[-1] if values else 0,
+                "per_second": round(sum(values) / (buckets * series.bucket_seconds), 2),
+            }
+        )
+    return {
+        "lines": lines,
+        "peak": peak,
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "first": series.bucket_starts[0] if series.bucket_starts else None,
+        "minutes": buckets * series.bucket_seconds // 60,
+    }
+
+
+def format_age(at: dt.datetime | None, now: dt.datetime) -> str:
+    """How long ago ``at`` was, in the largest whole unit an operator reads at a glance."""
+    if at is None:
+        return "—"
+    seconds = max(int((now - at).total_seconds()), 0)
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    if seconds < 172800:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} d ago"
 
 
 def estimated_row_count(queryset) -> int:

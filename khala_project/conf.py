@@ -73,7 +73,7 @@ DEFAULTS: dict = {
     "HEAD_CHECK_INTERVAL_SECONDS": 1.0,
     # Database connections one worker process may open for replay and fan-out reads.
     "DB_POOL_MAX_SIZE": 4,
-    # Compatibility gate at join (upstream §5.2; docs/protocol/OA_SYNC_WS_MAPPING.md §6.3).
+    # Compatibility gate at join (docs/protocol/OA_SYNC_WS_MAPPING.md §6.3).
     "COMPAT_ENFORCED": False,
     "COMPAT_PROTOCOL_VERSION": "khala.ws.v1",
     "COMPAT_MIN_SCHEMA_VERSION": 1,

@@ -90,7 +90,8 @@ TEMPLATES = [
 # DATABASE_URL unset: an embedded SQLite file so `make run` works on a bare laptop. Tests refuse
 # to run on it (tests/conftest.py): correctness is proven on PostgreSQL only.
 # CONN_MAX_AGE stays 0: under ASGI every sync_to_async thread would otherwise keep its own
-# persistent connection (peers.md §D).
+# persistent connection, so idle threads would hold PostgreSQL connections (max_connections) for
+# nothing; delivery reads through its own bounded pool instead (DB_POOL_MAX_SIZE).
 if os.environ.get("DATABASE_URL"):
     DATABASES = {"default": dj_database_url.parse(os.environ["DATABASE_URL"], conn_max_age=0)}
 else:

@@ -1,4 +1,6 @@
-"""Operator pages of the write path: topics (policy, actions), journal, read models, checkpoints, overview.
+"""Operator pages of the write path: topics (policy, actions), journal, read models, checkpoints.
+
+The cross-app overview page belongs to the site (``khala_project.admin_site``), not to this app.
 
 Nothing here counts journal rows: sizes come from ``projector.journal_stats`` (catalogue estimates
 and watermark arithmetic) and list pages from ``EstimatedCountAdminMixin`` (planner estimates,
@@ -7,7 +9,6 @@ one page per query). Every figure that is an estimate says so on the page.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 
@@ -18,7 +19,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from khala_project.admin_site import EstimatedCountAdminMixin, ReadOnlyAdminMixin, pretty_json
+from khala_project.admin_site import EstimatedCountAdminMixin, ReadOnlyAdminMixin, format_age, pretty_json
 from projector import journal_stats
 from projector.delivery_status import delivery_status
 from projector.models import ProjectionCheckpoint, ReadModelDocument, StreamEvent, TopicSequence
@@ -44,19 +45,6 @@ def _fmt_bytes(value: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{value} B"  # pragma: no cover - loop always returns
-
-
-def _fmt_age(at: dt.datetime | None, now: dt.datetime) -> str:
-    if at is None:
-        return "—"
-    seconds = max(int((now - at).total_seconds()), 0)
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    if seconds < 172800:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} d ago"
 
 
 def _fmt_duration(seconds: int) -> str:
@@ -171,7 +159,7 @@ class TopicSequenceAdmin(admin.ModelAdmin):
         return format_html(
             "{} <small>({})</small>",
             stats.oldest_retained_watermark,
-            _fmt_age(stats.oldest_retained_at, timezone.now()),
+            format_age(stats.oldest_retained_at, timezone.now()),
         )
 
     @admin.display(description="journal rows (≤)")
@@ -444,71 +432,3 @@ class ProjectionCheckpointAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, ad
     ordering = ("projection_name", "entity_id")
     sortable_by = ()
     list_per_page = 50
-
-
-# --- overview page (registered by khala_project.admin_site) -----------------------------------
-
-CHART_WIDTH = 640
-CHART_HEIGHT = 160
-CHART_COLORS = ("#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b83280", "#4a5568")
-
-
-def _chart(series: journal_stats.ThroughputSeries) -> dict:
-    """Polyline points of a rows-per-bucket chart; drawn as inline SVG by the template."""
-    peak = max((max(v) for v in series.rows_per_bucket.values() if v), default=0) or 1
-    buckets = len(series.bucket_starts)
-    step = CHART_WIDTH / max(buckets - 1, 1)
-    lines = []
-    for index, (topic, values) in enumerate(sorted(series.rows_per_bucket.items())):
-        points = " ".join(
-            f"{i * step:.1f},{CHART_HEIGHT - (value / peak) * (CHART_HEIGHT - 10):.1f}" for i, value in enumerate(values)
-        )
-        lines.append(
-            {
-                "topic": topic,
-                "points": points,
-                "color": CHART_COLORS[index % len(CHART_COLORS)],
-                "total": sum(values),
-                "last": values[-1] if values else 0,
-                "per_second": round(sum(values) / (buckets * series.bucket_seconds), 2),
-            }
-        )
-    return {
-        "lines": lines,
-        "peak": peak,
-        "width": CHART_WIDTH,
-        "height": CHART_HEIGHT,
-        "first": series.bucket_starts[0] if series.bucket_starts else None,
-        "minutes": buckets * series.bucket_seconds // 60,
-    }
-
-
-def overview_view(request):
-    now = timezone.now()
-    stats = journal_stats.topic_stats()
-    series = journal_stats.throughput(60, now=now)
-    delivery = delivery_status()
-    topics = []
-    for topic, s in stats.items():
-        head_age = (now - s.head_inserted_at).total_seconds() if s.head_inserted_at else None
-        topics.append(
-            {
-                "stats": s,
-                "head_age": _fmt_age(s.head_inserted_at, now),
-                "head_age_seconds": head_age,
-                "rows_last_hour": sum(series.rows_per_bucket.get(topic, [])),
-                "rows_last_minute": (series.rows_per_bucket.get(topic) or [0])[-1],
-                "subscribers": delivery.subscribers.get(topic, 0) if delivery else None,
-            }
-        )
-    context = {
-        **admin.site.each_context(request),
-        "title": "Khala overview",
-        "topics": topics,
-        "chart": _chart(series),
-        "delivery": delivery,
-        "delivery_pid": os.getpid(),
-        "journal_table": journal_stats.table_stats(journal_stats.JOURNAL_TABLE),
-        "now": now,
-    }
-    return TemplateResponse(request, "admin/khala/overview.html", context)

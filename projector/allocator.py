@@ -3,8 +3,11 @@
 The invariant everything downstream relies on
 -------------------------------------------------
 A watermark is allocated by updating the topic's ``sync_topic_sequences`` row **inside the
-writer's own transaction**. The UPDATE (or ``SELECT … FOR UPDATE``) takes the row lock and the
-lock is held until that transaction commits or rolls back. A second writer on the same topic
+writer's own transaction**. The row lock is taken first, and held until that transaction commits
+or rolls back. Two forms take it: ``SELECT … FOR UPDATE`` then ``UPDATE`` by the writes actually
+made (both PostgreSQL paths of ``projector.sink``: the fused single-document statement and the
+batch), and ``UPDATE … RETURNING`` of a whole block (``allocate()`` below, for a caller that
+allocates in its own transaction). A second writer on the same topic
 blocks on the lock and, once it gets it, reads the first writer's *committed* value. Therefore,
 per topic:
 
@@ -62,13 +65,18 @@ RETURNING last_watermark, stream_epoch, force_pointer_mode
 """
 
 
-# The same allocation with named parameters (``count``, ``topic``), for callers that send it
-# together with the statements that use the block (``projector.sink.project_many``).
-ALLOCATE_NAMED_SQL = """
-UPDATE sync_topic_sequences
-   SET last_watermark = last_watermark + %(count)s, updated_at = now()
+# The batch sink's first statement per topic (``projector.sink.project_many``): take the row lock
+# with SELECT … FOR UPDATE and read the head, allocating nothing yet. The statement sent with it
+# in the same query message advances ``last_watermark`` by the number of effective writes only, so
+# no-op writes never consume a watermark. Once the lock is granted (READ COMMITTED) the row read is
+# the latest committed one, and the next statement's snapshot contains every earlier writer of the
+# topic. bench/sink.py measures this form beside ``UPDATE … RETURNING`` of the whole block (then
+# giving the no-ops' watermarks back): the same cost (docs/adr/ADR-0004-design-card-departures.md).
+LOCK_SEQUENCE_NAMED_SQL = """
+SELECT last_watermark, stream_epoch, force_pointer_mode
+  FROM sync_topic_sequences
  WHERE topic = %(topic)s
-RETURNING last_watermark, stream_epoch, force_pointer_mode
+   FOR UPDATE
 """
 
 

@@ -21,7 +21,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 
-# The four topics of sync v1 (upstream-khala-v1.md §4.1). The data migration seeds them.
+# The four topics of sync v1 (policies: docs/sync/SCHEMA.md). The data migration seeds them.
 RUN_SUMMARIES = "runtime.run_summaries"
 CODEX_WORKER_SUMMARIES = "runtime.codex_worker_summaries"
 CODEX_WORKER_EVENTS = "runtime.codex_worker_events"
@@ -140,7 +140,7 @@ class ReadModelDocument(models.Model):
 
 
 class ProjectionCheckpoint(models.Model):
-    """Projector idempotency (upstream §1.4/§3.1): what each entity's document last reflected."""
+    """Projector idempotency: what each entity's document last reflected (rules: ``projector.projector``)."""
 
     projection_name = models.CharField(max_length=64)
     entity_id = models.CharField(max_length=160)

@@ -12,7 +12,8 @@ is written) and compares its ``doc_version`` and summary hash with two surfaces:
   auditor. A document whose latest row was pruned (read-model watermark ``<= pruned_through``)
   reaches clients through a snapshot, i.e. the read model.
 
-Each surface can show three problems, reported under upstream's names:
+Each surface can show three problems, reported under these stable names (metric labels and
+report keys):
 
 - ``khala_missing``: no document at all;
 - ``lag_drift``: ``authority seq - doc_version`` is not 0 (positive: the surface is behind);

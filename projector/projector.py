@@ -13,7 +13,7 @@ runtime.notifications          ``runtime/notification:run:<run_id>`` (terminal r
 entity without events). The owner of every document is ``user:<owner_user_id>``.
 
 Idempotency: one ``khala_projection_checkpoints`` row per (projection, entity), locked for the
-decision (upstream-khala-v1.md §3.1):
+decision (table: docs/sync/SCHEMA.md), so a re-run or a second projector writes nothing twice:
 
 - no checkpoint → write;
 - checkpoint seq ahead of the authority → skip (``checkpoint_ahead``);
@@ -22,9 +22,8 @@ decision (upstream-khala-v1.md §3.1):
 - same seq, other version → write (``projection_version_changed``);
 - newer seq → write (``newer_seq``).
 
-Deliberate fix vs upstream: summaries carry no ``projected_at``. Upstream put the projection
-time inside the payload, so every reprojection produced a new hash and a new journal row even when
-nothing had changed. Here the payload is a pure function of the authority state, ``summary_hash``
+Summaries carry no ``projected_at``: a projection time inside the payload would give every
+reprojection a new hash and a new journal row even when nothing had changed. Here the payload is a pure function of the authority state, ``summary_hash``
 is simply the hex of its canonical ``payload_hash`` (the parity auditor can compare it with the
 read model's ``payload_hash`` directly), and the projection time lives in the checkpoint's
 ``last_projected_at``. With ``verify_read_model=True`` (reprojection) an ``idempotent`` decision is
@@ -97,7 +96,7 @@ class ProjectionResult:
 
 
 def decide(checkpoint: ProjectionCheckpoint | None, seq: int, version: str, summary_hash: str) -> Decision:
-    """The checkpoint rules of upstream §3.1 (a pure function; see the module docstring)."""
+    """The checkpoint rules listed in the module docstring, as a pure function."""
     if checkpoint is None or checkpoint.last_runtime_seq < 0:
         return Decision(True, "no_checkpoint")
     if checkpoint.last_runtime_seq > seq:

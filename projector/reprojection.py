@@ -1,11 +1,11 @@
 """Reprojection (KHALA-010): rebuild read models from the authority, idempotently.
 
-Doctrine (upstream KHALA_SYNC.md): the runtime's event log is the truth; the journal is never
-repaired by hand, documents are re-projected and the fix travels as new journal rows.
+The runtime's event log is the truth; the journal is never repaired by hand: documents are
+re-projected and the fix travels as new journal rows, so clients converge through the lane they
+already follow.
 
-Deliberate fix vs upstream §10, which deleted the checkpoint and always appended a row per entity
-(with a new hash, because ``projected_at`` sat inside the payload): here every entity goes
-through the normal checkpoint rules plus a check of the stored read-model row
+Reprojection does not delete checkpoints and append a row per entity (that would wake every
+client for documents that did not change): every entity goes through the normal checkpoint rules plus a check of the stored read-model row
 (``verify_read_model=True``). A document is rewritten, with exactly one new journal row, only if
 its authority changed, the projection version changed, the checkpoint disagrees, or its read-model
 row is missing or differs. Re-running on unchanged authority appends nothing.

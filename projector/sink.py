@@ -4,190 +4,51 @@
 
 1. upsert the read-model row, never moving ``doc_version`` backwards (an older version is a
    no-op that consumes no watermark and appends nothing; an equal version replaces and appends);
-2. allocate the watermark(s) on the topic's ``sync_topic_sequences`` row (``projector.allocator``;
-   the row lock lasts until commit, so commit order = watermark order);
+2. allocate the watermark(s) on the topic's ``sync_topic_sequences`` row: ``SELECT … FOR UPDATE``
+   takes the row lock, then the row is advanced by the effective writes only
+   (``projector.allocator``; the lock lasts until commit, so commit order = watermark order);
 3. append one ``sync_stream_events`` row per effective write (payload NULL in pointer mode);
 
 and only after COMMIT (``transaction.on_commit``) count the writes and hand a hint
 ``{topic, watermark, stream_epoch}`` to ``projector.hints`` (one per topic, highest watermark).
 A rollback (of the caller's transaction too) therefore publishes nothing.
 
-Round trips: ``project()`` is one statement (allocation, upsert and append fused in CTEs); a
-``project_many()`` batch is two statements per topic however many documents it holds (allocate
-the block, then one statement of ``unnest`` arrays for upsert + append + returning unused
-watermarks). Each payload is canonicalised once (``projector.canonical``): the same bytes give the
-hash, the size and the pointer-mode decision.
+Round trips: ``project()`` is one statement (lock, upsert, advance and append fused in CTEs); a
+``project_many()`` batch is two statements per topic however many documents it holds (lock the
+sequence row, then one statement over the batch's JSON for upsert + advance + append), all in one
+query message. Each payload is canonicalised once (``projector.document_write.prepare``): the same
+bytes give the hash, the size and the pointer-mode decision.
 
 On any database but PostgreSQL (the embedded SQLite of ``make run``) the validated writes go to
-``projector.sink_portable`` instead: same semantics through the ORM, none of the SQL below.
+``projector.sink_portable`` instead: same semantics through the ORM, none of the SQL below. Both
+paths share validation and batch ordering (``projector.document_write``) and what they report
+after the database decided (``projector.sink_settlement``); neither imports the other's internals.
 """
 
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import orjson
 import psycopg
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from khala_project.conf import khala_setting
-from projector import allocator, canonical, metrics
-from projector.hints import submit_hint
-from projector.payload_hash import PayloadHashError
+from projector import allocator, metrics
+from projector.document_write import (  # the sink's public API is re-exported here
+    ERROR_STATUS,
+    DocumentWrite,
+    PreparedWrite,
+    SinkError,
+    WriteResult,
+    group_by_topic,
+    prepare,
+)
+from projector.hints import submit_hint  # the hint publisher handed to after_commit (tests replace it here)
+from projector.sink_settlement import after_commit, batch_results, count_refusal, settle_topic, unknown_topic
 
-TOPIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,87}\Z")  # the channel-layer group name must fit in 100
-DOC_KEY_RE = re.compile(r"[A-Za-z0-9_.:/@+=~-]{1,255}\Z")
-OWNER_RE = re.compile(r"[A-Za-z0-9_.:/@+=~-]{1,160}\Z")
-MAX_DOC_VERSION = 2**63 - 1
-# jsonb cannot store U+0000; canonical JSON writes it as \u0000 (preceded by an even number of
-# backslashes, otherwise it is a literal backslash followed by "u0000").
-_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
-
-
-class SinkError(ValueError):
-    """A refused write. ``code`` is stable (clients and the ingest API switch on it)."""
-
-    def __init__(self, code: str, message: str, *, index: int | None = None, field: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.index = index
-        self.field = field
-
-
-# Stable codes -> HTTP status used by the ingest API (and documented in docs/sync/SCHEMA.md).
-ERROR_STATUS = {
-    "invalid_topic": 422,
-    "unknown_topic": 422,
-    "invalid_doc_key": 422,
-    "invalid_doc_version": 422,
-    "invalid_owner": 422,
-    "invalid_public": 422,
-    "invalid_payload": 422,
-    "payload_too_large": 413,
-    "invalid_document": 422,
-}
-
-
-@dataclass(frozen=True, slots=True)
-class DocumentWrite:
-    topic: str
-    doc_key: str
-    doc_version: int
-    payload: Any
-    owner: str
-    public: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    topic: str
-    doc_key: str
-    doc_version: int
-    written: bool  # False: an older doc_version than the stored one (no-op)
-    watermark: int | None  # the journal row's watermark when written
-    pointer: bool  # journaled without payload (hydrate over HTTP)
-
-
-@dataclass(slots=True)
-class _Prepared:
-    write: DocumentWrite
-    encoded: canonical.CanonicalPayload
-    over_inline_limit: bool
-    index: int | None
-
-
-def _prepare(write: DocumentWrite, index: int | None, inline_limit: int, max_bytes: int) -> _Prepared:
-    topic = write.topic
-    if not isinstance(topic, str) or not TOPIC_RE.match(topic):
-        raise SinkError("invalid_topic", "topic must be 1-88 characters of [A-Za-z0-9._-]", index=index, field="topic")
-    doc_key = write.doc_key
-    if not isinstance(doc_key, str) or not DOC_KEY_RE.match(doc_key):
-        raise SinkError(
-            "invalid_doc_key", "doc_key must be 1-255 characters of [A-Za-z0-9_.:/@+=~-]", index=index, field="doc_key"
-        )
-    version = write.doc_version
-    if type(version) is not int or not 0 <= version <= MAX_DOC_VERSION:
-        raise SinkError(
-            "invalid_doc_version", "doc_version must be an integer between 0 and 2**63-1", index=index, field="doc_version"
-        )
-    if type(write.public) is not bool:
-        raise SinkError("invalid_public", "public must be a boolean", index=index, field="public")
-    owner = write.owner
-    if owner is None and write.public:
-        owner = ""
-        write = DocumentWrite(write.topic, doc_key, version, write.payload, owner, True)
-    if not isinstance(owner, str) or not (OWNER_RE.match(owner) or (owner == "" and write.public)):
-        raise SinkError(
-            "invalid_owner",
-            "owner must be 1-160 characters of [A-Za-z0-9_.:/@+=~-] (it may be empty only for public documents)",
-            index=index,
-            field="owner",
-        )
-    if not isinstance(write.payload, dict):
-        raise SinkError("invalid_payload", "payload must be a JSON object", index=index, field="payload")
-    try:
-        encoded = canonical.encode(write.payload)
-    except PayloadHashError as exc:
-        raise SinkError("invalid_payload", str(exc), index=index, field="payload") from None
-    except (RecursionError, MemoryError):
-        raise SinkError("invalid_payload", "payload is nested too deeply", index=index, field="payload") from None
-    if encoded.size > max_bytes:
-        raise SinkError(
-            "payload_too_large",
-            f"canonical payload is {encoded.size} bytes; the limit is {max_bytes}",
-            index=index,
-            field="payload",
-        )
-    if "u0000" in encoded.text and _NUL_ESCAPE.search(encoded.text):
-        raise SinkError("invalid_payload", "payload strings must not contain U+0000", index=index, field="payload")
-    return _Prepared(write, encoded, encoded.size > inline_limit, index)
-
-
-def _count_error(topic, code: str) -> None:
-    declared = code not in ("invalid_topic", "unknown_topic")
-    metrics.SINK_ERRORS.labels(topic=metrics.topic_label(str(topic), declared), code=code).inc()
-
-
-def _unknown_topic(topic: str, index: int | None) -> SinkError:
-    """Count a write to an undeclared topic (nothing was written) and return the error to raise."""
-    metrics.ALLOCATOR_FAILURES.labels(reason="unknown_topic").inc()
-    _count_error(topic, "unknown_topic")
-    return SinkError("unknown_topic", f"unknown topic {topic!r}", index=index, field="topic")
-
-
-def _after_commit(stats: list[tuple[str, int, str, int, int, int]]) -> None:
-    """Runs once the transaction committed: count what became durable, then hint."""
-    for topic, head, stream_epoch, inline, pointer, nbytes in stats:
-        counters = metrics.sink_counters(topic)
-        counters.written.inc(inline + pointer)
-        if inline:
-            counters.inline_appends.inc(inline)
-        if pointer:
-            counters.pointer_appends.inc(pointer)
-        counters.append_bytes.inc(nbytes)
-        submit_hint(topic, head, stream_epoch)
-
-
-def _settle_topic(
-    topic: str, stream_epoch: str, forced: bool, written: list[tuple[_Prepared, int]], outcome: dict
-) -> tuple[str, int, str, int, int, int]:
-    """After one topic's effective writes (``(item, watermark)`` in watermark order) were made:
-    record each one's ``(watermark, pointer)`` in ``outcome`` (input index -> …) and return the
-    topic's ``_after_commit`` tuple. Shared with ``projector.sink_portable``."""
-    inline = pointer_count = nbytes = 0
-    for item, watermark in written:
-        pointer = item.over_inline_limit or forced
-        outcome[item.index] = (watermark, pointer)
-        if pointer:
-            pointer_count += 1
-        else:
-            inline += 1
-        nbytes += item.encoded.size
-    return (topic, written[-1][1], stream_epoch, inline, pointer_count, nbytes)
-
+__all__ = ["ERROR_STATUS", "DocumentWrite", "SinkError", "WriteResult", "project", "project_many"]
 
 @contextmanager
 def _transaction(conn, *, single_statement: bool):
@@ -297,11 +158,11 @@ def project(
     alias = using or DEFAULT_DB_ALIAS
     write = DocumentWrite(topic, doc_key, doc_version, payload, owner, public)
     try:
-        prepared = _prepare(
+        prepared = prepare(
             write, None, khala_setting("INLINE_PAYLOAD_LIMIT_BYTES"), khala_setting("MAX_PAYLOAD_BYTES")
         )
     except SinkError as exc:
-        _count_error(topic, exc.code)
+        count_refusal(topic, exc.code)
         raise
     conn = connections[alias]
     if conn.vendor != "postgresql":  # the embedded SQLite of `make run`
@@ -339,11 +200,11 @@ def project(
                 raise RuntimeError(f"allocator mismatch on {topic}: appended {watermark}, advanced {advanced_to}")
             pointer = prepared.over_inline_limit or forced
             stats = [(write.topic, watermark, stream_epoch, 0 if pointer else 1, 1 if pointer else 0, encoded.size)]
-            conn.on_commit(lambda: _after_commit(stats))
+            conn.on_commit(lambda: after_commit(stats, submit_hint))
         else:
             metrics.sink_counters(write.topic).stale.inc()
     if row is None:
-        raise _unknown_topic(topic, None)
+        raise unknown_topic(topic, None)
     if watermark is None:
         pointer = False
     metrics.SINK_DURATION_PROJECT.observe(time.perf_counter() - started)
@@ -352,8 +213,9 @@ def project(
 
 PROJECT_BATCH_SQL = """
 WITH block AS (
-    -- The allocation made by the previous statement (this transaction's own, still locked).
-    SELECT last_watermark - %(count)s + 1 AS first, last_watermark AS last, force_pointer_mode AS forced
+    -- The head of the sequence row the previous statement locked (FOR UPDATE, held until commit):
+    -- nobody else can move it, and this statement's snapshot has its latest committed value.
+    SELECT last_watermark + 1 AS first, force_pointer_mode AS forced
       FROM sync_topic_sequences
      WHERE topic = %(topic)s
 ),
@@ -368,7 +230,7 @@ input AS (
            ) WITH ORDINALITY AS t(k, v, o, u, p, h, b, x, ord)
 ),
 effective AS (
-    -- This statement runs after the allocation took the topic's row lock, so its snapshot
+    -- This statement runs after the previous one took the topic's row lock, so its snapshot
     -- already contains every earlier writer of this topic: the doc_version comparison is exact.
     SELECT i.*, b.forced, b.first - 1 + row_number() OVER (ORDER BY i.ord) AS watermark
       FROM input AS i
@@ -406,13 +268,13 @@ appended AS (
       FROM effective
     RETURNING 1
 ),
-settled AS (
-    -- Give back the watermarks of no-op writes. Safe: we still hold the row lock and nobody
-    -- has seen them, so committed watermarks stay gap-free.
+advanced AS (
+    -- Allocate exactly the effective writes' watermarks: a no-op consumes none, so committed
+    -- watermarks stay gap-free. Commit order = watermark order because the lock lasts until commit.
     UPDATE sync_topic_sequences
-       SET last_watermark = (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective)
+       SET last_watermark = (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective), updated_at = now()
      WHERE topic = %(topic)s
-       AND (SELECT last FROM block) <> (SELECT first FROM block) - 1 + (SELECT count(*) FROM effective)
+       AND EXISTS (SELECT 1 FROM effective)
     RETURNING last_watermark
 )
 SELECT ord, watermark, (SELECT count(*) FROM upserted), (SELECT count(*) FROM appended)
@@ -421,7 +283,7 @@ SELECT ord, watermark, (SELECT count(*) FROM upserted), (SELECT count(*) FROM ap
 """
 
 
-def _batch_json(items: list[_Prepared]) -> str:
+def _batch_json(items: list[PreparedWrite]) -> str:
     """The rows of one topic's batch as a JSON array (payloads embedded as their canonical text)."""
     dumps = orjson.dumps
     parts = []
@@ -451,39 +313,6 @@ def _for_topic(sql: str, n: int) -> str:
     return _PLACEHOLDER.sub(lambda m: f"%(t{n}_{m.group(1)})s", sql)
 
 
-def _by_topic(prepared: list[_Prepared]) -> tuple[dict[str, list[_Prepared]], list[_Prepared]]:
-    """The batch's writes grouped by topic (input order kept), without the in-batch writes older
-    than an earlier write of the same document (sequential semantics), which come back second."""
-    newest: dict[tuple[str, str], int] = {}
-    by_topic: dict[str, list[_Prepared]] = {}
-    dropped = []
-    for item in prepared:
-        key = (item.write.topic, item.write.doc_key)
-        seen = newest.get(key)
-        if seen is not None and item.write.doc_version < seen:
-            dropped.append(item)
-            continue
-        newest[key] = item.write.doc_version
-        by_topic.setdefault(item.write.topic, []).append(item)
-    return by_topic, dropped
-
-
-def _batch_results(
-    prepared: list[_Prepared], superseded: list[_Prepared], outcome: dict, started: float
-) -> list[WriteResult]:
-    """After a batch committed: count its superseded writes as stale, time it, and return the
-    results in input order (``outcome``: input index -> (watermark, pointer) of the effective writes)."""
-    for item in superseded:  # the topics are declared: the batch's transaction succeeded
-        metrics.sink_counters(item.write.topic).stale.inc()
-    results = []
-    for item in prepared:
-        w = item.write
-        watermark, pointer = outcome.get(item.index, (None, False))
-        results.append(WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer))
-    metrics.SINK_DURATION_PROJECT_MANY.observe(time.perf_counter() - started)
-    return results
-
-
 def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -> list[WriteResult]:
     """Write a batch atomically: all documents or none. Results are in input order.
 
@@ -497,12 +326,12 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
     prepared = []
     for index, write in enumerate(writes):
         if not isinstance(write, DocumentWrite):
-            _count_error("", "invalid_document")
+            count_refusal("", "invalid_document")
             raise SinkError("invalid_document", "each item must be a DocumentWrite", index=index)
         try:
-            prepared.append(_prepare(write, index, inline_limit, max_bytes))
+            prepared.append(prepare(write, index, inline_limit, max_bytes))
         except SinkError as exc:
-            _count_error(write.topic, exc.code)
+            count_refusal(write.topic, exc.code)
             raise
     if not prepared:
         return []
@@ -511,16 +340,16 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
         from projector import sink_portable
 
         return sink_portable.project_many(prepared, alias, started)
-    by_topic, superseded = _by_topic(prepared)
+    by_topic, superseded = group_by_topic(prepared)
 
     # Sorted topics: two batches that span the same topics lock the rows in the same order.
     topics = sorted(by_topic)
     sql_parts, params = [], {}
     for n, topic in enumerate(topics):
         items = by_topic[topic]
-        sql_parts.append(_for_topic(allocator.ALLOCATE_NAMED_SQL, n))
+        sql_parts.append(_for_topic(allocator.LOCK_SEQUENCE_NAMED_SQL, n))
         sql_parts.append(_for_topic(PROJECT_BATCH_SQL, n))
-        for name, value in {"topic": topic, "count": len(items), "docs": _batch_json(items)}.items():
+        for name, value in {"topic": topic, "docs": _batch_json(items)}.items():
             params[f"t{n}_{name}"] = value
 
     outcome: dict[int, tuple[int, bool]] = {}  # input index -> (watermark, pointer)
@@ -534,24 +363,24 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
             for n, topic in enumerate(topics):
                 if n:
                     cursor.nextset()
-                allocation = cursor.fetchone()
+                locked = cursor.fetchone()
                 cursor.nextset()
                 rows = cursor.fetchall()
                 items = by_topic[topic]
-                if allocation is None:
-                    unknown = _unknown_topic(topic, items[0].index)
+                if locked is None:
+                    unknown = unknown_topic(topic, items[0].index)
                     if len(topics) > 1:
                         raise unknown  # other topics were written: roll back the (savepoint) block
                     break  # nothing was written for the only topic
-                _last, stream_epoch, forced = allocation
+                _head, stream_epoch, forced = locked
                 if rows:
                     written = [(items[ordinal - 1], watermark) for ordinal, watermark, _upserted, _appended in rows]
-                    stats.append(_settle_topic(topic, stream_epoch, forced, written, outcome))
+                    stats.append(settle_topic(topic, stream_epoch, forced, written, outcome))
                 stale = len(items) - len(rows)
                 if stale:
                     metrics.sink_counters(topic).stale.inc(stale)
         if stats and unknown is None:
-            conn.on_commit(lambda: _after_commit(stats))
+            conn.on_commit(lambda: after_commit(stats, submit_hint))
     if unknown is not None:
         raise unknown
-    return _batch_results(prepared, superseded, outcome, started)
+    return batch_results(prepared, superseded, outcome, started)

@@ -31,15 +31,9 @@ from django.utils import timezone
 
 from projector import metrics
 from projector.models import ReadModelDocument, StreamEvent, TopicSequence
-from projector.sink import (
-    WriteResult,
-    _after_commit,
-    _batch_results,
-    _by_topic,
-    _Prepared,
-    _settle_topic,
-    _unknown_topic,
-)
+from projector.document_write import PreparedWrite, WriteResult, group_by_topic
+from projector.hints import submit_hint
+from projector.sink_settlement import after_commit, batch_results, settle_topic, unknown_topic
 
 # SQLite limits the number of bound parameters per statement; stay far below every build's limit.
 _IN_CHUNK = 500
@@ -66,11 +60,11 @@ def _stored_versions(alias: str, topic: str, doc_keys: list[str]) -> dict[str, i
     return stored
 
 
-def _write_topic(alias: str, topic: str, items: list[_Prepared]):
+def _write_topic(alias: str, topic: str, items: list[PreparedWrite]):
     """Write one topic's items (already free of in-batch superseded writes) in the open transaction.
 
     Returns ``(outcome, stats, stale)``: input index -> (watermark, pointer) of the effective
-    writes, the ``_after_commit`` tuple (None when nothing was written), the number of no-ops.
+    writes, the ``after_commit`` tuple (None when nothing was written), the number of no-ops.
     Raises ``_UnknownTopic`` (nothing written)."""
     now = timezone.now()
     sequences = TopicSequence.objects.using(alias).filter(topic=topic)
@@ -84,8 +78,8 @@ def _write_topic(alias: str, topic: str, items: list[_Prepared]):
 
     stored = _stored_versions(alias, topic, list(dict.fromkeys(item.write.doc_key for item in items)))
     existing = set(stored)
-    effective: list[tuple[_Prepared, int]] = []
-    latest: dict[str, tuple[_Prepared, int]] = {}
+    effective: list[tuple[PreparedWrite, int]] = []
+    latest: dict[str, tuple[PreparedWrite, int]] = {}
     for item in items:
         w = item.write
         version = stored.get(w.doc_key)
@@ -136,11 +130,11 @@ def _write_topic(alias: str, topic: str, items: list[_Prepared]):
         for item, watermark in effective
     )
     outcome: dict[int, tuple[int, bool]] = {}
-    stats = _settle_topic(topic, stream_epoch, forced, effective, outcome)
+    stats = settle_topic(topic, stream_epoch, forced, effective, outcome)
     return outcome, stats, count - len(effective)
 
 
-def project(prepared: _Prepared, alias: str, started: float) -> WriteResult:
+def project(prepared: PreparedWrite, alias: str, started: float) -> WriteResult:
     """``projector.sink.project`` after validation."""
     w = prepared.write
     try:
@@ -148,9 +142,9 @@ def project(prepared: _Prepared, alias: str, started: float) -> WriteResult:
         with transaction.atomic(using=alias):
             outcome, stats, stale = _write_topic(alias, w.topic, [prepared])
             if stats is not None:
-                transaction.on_commit(lambda: _after_commit([stats]), using=alias)
+                transaction.on_commit(lambda: after_commit([stats], submit_hint), using=alias)
     except _UnknownTopic:
-        raise _unknown_topic(w.topic, None) from None
+        raise unknown_topic(w.topic, None) from None
     if stale:
         metrics.sink_counters(w.topic).stale.inc()
     watermark, pointer = outcome.get(prepared.index, (None, False))
@@ -158,9 +152,9 @@ def project(prepared: _Prepared, alias: str, started: float) -> WriteResult:
     return WriteResult(w.topic, w.doc_key, w.doc_version, watermark is not None, watermark, pointer)
 
 
-def project_many(prepared: list[_Prepared], alias: str, started: float) -> list[WriteResult]:
+def project_many(prepared: list[PreparedWrite], alias: str, started: float) -> list[WriteResult]:
     """``projector.sink.project_many`` after validation: all topics in one transaction."""
-    by_topic, superseded = _by_topic(prepared)
+    by_topic, superseded = group_by_topic(prepared)
     outcome: dict[int, tuple[int, bool]] = {}
     all_stats, stale_counts = [], {}
     topic = None
@@ -173,10 +167,10 @@ def project_many(prepared: list[_Prepared], alias: str, started: float) -> list[
                     all_stats.append(stats)
                 stale_counts[topic] = stale
             if all_stats:
-                transaction.on_commit(lambda: _after_commit(all_stats), using=alias)
+                transaction.on_commit(lambda: after_commit(all_stats, submit_hint), using=alias)
     except _UnknownTopic:
-        raise _unknown_topic(topic, by_topic[topic][0].index) from None
+        raise unknown_topic(topic, by_topic[topic][0].index) from None
     for topic, stale in stale_counts.items():
         if stale:
             metrics.sink_counters(topic).stale.inc(stale)
-    return _batch_results(prepared, superseded, outcome, started)
+    return batch_results(prepared, superseded, outcome, started)

@@ -2,7 +2,7 @@
 
 Topics are declared, never invented by a write: the sink refuses a topic without a
 ``sync_topic_sequences`` row (``unknown_topic``). ``ensure_v1_topics()`` re-creates the four v1
-topics with upstream's policy defaults (upstream-khala-v1.md §4.1); the data migration
+topics with their policy defaults (the table in docs/sync/SCHEMA.md); the data migration
 ``0002_seed_v1_topics`` does the same at migrate time, and tests that flush tables call this.
 """
 

@@ -11,7 +11,7 @@ user out beyond that, revoke their device and remove their credential (API token
 which is what the issuer authenticates. ``oa_device_id`` is the client's own label
 (``device:unknown`` when it sends none).
 
-Tenancy: ``oa_org_id`` is ``user:<id>`` (per-user tenancy, as upstream). The legacy ``workspace_id``
+Tenancy: ``oa_org_id`` is ``user:<id>`` (per-user tenancy: a user is their own organisation). The legacy ``workspace_id``
 and ``role`` are carried as ``oa_workspace_id``/``oa_role`` but grant nothing: there is no membership
 model to check them against, so they never widen what delivery shows.
 """

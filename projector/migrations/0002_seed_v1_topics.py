@@ -1,6 +1,6 @@
-"""Seed the four sync v1 topics with upstream's policy defaults (upstream-khala-v1.md §4.1).
+"""Seed the four sync v1 topics with their policy defaults (listed in docs/sync/SCHEMA.md).
 
-Existing rows are left alone (an operator may have tuned them): the equivalent of upstream's
+Existing rows are left alone (an operator may have tuned them): the equivalent of
 ``INSERT … ON CONFLICT (topic) DO NOTHING``.
 """
 

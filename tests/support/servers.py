@@ -157,8 +157,8 @@ def _command(kind: str, fd: int, extra_args) -> list[str]:
         ]
     if kind == "uvicorn":
         return [
-            # Like `make serve-uvicorn`: per-message deflate off (small JSON frames; it costs more
-            # CPU than it saves on a LAN, see peers.md §D).
+            # Like `make serve-uvicorn`: per-message deflate off (frames are small JSON; compressing
+            # each one costs the server more CPU than it saves on a LAN, and daphne has none).
             str(VENV_BIN / "uvicorn"), "--fd", str(fd), "--no-access-log", "--lifespan", "off",
             "--ws-per-message-deflate", "false", "--log-level", "warning", *extra_args, app,
         ]

@@ -2,7 +2,7 @@
 
 Tokens are minted as raw JWTs (``tests.support.tokens``) rather than through the issuer so that each
 verifier failure (bad alg, unknown kid, expired …) can be produced on purpose; the happy-path token
-has the exact claim set the issuer writes (upstream-khala-v1.md §6.1 plus session/device ids).
+has the exact claim set the issuer writes (listed in docs/sync/TOKENS.md).
 """
 
 import pytest

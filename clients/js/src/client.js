@@ -9,10 +9,11 @@
 //                         │ backoff (full jitter), FRESH token, join, subscribe → joined → live
 //   any state ─close() or a fatal error─► closed
 //
-// Fixes over upstream's TS client (upstream-khala-v1.md §8): the join REPLY is awaited (join
-// errors surface), Phoenix and sync:heartbeat heartbeats are sent and a silent socket is detected,
-// phx_close/phx_error are handled, a stale cursor is handled once (push + reply dedupe) and
-// recovered by snapshot instead of silently replaying from 0, reconnects use full jitter.
+// What this client guarantees, each against a way a sync client silently breaks: the join REPLY
+// is awaited (join errors surface), Phoenix and sync:heartbeat heartbeats are sent and a silent
+// socket is detected, phx_close/phx_error are handled, a stale cursor is handled once (push +
+// reply dedupe) and recovered by snapshot instead of silently replaying from 0, reconnects use
+// full jitter.
 //
 // Ordering: every frame goes through one queue processed in socket order (replay batches come
 // before the subscribe reply; a heartbeat's watermark means "all sent up to here"), so cursors
@@ -37,7 +38,7 @@ export const State = Object.freeze({
   CLOSED: 'closed',
 });
 
-// Close codes of the error table (mapping doc §7), used when the socket closed without a frame
+// Close codes of the error table (docs/protocol/OA_SYNC_WS_MAPPING.md §7), used when the socket closed without a frame
 // saying why.
 const CLOSE_CODES = {
   4401: 'unauthorized', 4403: 'reauth_required', 4426: 'upgrade_required', 4400: 'malformed_frame',

@@ -17,7 +17,7 @@ Why the pieces are arranged as they are:
   after an hour must never reuse the first token. A rejected token is retried once with a fresh
   one; a second rejection in a row stops the loop with ``AuthError`` (see ``errors.classify``).
 - The join reply is awaited, so ``reauth_required``/``upgrade_required`` surface as exceptions
-  instead of a silently dead channel (upstream's TS client resolved on *send*).
+  instead of a silently dead channel (resolving on *send* would report a refused join as joined).
 - One reader task decodes frames and puts them on one ordered queue; one processor task applies
   them. Replay batches are pushed before the subscribe reply, and a heartbeat's watermarks only
   say "everything up to here was sent", so cursors may only move in socket order. The reader

@@ -14,7 +14,7 @@ def upd(wm, key="k", version=1, topic="t", payload=None):
 
 
 def test_older_version_is_ignored_but_the_watermark_advances():
-    # upstream's own case: v9 then v8 at watermark 10 keeps v9 and moves the cursor to 10
+    # an out-of-order pair: v9 then v8 at watermark 10 keeps v9 and moves the cursor to 10
     cache = DocumentCache()
     cache.apply("t", [upd(5, version=9)])
     result = cache.apply("t", [upd(10, version=8)])
