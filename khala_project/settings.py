@@ -58,6 +58,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before anything that reads the path or query into a query (sessions, auth, the views).
+    "khala_project.storable_text.StorableTextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -137,6 +139,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's JSON parser plus the unstorable-text check (khala_project/storable_text.py).
+    "DEFAULT_PARSER_CLASSES": ["khala_project.storable_text.StorableJSONParser"],
     "EXCEPTION_HANDLER": "khala_project.api_errors.khala_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
