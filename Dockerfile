@@ -35,4 +35,6 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
 
 # Migrations are a separate step (`python manage.py migrate`), run once per release, not by every
 # worker at start (see docker-compose.yml's `migrate` service).
-CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "--proxy-headers", "khala_project.asgi:application"]
+# The one server entry (khala_project/serve.py): it sets the WebSocket limits the protocol documents.
+# KHALA_SERVER=uvicorn selects uvicorn instead of daphne.
+CMD ["python", "-m", "khala_project.serve", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]

@@ -41,11 +41,13 @@ migrate: deps-base
 demo-user: migrate
 	$(PY) manage.py ensure_demo_user
 
+# Both go through the one server entry (khala_project/serve.py), which sets the WebSocket limits the
+# protocol documents; the Dockerfile, docker-compose.yml and the test harness use it too.
 serve: deps-base
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 4194304 khala_project.asgi:application
+	$(PY) -m khala_project.serve --server daphne --host $(HOST) --port $(PORT)
 
 serve-uvicorn: deps-base
-	$(VENV)/bin/uvicorn --host $(HOST) --port $(PORT) --no-access-log --ws-per-message-deflate false khala_project.asgi:application
+	$(PY) -m khala_project.serve --server uvicorn --host $(HOST) --port $(PORT)
 
 # A development signing key in var/dev-signing-keys, generated once, used only when
 # KHALA_SIGNING_KEYS is unset (see README "Sync tokens" and docs/sync/KEY_ROTATION.md).

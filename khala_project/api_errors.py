@@ -1,40 +1,16 @@
 """One error shape for every HTTP API: ``{"error": {"code": <stable string>, "message": ...}}``.
 
 Views raise ``ApiError`` (or any DRF exception); this handler renders both in the same shape so
-clients can switch on ``code`` and never parse free text.
+clients can switch on ``code`` and never parse free text. The error types themselves live in
+``khala_project.coded_errors``, which imports no DRF views, so parsers and middleware can use them.
 """
 
+from django.db import InterfaceError, OperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-
-class CodedError(Exception):
-    """A refusal raised below the views (ingest decoding, hydration reads, runtime commands): the
-    same ``code``, ``message``, ``http_status`` and ``extra`` an ``ApiError`` carries, without DRF.
-    A view re-raises it with ``ApiError.from_coded(exc)``."""
-
-    def __init__(self, code: str, message: str, http_status: int = 400, **extra):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.http_status = http_status
-        self.extra = extra
-
-
-class ApiError(exceptions.APIException):
-    """An API failure with a stable ``code``; ``extra`` is merged into the error object."""
-
-    def __init__(self, code: str, message: str, http_status: int = 400, **extra):
-        super().__init__(detail=message, code=code)
-        self.status_code = http_status
-        self.code = code
-        self.message = message
-        self.extra = extra
-
-    @classmethod
-    def from_coded(cls, exc: CodedError) -> "ApiError":
-        return cls(exc.code, exc.message, exc.http_status, **exc.extra)
+from khala_project.coded_errors import ApiError, CodedError, error_body  # noqa: F401 (ApiError and CodedError: re-exported for the views)
 
 
 _DRF_CODES = {
@@ -50,11 +26,22 @@ _DRF_CODES = {
 }
 
 
-def error_body(code: str, message: str, **extra) -> dict:
-    return {"error": {"code": code, "message": message, **extra}}
+def database_unavailable_response(response_class=Response):
+    """503 ``database_unavailable`` with ``Retry-After``: PostgreSQL could not be reached (down,
+    restarting, failing over, or the connection was lost mid-request). Nothing was written: every
+    write view runs in one transaction, which the lost connection rolled back."""
+    from khala_project.conf import khala_setting
+
+    retry_after = int(khala_setting("UNAVAILABLE_RETRY_AFTER_SECONDS"))
+    body = error_body("database_unavailable", "the database is unavailable; retry later", retry_after=retry_after)
+    return response_class(body, status=503, headers={"Retry-After": str(retry_after), "Cache-Control": "no-store"})
 
 
 def khala_exception_handler(exc, context):
+    # OperationalError: the server is down or refuses connections; InterfaceError: the connection
+    # died under an open cursor. Both are outages, not bugs: a JSON 503 the client can retry.
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return database_unavailable_response()
     if isinstance(exc, ApiError):
         response = Response(error_body(exc.code, exc.message, **exc.extra), status=exc.status_code)
         return response

@@ -28,6 +28,9 @@ DEFAULTS: dict = {
     # POST /api/internal/sync/projections: most documents per request, and largest request body.
     "INGEST_MAX_DOCUMENTS": 500,
     "INGEST_MAX_BODY_BYTES": 16 * 1024 * 1024,
+    # An API request that cannot reach PostgreSQL answers 503 ``database_unavailable`` with this
+    # ``Retry-After`` (seconds): long enough for a restart or failover, short enough to resume soon.
+    "UNAVAILABLE_RETRY_AFTER_SECONDS": 5,
     # --- tokens ---
     # "kid1:secret1,kid2:secret2": first = current signer, the rest verify only.
     "SIGNING_KEYS": "",
@@ -69,6 +72,10 @@ DEFAULTS: dict = {
     "OUTBOUND_QUEUE_LIMIT": 1000,
     "OUTBOUND_QUEUE_MAX_BYTES": 8 * 1024 * 1024,
     "MAX_FRAME_BYTES": 1024 * 1024,
+    # The largest WebSocket message the ASGI server itself accepts or sends (khala_project/serve.py
+    # passes it to daphne and uvicorn). Above MAX_FRAME_BYTES so that Khala, not the server, answers
+    # an oversized frame (payload_too_large, 4413); above REPLAY_BATCH_MAX_BYTES for outbound batches.
+    "TRANSPORT_MAX_MESSAGE_BYTES": 16 * 1024 * 1024,
     # Each worker re-reads its topics' heads this often, so a lost hint only delays delivery.
     "HEAD_CHECK_INTERVAL_SECONDS": 1.0,
     # Database connections one worker process may open for replay and fan-out reads.

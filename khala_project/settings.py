@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
     "django_prometheus",
     "channels",
     "runtime",
@@ -58,6 +59,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Before anything that reads the path or query into a query (sessions, auth, the views).
+    "khala_project.storable_text.StorableTextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -138,8 +141,24 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # DRF's JSON parser plus the unstorable-text check (khala_project/storable_text.py).
+    "DEFAULT_PARSER_CLASSES": ["khala_project.storable_text.StorableJSONParser"],
+    # OpenAPI 3 schema of every HTTP API, served at /api/schema/ (docs/api/openapi.yaml).
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "khala_project.api_errors.khala_exception_handler",
     "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Khala HTTP APIs",
+    "DESCRIPTION": (
+        "Token minting, runtime commands, projection ingest and document hydration. The WebSocket "
+        "protocol is described in docs/protocol/OA_SYNC_WS_MAPPING.md. Every error has the shape "
+        '{"error": {"code": <stable string>, "message": <text>, ...}}.'
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 LANGUAGE_CODE = "en-us"

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
 
 from khala_project import health
 from sync import live_view
@@ -9,6 +10,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),  # GET /metrics
     path("admin/", admin.site.urls),
+    # The OpenAPI 3 schema of every HTTP API (also committed as docs/api/openapi.yaml).
+    path("api/schema/", SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[]), name="openapi-schema"),
     path("live/", live_view.live_page, name="live"),
     path("live/login/", live_view.LiveLoginView.as_view(), name="live-login"),
     path("live/state.json", live_view.live_state_view, name="live-state"),

@@ -6,10 +6,13 @@ same codes. Every refusal raises ``IngestError`` with a stable code; nothing is 
 whole request is valid (``project_many`` is all-or-nothing).
 """
 
+import json
+
 import orjson
 
-from khala_project.api_errors import CodedError
+from khala_project.coded_errors import CodedError
 from khala_project.conf import khala_setting
+from khala_project.storable_text import UnstorableText, check_storable
 from projector.sink import DocumentWrite
 
 REQUIRED_FIELDS = ("topic", "doc_key", "doc_version", "payload", "owner")
@@ -20,12 +23,49 @@ class IngestError(CodedError, ValueError):
     """A refused ingest request; nothing was written."""
 
 
+def _contains_float(value) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is float:
+            return True
+        if type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return False
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse_json(raw: bytes):
+    """Parse exactly: every integer literal stays an integer, whatever its size.
+
+    orjson turns an integer literal beyond 64 bits into a float (``18446744073709551616`` becomes
+    ``1.8446744073709552e+19``), which would store a different number than the one sent. So a body
+    in which orjson found any float is parsed again by the standard library, which keeps integers
+    exact (and NaN/Infinity refused); the sink then refuses integers outside ±(2**53-1) with
+    ``unsafe_integer``, as docs/protocol/HASHING.md says. Bodies without floats, the common case,
+    keep orjson's speed.
+    """
+    body = orjson.loads(raw)
+    if _contains_float(body):
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    return body
+
+
 def decode_body(raw: bytes) -> list[DocumentWrite]:
     """JSON body -> documents. Raises ``IngestError``."""
     try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        body = _parse_json(raw)
+    except (orjson.JSONDecodeError, ValueError) as exc:
         raise IngestError("malformed_json", f"request body is not valid JSON: {exc}") from None
+    try:
+        check_storable(body)
+    except UnstorableText as exc:
+        raise IngestError(exc.code, exc.message, exc.http_status, **exc.extra) from None
     if isinstance(body, dict):
         items = [body]
     elif isinstance(body, list):

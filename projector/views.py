@@ -5,11 +5,13 @@ unset token → 503). Body: one document or a list; all-or-nothing. Refusals use
 shape with a stable ``code`` (and ``index``/``field`` of the offending document in a batch).
 """
 
-from rest_framework import status
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from khala_project.api_errors import ApiError
+from khala_project.openapi import responses
 from khala_project.conf import khala_setting
 from projector import sink
 from projector.ingest import IngestError, decode_body
@@ -30,10 +32,45 @@ def _read_body(request) -> bytes:
     return raw
 
 
+_DOCUMENT = {
+    "type": "object",
+    "required": ["topic", "doc_key", "doc_version", "payload", "owner"],
+    "properties": {
+        "topic": {"type": "string"},
+        "doc_key": {"type": "string"},
+        "doc_version": {"type": "integer", "minimum": 0},
+        "payload": {"type": "object"},
+        "owner": {"type": "string"},
+        "public": {"type": "boolean"},
+    },
+    "additionalProperties": False,
+}
+# One document, or a non-empty list of them (all-or-nothing).
+INGEST_REQUEST = {"oneOf": [_DOCUMENT, {"type": "array", "items": _DOCUMENT, "minItems": 1}]}
+INGEST_RESULTS = inline_serializer(
+    "IngestResults",
+    {
+        "results": inline_serializer(
+            "IngestResult",
+            {
+                "topic": serializers.CharField(),
+                "doc_key": serializers.CharField(),
+                "doc_version": serializers.IntegerField(),
+                "written": serializers.BooleanField(help_text="false: an equal or newer version was already stored"),
+                "watermark": serializers.IntegerField(allow_null=True),
+                "hydration_required": serializers.BooleanField(),
+            },
+            many=True,
+        )
+    },
+)
+
+
 class ProjectionIngestView(APIView):
     authentication_classes = [ServiceTokenAuthentication]
     permission_classes = [IsService]
 
+    @extend_schema(operation_id="projections_ingest", request={"application/json": INGEST_REQUEST}, responses=responses(200, INGEST_RESULTS))
     def post(self, request):
         content_type = (request.META.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
         if content_type != "application/json":

@@ -5,11 +5,13 @@ Every response, errors included, carries ``Cache-Control: no-store``: the bodies
 and a shared cache must never serve one user's documents to another.
 """
 
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from khala_project.api_errors import ApiError, error_body
+from khala_project.openapi import responses
 from khala_project.conf import khala_setting
 from sync import hydration
 from sync.hydration_auth import SyncTokenAuthentication, TopicEntitlement
@@ -28,6 +30,28 @@ class ListQuerySerializer(serializers.Serializer):
 
 # Which stable code a failed query field maps to (first failing field wins, in this order).
 _FIELD_CODES = (("limit", "invalid_limit"), ("cursor", "invalid_cursor"))
+
+
+DOCUMENT = inline_serializer(
+    "HydratedDocument",
+    {
+        "doc_key": serializers.CharField(),
+        "doc_version": serializers.IntegerField(),
+        "payload": serializers.JSONField(),
+        "payload_hash": serializers.CharField(help_text="base64 SHA-256 of the RFC 8785 canonical payload"),
+        "watermark": serializers.IntegerField(),
+    },
+)
+PAGE = inline_serializer(
+    "HydrationPage",
+    {
+        "topic": serializers.CharField(),
+        "documents": DOCUMENT.__class__(many=True),
+        "head_watermark": serializers.IntegerField(),
+        "stream_epoch": serializers.CharField(),
+        "next_cursor": serializers.CharField(allow_null=True),
+    },
+)
 
 
 class NoStoreAPIView(APIView):
@@ -59,12 +83,21 @@ class HydrationView(NoStoreAPIView):
 
 
 class DocumentView(HydrationView):
+    @extend_schema(operation_id="hydration_document", responses=responses(200, DOCUMENT))
     def get(self, request, topic: str, doc_key: str):
         document = self.run(hydration.get_document, topic, doc_key, request.user.org_id)
         return Response(document)
 
 
 class ListView(HydrationView):
+    @extend_schema(
+        operation_id="hydration_list",
+        parameters=[
+            OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
+            OpenApiParameter("limit", int, description="page size (default HYDRATION_PAGE_SIZE)"),
+        ],
+        responses=responses(200, PAGE),
+    )
     def get(self, request, topic: str):
         # An empty ``cursor=`` / ``limit=`` means "not given" (first page, default size).
         params = {name: request.query_params[name] for name in ("cursor", "limit") if request.query_params.get(name)}
@@ -87,6 +120,7 @@ class ListView(HydrationView):
         )
 
 
+@extend_schema(exclude=True)  # the 404 of malformed hydration paths, not an operation
 class NotFoundView(NoStoreAPIView):
     """Malformed hydration paths (no doc key, extra segments): the API's 404 shape, not Django's page."""
 

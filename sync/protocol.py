@@ -49,7 +49,7 @@ TOPIC_ENUM_PREFIX = "SYNC_TOPIC_"
 # Room reserved for a batch frame's envelope (refs, topic, event, head_watermarks) so that the
 # whole frame, not only its updates, stays within REPLAY_BATCH_MAX_BYTES.
 BATCH_ENVELOPE_RESERVE_BYTES = 1024
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
+_DIGITS = re.compile(r"^[0-9]{1,19}\Z")
 
 
 class ProtocolError(Exception):

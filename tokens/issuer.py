@@ -34,7 +34,7 @@ ALGORITHM = "HS256"
 DEFAULT_DEVICE_ID = "device:unknown"
 MAX_SCOPE_LENGTH = 120
 # Ids end up in revocation rows and log lines: printable, no spaces, bounded.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9._:@/-]{1,128}\Z")
 LEGACY_ROLES = ("member", "admin", "owner")
 
 # Used when a caller passes no `now`; tests patch it or pass `now=`.

@@ -26,7 +26,7 @@ from khala_project.conf import khala_setting
 
 # HS256 keys shorter than the hash output (32 bytes) weaken HMAC (RFC 7518 §3.2 requires >= 256 bits).
 MIN_SECRET_BYTES = 32
-KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 
 
 class KeyringMisconfigured(Exception):

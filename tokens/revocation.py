@@ -41,7 +41,7 @@ REVOKED_TYPE = "sync.revoked"
 DEFAULT_REASON = "user_requested"
 MAX_IDS_PER_KIND = 1000
 MAX_ID_LENGTH = 128
-_REASON_PATTERN = re.compile(r"^[a-z0-9_.:-]{1,64}$")
+REASON_PATTERN = re.compile(r"^[a-z0-9_.:-]{1,64}\Z")
 
 # Used when a caller passes no `now`; tests patch it or pass `now=`.
 clock = time.time
@@ -63,7 +63,7 @@ def normalize_reason(reason: str | None) -> str:
     if reason is None or not str(reason).strip():
         return DEFAULT_REASON
     normalized = str(reason).strip().lower()
-    if not _REASON_PATTERN.match(normalized):
+    if not REASON_PATTERN.match(normalized):
         raise InvalidRevocation("reason must be 1-64 characters of [a-z0-9_.:-]")
     return normalized
 

@@ -1,9 +1,12 @@
 """HTTP endpoints of the tokens app. Thin: serializers validate, ``tokens.issuer``/``revocation`` decide."""
 
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from khala_project.api_errors import ApiError
+from khala_project.openapi import responses
 from tokens import issuer, revocation
 from tokens.authentication import IsService, ServiceTokenAuthentication
 from tokens.serializers import LegacyTokenRequestSerializer, RevokeRequestSerializer, SyncTokenRequestSerializer
@@ -23,9 +26,58 @@ def _mint(mint, unavailable_code: str, **kwargs) -> dict:
         raise ApiError(unavailable_code, f"sync tokens are unavailable: {exc}", http_status=503) from None
 
 
+_TOKEN_FIELDS = {
+    "token": serializers.CharField(),
+    "token_type": serializers.CharField(),
+    "expires_in": serializers.IntegerField(),
+    "issued_at": serializers.DateTimeField(),
+    "expires_at": serializers.DateTimeField(),
+    "issuer": serializers.CharField(),
+    "audience": serializers.CharField(),
+    "subject": serializers.CharField(),
+    "kid": serializers.CharField(),
+    "org_id": serializers.CharField(),
+    "session_id": serializers.CharField(),
+    "claims_version": serializers.CharField(),
+}
+SYNC_TOKEN = inline_serializer(
+    "SyncTokenResponse",
+    {
+        "data": inline_serializer(
+            "SyncToken",
+            {**_TOKEN_FIELDS, "scopes": serializers.ListField(child=serializers.CharField()), "device_id": serializers.CharField()},
+        )
+    },
+)
+LEGACY_TOKEN = inline_serializer(
+    "LegacyTokenResponse",
+    {
+        **_TOKEN_FIELDS,
+        "scope": serializers.ListField(child=serializers.CharField()),
+        "workspace_id": serializers.CharField(allow_null=True),
+        "role": serializers.CharField(),
+    },
+)
+REVOCATION = inline_serializer(
+    "RevocationResponse",
+    {
+        "data": inline_serializer(
+            "Revocation",
+            {
+                "revoked_session_ids": serializers.ListField(child=serializers.CharField()),
+                "revoked_device_ids": serializers.ListField(child=serializers.CharField()),
+                "reason": serializers.CharField(allow_null=True),
+                "revoked_at": serializers.CharField(),
+            },
+        )
+    },
+)
+
+
 class SyncTokenView(APIView):
     """``POST /api/sync/token``: a sync token for the signed-in user (session or API token)."""
 
+    @extend_schema(operation_id="sync_token_mint", request=SyncTokenRequestSerializer, responses=responses(200, SYNC_TOKEN))
     def post(self, request):
         serializer = SyncTokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -36,6 +88,7 @@ class SyncTokenView(APIView):
 class LegacyTokenView(APIView):
     """``POST /api/khala/token``: legacy request and flat response; the token is a full sync token."""
 
+    @extend_schema(operation_id="khala_token_mint", request=LegacyTokenRequestSerializer, responses=responses(200, LEGACY_TOKEN))
     def post(self, request):
         serializer = LegacyTokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -49,6 +102,7 @@ class RevokeSessionsView(APIView):
     authentication_classes = [ServiceTokenAuthentication]
     permission_classes = [IsService]
 
+    @extend_schema(operation_id="sync_sessions_revoke", request=RevokeRequestSerializer, responses=responses(200, REVOCATION))
     def post(self, request):
         serializer = RevokeRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

@@ -47,7 +47,6 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 SERVER_KINDS = ("daphne", "uvicorn")
-DAPHNE_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 _LIVE: set["ServerProcess"] = set()
 
@@ -147,22 +146,11 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 def _command(kind: str, fd: int, extra_args) -> list[str]:
-    app = "khala_project.asgi:application"
-    if kind == "daphne":
-        # Like `make serve`: autobahn applies --websocket-max-message-size to what the server
-        # SENDS too, and a replay batch may be up to REPLAY_BATCH_MAX_BYTES (2 MiB).
-        return [
-            str(VENV_BIN / "daphne"), "--fd", str(fd), "-v", "1", "--access-log", "/dev/null",
-            "--websocket-max-message-size", str(DAPHNE_MAX_MESSAGE_BYTES), *extra_args, app,
-        ]
-    if kind == "uvicorn":
-        return [
-            # Like `make serve-uvicorn`: per-message deflate off (frames are small JSON; compressing
-            # each one costs the server more CPU than it saves on a LAN, and daphne has none).
-            str(VENV_BIN / "uvicorn"), "--fd", str(fd), "--no-access-log", "--lifespan", "off",
-            "--ws-per-message-deflate", "false", "--log-level", "warning", *extra_args, app,
-        ]
-    raise ValueError(f"unknown server kind {kind!r}; expected one of {SERVER_KINDS}")
+    # The documented entry (khala_project/serve.py), so tests prove the limits production runs with.
+    if kind not in SERVER_KINDS:
+        raise ValueError(f"unknown server kind {kind!r}; expected one of {SERVER_KINDS}")
+    server_args = ["--", "-v", "1", *extra_args] if kind == "daphne" else ["--", "--log-level", "warning", *extra_args]
+    return [str(VENV_BIN / "python"), "-m", "khala_project.serve", "--server", kind, "--fd", str(fd), *server_args]
 
 
 def start_server(

@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from khala_project.conf import khala_setting
 from tests.support.servers import SERVER_KINDS
 from tests.sync.rawws import RawWebSocket
 from tests.sync.wsclient import Closed, PhoenixClient, updates_of
@@ -140,11 +141,11 @@ async def test_bad_frames_on_real_servers(topics, mint, asgi_server, kind):
         ('["1","1","sync:v1","sync:subscribe",{},{}]', 4400),
         ('[7,"1","sync:v1","sync:subscribe",{}]', 4400),
         ('["1","1","sync:v1","sync:subscribe",[1]]', 4400),
-        # 10 MiB: daphne refuses it itself (its --websocket-max-message-size is 1 MiB): it fails
-        # the connection with 1009 and drops it, so the client sees 1009 or, when the drop wins
-        # the race with its read, 1006. Under uvicorn (16 MiB limit) Khala sees the frame and
-        # closes with payload_too_large (4413).
-        ('["1","1","sync:v1","sync:subscribe",{"pad":"' + "x" * (10 * 1024 * 1024) + '"}]', {1009, 1006} if kind == "daphne" else {4413}),
+        # 2 MiB and 10 MiB: over MAX_FRAME_BYTES (1 MiB) but under the transport limit both servers
+        # are started with (khala_project/serve.py), so Khala itself answers payload_too_large
+        # (4413) on both, whatever the server's own defaults would have done.
+        ('["1","1","sync:v1","sync:subscribe",{"pad":"' + "x" * (2 * 1024 * 1024) + '"}]', 4413),
+        ('["1","1","sync:v1","sync:subscribe",{"pad":"' + "x" * (10 * 1024 * 1024) + '"}]', 4413),
     ]
     for text, code in cases:
         client = await PhoenixClient.connect(server.ws_url(token=mint(1)))
@@ -226,4 +227,4 @@ async def test_daphne_default_message_limit_caps_batch_frames(topics, mint, asgi
     await in_thread(write_rows, 41, 20, payload_bytes=60 * 1024)
     seen = await collect_until(client, lambda s: len(s) >= 20)
     assert seen == list(range(41, 61))
-    assert servers.DAPHNE_MAX_MESSAGE_BYTES > 2 * 1024 * 1024  # the harness default stays above a 2 MiB batch
+    assert khala_setting("TRANSPORT_MAX_MESSAGE_BYTES") > 2 * 1024 * 1024  # the servers' limit stays above a 2 MiB batch
