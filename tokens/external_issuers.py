@@ -116,9 +116,9 @@ class VerificationKey:
 class IssuerKeys:
     """One issuer's JWKS, cached; see the module docstring for the refresh rules."""
 
-    def __init__(self, issuer: TrustedIssuer, *, fetch=fetch_jwks, max_age: float, min_refresh: float, timeout: float):
+    def __init__(self, issuer: TrustedIssuer, *, fetch=None, max_age: float, min_refresh: float, timeout: float):
         self.issuer = issuer
-        self._fetch = fetch
+        self._fetch = fetch  # None: this module's fetch_jwks, looked up at call time (tests replace it)
         self.max_age = max_age
         self.min_refresh = min_refresh
         self.timeout = timeout
@@ -151,7 +151,7 @@ class IssuerKeys:
     def _refresh(self) -> None:
         self._attempted_at = clock()
         try:
-            keys = self._parse(self._fetch(self.issuer.jwks_url, self.timeout))
+            keys = self._parse((self._fetch or fetch_jwks)(self.issuer.jwks_url, self.timeout))
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             JWKS_FETCHES.labels(issuer=self.issuer.issuer, result="error").inc()
             logger.warning("JWKS fetch for issuer %r failed (%s); keeping %d known keys", self.issuer.issuer, exc, len(self._keys))
