@@ -5,6 +5,7 @@ from rest_framework.views import APIView
 
 from khala_project.api_errors import ApiError
 from khala_project.conf import khala_setting
+from khala_project.throttling import TokenMintThrottle
 from tokens import issuer, keyring, revocation
 from tokens.authentication import IsService, ServiceTokenAuthentication
 from tokens.serializers import LegacyTokenRequestSerializer, RevokeRequestSerializer, SyncTokenRequestSerializer
@@ -27,6 +28,8 @@ def _mint(mint, unavailable_code: str, **kwargs) -> dict:
 class SyncTokenView(APIView):
     """``POST /api/sync/token``: a sync token for the signed-in user (session or API token)."""
 
+    throttle_classes = [TokenMintThrottle]
+
     def post(self, request):
         serializer = SyncTokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -36,6 +39,8 @@ class SyncTokenView(APIView):
 
 class LegacyTokenView(APIView):
     """``POST /api/khala/token``: legacy request and flat response; the token is a full sync token."""
+
+    throttle_classes = [TokenMintThrottle]
 
     def post(self, request):
         serializer = LegacyTokenRequestSerializer(data=request.data)
