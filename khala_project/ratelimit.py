@@ -371,3 +371,35 @@ async def arenew_socket(user_subject: str, socket_id: str, *, limiter: Limiter |
 
 async def arelease_socket(user_subject: str, socket_id: str, *, limiter: Limiter | None = None) -> None:
     await (limiter or default_limiter()).arelease(f"{SOCKETS_PER_USER}:{user_subject}", socket_id)
+
+
+def overview() -> list[dict]:
+    """Each limit's setting and this process's decisions since start, for the admin overview."""
+    counts: dict[tuple[str, str], float] = {}
+    for metric in ADMISSION_DECISIONS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                key = (sample.labels["limit"], sample.labels["outcome"])
+                counts[key] = counts.get(key, 0) + sample.value
+                if sample.labels["backend"] == "local":
+                    counts[(sample.labels["limit"], "local")] = counts.get((sample.labels["limit"], "local"), 0) + sample.value
+    rows = []
+    for name, setting in [*LIMITS.items(), (SOCKETS_PER_USER, "LIMIT_SOCKETS_PER_USER")]:
+        value = khala_setting(setting)
+        if value is None:
+            shown = "off"
+        elif name == SOCKETS_PER_USER:
+            shown = f"{value} open at once"
+        else:
+            shown = f"{value[0]} per {value[1]:g} s"
+        rows.append(
+            {
+                "name": name,
+                "setting": setting,
+                "limit": shown,
+                "allowed": int(counts.get((name, "allowed"), 0)),
+                "limited": int(counts.get((name, "limited"), 0)),
+                "local": int(counts.get((name, "local"), 0)),
+            }
+        )
+    return rows

@@ -102,9 +102,13 @@ class SigningKey:
         """What ``jwt.encode`` signs with: the secret, or the private key object."""
         return self._private_key if self.asymmetric else self.secret
 
+    @functools.cached_property
+    def _public_key(self):
+        return self._private_key.public_key()
+
     def verification_key(self):
         """What the verifier checks with: the secret, or the PUBLIC key object."""
-        return self._private_key.public_key() if self.asymmetric else self.secret
+        return self._public_key if self.asymmetric else self.secret
 
     def public_jwk(self) -> dict | None:
         """The public JWK (RFC 7517) with ``kid``, ``alg`` and ``use``; None for an HS256 secret."""
