@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio
 
-from khala_project.conf import khala_setting
+from khala_project.conf import DEFAULTS, khala_setting
 from khala_project.metrics import ADMISSION_DECISIONS
 
 logger = logging.getLogger("khala.admission")
@@ -313,13 +313,33 @@ def default_limiter() -> Limiter:
         return limiter
 
 
-def limit_of(name: str) -> tuple[int, float] | None:
-    """``(count, window seconds)`` of the named limit, or None when it is turned off."""
-    value = khala_setting(LIMITS[name])
+def parse_limit(value) -> tuple[int, float] | None:
+    """``[count, window seconds]`` → ``(count, window)``; None stays None (off). ``ValueError`` names
+    what is wrong with anything else."""
     if value is None:
         return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError("must be [count, window seconds] or null")
     count, window = value
-    return int(count), float(window)
+    if type(count) is not int or count < 1:
+        raise ValueError("count must be a positive integer")
+    if isinstance(window, bool) or not isinstance(window, (int, float)) or not window > 0:
+        raise ValueError("window must be a positive number of seconds")
+    return count, float(window)
+
+
+def limit_of(name: str) -> tuple[int, float] | None:
+    """``(count, window seconds)`` of the named limit, or None when it is turned off.
+
+    A malformed setting falls back to the documented default (and says so in the log): a typo in a
+    deployment must neither take the endpoint down nor lift the limit.
+    """
+    setting = LIMITS[name]
+    try:
+        return parse_limit(khala_setting(setting))
+    except ValueError as exc:
+        logger.error("KHALA[%r] is malformed (%s); using the default %r", setting, exc, DEFAULTS[setting])
+        return parse_limit(DEFAULTS[setting])
 
 
 def _counted(name: str, decision: Decision) -> Decision:
@@ -347,10 +367,19 @@ async def aadmit(name: str, subject: str, *, limiter: Limiter | None = None) -> 
     return _counted(name, await (limiter or default_limiter()).acheck(f"{name}:{subject}", *limit))
 
 
+def sockets_limit() -> int | None:
+    """``LIMIT_SOCKETS_PER_USER`` (None: off); malformed → the default, logged, as for rates."""
+    value = khala_setting("LIMIT_SOCKETS_PER_USER")
+    if value is None or (type(value) is int and value >= 1):
+        return value
+    logger.error("KHALA['LIMIT_SOCKETS_PER_USER'] is malformed (%r); using the default", value)
+    return DEFAULTS["LIMIT_SOCKETS_PER_USER"]
+
+
 async def aacquire_socket(user_subject: str, socket_id: str, *, limiter: Limiter | None = None) -> Decision:
     """Take one of ``LIMIT_SOCKETS_PER_USER`` places for this socket (``arenew_socket`` on each
     heartbeat tick, ``arelease_socket`` at close)."""
-    limit = khala_setting("LIMIT_SOCKETS_PER_USER")
+    limit = sockets_limit()
     if limit is None:
         return ALLOWED_OFF
     decision = await (limiter or default_limiter()).aacquire(
@@ -361,7 +390,7 @@ async def aacquire_socket(user_subject: str, socket_id: str, *, limiter: Limiter
 
 async def arenew_socket(user_subject: str, socket_id: str, *, limiter: Limiter | None = None) -> Decision:
     """Extend this socket's lease (not counted in the metric: it is not an admission)."""
-    limit = khala_setting("LIMIT_SOCKETS_PER_USER")
+    limit = sockets_limit()
     if limit is None:
         return ALLOWED_OFF
     return await (limiter or default_limiter()).arenew(
@@ -385,13 +414,12 @@ def overview() -> list[dict]:
                     counts[(sample.labels["limit"], "local")] = counts.get((sample.labels["limit"], "local"), 0) + sample.value
     rows = []
     for name, setting in [*LIMITS.items(), (SOCKETS_PER_USER, "LIMIT_SOCKETS_PER_USER")]:
-        value = khala_setting(setting)
-        if value is None:
-            shown = "off"
-        elif name == SOCKETS_PER_USER:
-            shown = f"{value} open at once"
+        if name == SOCKETS_PER_USER:
+            value = sockets_limit()
+            shown = "off" if value is None else f"{value} open at once"
         else:
-            shown = f"{value[0]} per {value[1]:g} s"
+            value = limit_of(name)
+            shown = "off" if value is None else f"{value[0]} per {value[1]:g} s"
         rows.append(
             {
                 "name": name,

@@ -193,3 +193,18 @@ def test_aadmit_for_per_socket_limits_with_a_local_limiter(settings, clock):
     assert asyncio.run(main()) == [True, True, True, False]
     clock.advance(1.0)
     assert asyncio.run(main())[0] is True
+
+
+@pytest.mark.parametrize("bad", ["30/60", [0, 60], [5, 0], [5], [True, 60], [5, "60"], {"count": 5}])
+def test_a_malformed_limit_setting_falls_back_to_the_default_never_off(settings, clock, bad, caplog):
+    settings.KHALA = {**getattr(settings, "KHALA", {}), "LIMIT_TOKEN_MINTS_PER_USER": bad}
+    assert ratelimit.limit_of("token_mints_per_user") == (30, 60.0)
+    assert "LIMIT_TOKEN_MINTS_PER_USER" in caplog.text
+    limiter = Limiter(None, "t", clock=clock)
+    assert outcomes([ratelimit.admit("token_mints_per_user", "u", limiter=limiter) for _ in range(31)])[-1] is False
+
+
+@pytest.mark.parametrize("bad", [0, -1, "50", 2.5])
+def test_a_malformed_sockets_limit_falls_back_to_the_default(settings, bad):
+    settings.KHALA = {**getattr(settings, "KHALA", {}), "LIMIT_SOCKETS_PER_USER": bad}
+    assert ratelimit.sockets_limit() == 50
