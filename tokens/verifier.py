@@ -153,7 +153,10 @@ def _verify(token, now: float, allow_fetch: bool, fetch_once: bool) -> SyncPrinc
     if not kid:
         raise TokenRejected("missing_kid", "the token header has no kid")
 
-    external = external_issuers.trusted_issuer(_unverified_issuer(segments[1]))
+    # Without TRUSTED_ISSUERS (the default) the claims are not decoded twice.
+    external = (
+        external_issuers.trusted_issuer(_unverified_issuer(segments[1])) if khala_setting("TRUSTED_ISSUERS") else None
+    )
     if external is not None:
         keys = external_issuers.keys_of(external)
         if not allow_fetch and fetch_once and keys.fetch_due(kid):
