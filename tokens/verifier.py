@@ -94,6 +94,11 @@ class SyncPrincipal:
     claims: dict = field(compare=False, repr=False)
 
 
+# What the verification may do when an external issuer's JWKS is due for a fetch: fetch right here
+# (blocking; sync callers), raise _KeysDue so the async caller fetches in a thread, or never fetch.
+FETCH_INLINE, FETCH_DEFER, FETCH_NEVER = "inline", "defer", "never"
+
+
 class _KeysDue(Exception):
     """Internal: an external issuer's JWKS must be fetched before this token can be judged."""
 
@@ -108,22 +113,22 @@ def verify_sync_token(token: str | None, *, now: float | None = None) -> SyncPri
     May fetch an external issuer's JWKS (blocking, bounded by ``JWKS_FETCH_TIMEOUT_SECONDS``) when the
     token names a kid not yet cached. From an event loop call ``averify_sync_token`` instead.
     """
-    return _counted(token, now, allow_fetch=True)
+    return _counted(token, now, FETCH_INLINE)
 
 
 async def averify_sync_token(token: str | None, *, now: float | None = None) -> SyncPrincipal:
     """``verify_sync_token`` for async callers: a JWKS fetch, if one is due, runs in a worker thread,
     so the event loop never waits on the network. Everything else runs inline (no thread hop)."""
     try:
-        return _counted(token, now, allow_fetch=False)
+        return _counted(token, now, FETCH_DEFER)
     except _KeysDue as due:
         await asyncio.to_thread(due.keys.refresh_for, due.kid)
-    return _counted(token, now, allow_fetch=False, fetch_once=False)
+    return _counted(token, now, FETCH_NEVER)  # fetched (or not due any more): judge with what is cached
 
 
-def _counted(token, now, *, allow_fetch: bool, fetch_once: bool = True) -> SyncPrincipal:
+def _counted(token, now, fetch: str) -> SyncPrincipal:
     try:
-        principal = _verify(token, clock() if now is None else now, allow_fetch, fetch_once)
+        principal = _verify(token, clock() if now is None else now, fetch)
     except TokenRejected as exc:
         TOKEN_VERIFICATIONS.labels(result="rejected", reason=exc.reason).inc()
         raise
@@ -131,7 +136,7 @@ def _counted(token, now, *, allow_fetch: bool, fetch_once: bool = True) -> SyncP
     return principal
 
 
-def _verify(token, now: float, allow_fetch: bool, fetch_once: bool) -> SyncPrincipal:
+def _verify(token, now: float, fetch: str) -> SyncPrincipal:
     if token is None or (isinstance(token, str) and not token.strip()):
         raise TokenRejected("missing_token", "a sync token is required")
     if not isinstance(token, str):
@@ -159,9 +164,9 @@ def _verify(token, now: float, allow_fetch: bool, fetch_once: bool) -> SyncPrinc
     )
     if external is not None:
         keys = external_issuers.keys_of(external)
-        if not allow_fetch and fetch_once and keys.fetch_due(kid):
+        if fetch == FETCH_DEFER and keys.fetch_due(kid):
             raise _KeysDue(keys, kid)
-        key = keys.get(kid, allow_fetch=allow_fetch)
+        key = keys.get(kid, allow_fetch=fetch == FETCH_INLINE)
         if key is None:
             raise TokenRejected("unknown_kid", "the token's kid is not in its issuer's published keys")
         expected_issuer, expected_audience = external.issuer, external.audience
