@@ -46,6 +46,14 @@ class KhalaAdminSite(admin.AdminSite):
     index_template = "admin/khala_index.html"
     enable_nav_sidebar = False  # the Topics table is wide; the index page links everything
 
+    def each_context(self, request):
+        from khala_project import ratelimit
+
+        context = super().each_context(request)
+        # A callable: the template evaluates it only on the page that shows it (the overview).
+        context["admission_limits"] = ratelimit.overview
+        return context
+
     def get_urls(self):
         # Imported here: this module is loaded while apps are still being registered.
         from tokens.admin import signing_keys_view

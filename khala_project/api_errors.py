@@ -51,6 +51,9 @@ def khala_exception_handler(exc, context):
     code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
     if isinstance(exc, exceptions.ValidationError):
         response.data = error_body(code, "request validation failed", fields=exc.detail)
+    elif isinstance(exc, exceptions.Throttled):
+        # DRF already set the Retry-After header (whole seconds); the body carries the same figure.
+        response.data = error_body(code, "too many requests; retry later", retry_after=exc.wait)
     else:
         response.data = error_body(code, str(exc.detail))
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):

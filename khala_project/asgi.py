@@ -17,6 +17,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from khala_project.origins import BrowserOriginValidator  # noqa: E402
 from sync.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
@@ -35,6 +36,7 @@ else:
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": URLRouter(websocket_urlpatterns),
+        # Browsers only from allowed origins (WEBSOCKET_ALLOWED_ORIGINS); no Origin = not a browser.
+        "websocket": BrowserOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

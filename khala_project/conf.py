@@ -59,6 +59,17 @@ DEFAULTS: dict = {
         "runtime.codex_worker_events",
         "runtime.notifications",
     ],
+    # Other issuers whose tokens this server accepts: [{"issuer", "audience", "jwks_url",
+    # "algorithms"?}] (algorithms default to EdDSA/ES256/RS256; symmetric ones are refused).
+    "TRUSTED_ISSUERS": [],
+    # Their JWKS cache: refetched when older than MAX_AGE, or on an unknown kid but never more often
+    # than every MIN_REFRESH (a flood of made-up kids costs one fetch per interval), with a timeout.
+    "JWKS_MAX_AGE_SECONDS": 300.0,
+    "JWKS_MIN_REFRESH_SECONDS": 30.0,
+    "JWKS_FETCH_TIMEOUT_SECONDS": 5.0,
+    # Cache-Control max-age of GET /.well-known/jwks.json. Keep it well under the time between
+    # `sync_keys add` and `promote` so verifiers elsewhere see a new key before it signs.
+    "JWKS_CACHE_MAX_AGE_SECONDS": 300,
     # How long a session/device revocation is remembered. None: TOKEN_TTL_MAX_SECONDS +
     # TOKEN_CLOCK_SKEW_SECONDS, the longest a token minted before the revocation can stay valid.
     "REVOCATION_TTL_SECONDS": None,
@@ -91,6 +102,25 @@ DEFAULTS: dict = {
     # ``invalid_limit``).
     "HYDRATION_PAGE_SIZE": 100,
     "HYDRATION_PAGE_MAX_SIZE": 1000,
+    # --- admission control (khala_project/ratelimit.py; docs/sync/OPERATIONS.md "Admission control") ---
+    # Rate limits are [count, window seconds]: at most `count` events per fixed window, shared by
+    # every worker through Redis (per process while Redis is unreachable). None turns one off.
+    "LIMIT_TOKEN_MINTS_PER_USER": [30, 60.0],
+    "LIMIT_HYDRATIONS_PER_TOKEN": [200, 10.0],
+    "LIMIT_CONNECTS_PER_IP": [60, 10.0],
+    "LIMIT_CONNECTS_PER_USER": [20, 10.0],
+    "LIMIT_JOINS_PER_SOCKET": [10, 1.0],
+    "LIMIT_SUBSCRIBES_PER_SOCKET": [20, 1.0],
+    # Open sockets per user (a count, not a rate); each holds a lease renewed on the heartbeat tick
+    # and dropped at close, so a crashed worker's sockets stop counting after SOCKET_LEASE_SECONDS.
+    "LIMIT_SOCKETS_PER_USER": 50,
+    "SOCKET_LEASE_SECONDS": 90.0,
+    # After a Redis error the limiter counts per process for this long before trying Redis again.
+    "RATE_LIMIT_REDIS_RETRY_SECONDS": 5.0,
+    # WebSocket Origin allow-list for browser clients. None: origins whose host is in ALLOWED_HOSTS
+    # (same-site pages such as /live/). A list: "https://app.example.com", "*.example.com" or "*".
+    # A handshake without Origin (CLI, SDKs, services) is never refused for it.
+    "WEBSOCKET_ALLOWED_ORIGINS": None,
     # --- surfaces ---
     "WEB_SYNC_ENABLED": False,
     # Rollout cohort of the web lane (docs/sync/RUNTIME_CODEX_CUTOVER_RUNBOOK.md): with the flag on,

@@ -159,6 +159,8 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Tags from the segment after /api/ (runtime, sync, internal, khala); /.well-known keeps its own.
+    "SCHEMA_PATH_PREFIX": "/api/",
 }
 
 LANGUAGE_CODE = "en-us"

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 from khala_project.api_errors import ApiError, error_body
 from khala_project.openapi import responses
 from khala_project.conf import khala_setting
+from khala_project.throttling import HydrationThrottle
 from sync import hydration
 from sync.hydration_auth import SyncTokenAuthentication, TopicEntitlement
 
@@ -64,7 +65,8 @@ class NoStoreAPIView(APIView):
 class HydrationView(NoStoreAPIView):
     authentication_classes = [SyncTokenAuthentication]
     permission_classes = [TopicEntitlement]
-    throttle_classes: list = []
+    # Per token (its jti), shared by every worker through Redis: 429 rate_limited + Retry-After.
+    throttle_classes = [HydrationThrottle]
 
     def handle_exception(self, exc):
         response = super().handle_exception(exc)

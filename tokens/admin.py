@@ -44,8 +44,10 @@ def signing_keys_view(request):
         # The messages of KeyringMisconfigured name entries by position or kid, never a secret.
         error = str(exc)
     else:
-        current = ring.current().kid
-        keys = [{"kid": kid, "status": "current signer" if kid == current else "verify only"} for kid in ring.kids()]
+        keys = [
+            {"kid": kid, "alg": alg, "status": "current signer" if role == "current" else "verify only"}
+            for kid, role, alg in keyring_module.describe(ring)
+        ]
     context = {
         **admin.site.each_context(request),
         "title": "Signing keys",

@@ -9,6 +9,7 @@ Error (E002): that is a typo in a deployment, and silently running without it wo
 from django.core.checks import Error, Tags, Warning, register
 
 from khala_project.conf import khala_setting
+from tokens.external_issuers import IssuerMisconfigured, parse_trusted_issuers
 from tokens.issuer import claims_settings_problem, scopes_problem, ttl_bounds_problem
 from tokens.keyring import KeyringMisconfigured, NoSigningKey, load_keyring
 
@@ -59,6 +60,10 @@ def check_token_settings(app_configs=None, **kwargs):
     problem = scopes_problem(khala_setting("TOKEN_DEFAULT_SCOPES"), khala_setting("TOKEN_ALLOWED_SCOPES"))
     if problem:
         errors.append(Error(problem, id="tokens.E005"))
+    try:
+        parse_trusted_issuers(khala_setting("TRUSTED_ISSUERS"))
+    except IssuerMisconfigured as exc:
+        errors.append(Error(f"{exc} (no external issuer is trusted until it is fixed)", id="tokens.E006"))
     declared = set(khala_setting("DECLARED_TOPICS") or ())
     undeclared = [s for s in khala_setting("TOKEN_ALLOWED_SCOPES") or () if s not in declared]
     if undeclared:

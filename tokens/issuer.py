@@ -30,7 +30,6 @@ from khala_project.conf import khala_setting
 from tokens.keyring import Keyring, KeyringMisconfigured, load_keyring
 from tokens.metrics import TOKENS_ISSUED
 
-ALGORITHM = "HS256"
 DEFAULT_DEVICE_ID = "device:unknown"
 MAX_SCOPE_LENGTH = 120
 # Ids end up in revocation rows and log lines: printable, no spaces, bounded.
@@ -227,7 +226,8 @@ def issue_token(
         **(extra_claims or {}),
     }
     key = config.keyring.current()
-    token = jwt.encode(claims, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid})
+    # The key's own algorithm (HS256, EdDSA, ES256 or RS256): the verifier accepts no other for this kid.
+    token = jwt.encode(claims, key.signing_key(), algorithm=key.alg, headers={"kid": key.kid})
     return IssuedToken(token=token, kid=key.kid, claims=claims, config=config)
 
 

@@ -22,3 +22,10 @@ REVOCATIONS = Counter(
     "Session/device revocations recorded, by kind.",
     ["kind"],
 )
+
+# issuer: a configured TRUSTED_ISSUERS name (a bounded set); result: "ok" or "error".
+JWKS_FETCHES = Counter(
+    "khala_jwks_fetches",
+    "Fetches of external issuers' JWKS, by issuer and result.",
+    ["issuer", "result"],
+)

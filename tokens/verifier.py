@@ -4,13 +4,18 @@ Used by the socket (``sync``) and the HTTP hydration endpoints. The policy, in o
 
 1. A token is required (``missing_token``) and must be three base64url segments of JSON
    (``invalid_token_format``); tokens longer than ``MAX_TOKEN_LENGTH`` are refused before parsing.
-2. The header is read *unverified*, only to classify and to pick a key: ``alg`` must be in our
-   allow-list (``unsupported_alg``; this rejects ``none`` and HS/RS confusion), ``kid`` must be a
-   non-empty string (``missing_kid``) naming a key of OUR keyring (``unknown_kid``). The header
-   never chooses the algorithm: PyJWT verifies with ``algorithms=ALLOWED_ALGORITHMS`` and the
-   secret of that kid, comparing MACs in constant time (``invalid_signature``).
+2. The header is read *unverified*, only to classify and to pick a key: ``alg`` must be one of
+   ``ALLOWED_ALGORITHMS`` (``unsupported_alg``; ``none`` never is), ``kid`` must be a non-empty
+   string (``missing_kid``). The trust domain comes from the unverified ``iss``: an issuer listed
+   in ``TRUSTED_ISSUERS`` is looked up in its cached JWKS (``tokens.external_issuers``), anything
+   else in OUR keyring; a kid found in neither is ``unknown_kid``. Each key has ONE algorithm and
+   it is that key's whole allow-list: a header ``alg`` other than the key's is ``unsupported_alg``
+   (so an HS256 token "signed" with an RSA key's public half as the HMAC secret is refused before
+   any MAC is computed). The header never chooses the algorithm: PyJWT verifies with
+   ``algorithms=[key.alg]`` and that key (``invalid_signature``; MACs compared in constant time).
 3. Claims are checked after the signature (``invalid_claims`` for missing/mistyped ones and
    ``exp <= iat``), then ``iss``/``aud``/``oa_claims_version`` against settings
+   (an external issuer's own ``iss``/``audience`` instead of ``TOKEN_ISSUER``/``TOKEN_AUDIENCE``)
    (``claim_mismatch``, with ``.claim``), then time: ``exp <= now`` is ``token_expired``;
    ``iat``/``nbf`` more than ``TOKEN_CLOCK_SKEW_SECONDS`` ahead is ``token_not_yet_valid``.
 
@@ -22,6 +27,8 @@ Every outcome is counted in ``khala_token_verifications_total{result,reason}``.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import time
 from dataclasses import dataclass, field
@@ -30,7 +37,8 @@ import jwt
 from jwt.api_jws import PyJWS
 
 from khala_project.conf import khala_setting
-from tokens.keyring import KeyringMisconfigured, load_keyring
+from tokens import external_issuers
+from tokens.keyring import ALGORITHMS, KeyringMisconfigured, load_keyring
 from tokens.metrics import TOKEN_VERIFICATIONS
 
 REASONS = (
@@ -46,7 +54,8 @@ REASONS = (
     "claim_mismatch",
 )
 
-ALLOWED_ALGORITHMS = ("HS256",)
+# The union of what any key may have; each key then narrows it to its own one algorithm.
+ALLOWED_ALGORITHMS = ALGORITHMS
 # Our tokens are ~600 bytes; anything past 8 KiB is not ours and is refused before any decoding.
 MAX_TOKEN_LENGTH = 8192
 
@@ -85,10 +94,41 @@ class SyncPrincipal:
     claims: dict = field(compare=False, repr=False)
 
 
+# What the verification may do when an external issuer's JWKS is due for a fetch: fetch right here
+# (blocking; sync callers), raise _KeysDue so the async caller fetches in a thread, or never fetch.
+FETCH_INLINE, FETCH_DEFER, FETCH_NEVER = "inline", "defer", "never"
+
+
+class _KeysDue(Exception):
+    """Internal: an external issuer's JWKS must be fetched before this token can be judged."""
+
+    def __init__(self, keys, kid: str):
+        self.keys = keys
+        self.kid = kid
+
+
 def verify_sync_token(token: str | None, *, now: float | None = None) -> SyncPrincipal:
-    """Verify ``token`` and return its principal; raise ``TokenRejected`` otherwise."""
+    """Verify ``token`` and return its principal; raise ``TokenRejected`` otherwise.
+
+    May fetch an external issuer's JWKS (blocking, bounded by ``JWKS_FETCH_TIMEOUT_SECONDS``) when the
+    token names a kid not yet cached. From an event loop call ``averify_sync_token`` instead.
+    """
+    return _counted(token, now, FETCH_INLINE)
+
+
+async def averify_sync_token(token: str | None, *, now: float | None = None) -> SyncPrincipal:
+    """``verify_sync_token`` for async callers: a JWKS fetch, if one is due, runs in a worker thread,
+    so the event loop never waits on the network. Everything else runs inline (no thread hop)."""
     try:
-        principal = _verify(token, clock() if now is None else now)
+        return _counted(token, now, FETCH_DEFER)
+    except _KeysDue as due:
+        await asyncio.to_thread(due.keys.refresh_for, due.kid)
+    return _counted(token, now, FETCH_NEVER)  # fetched (or not due any more): judge with what is cached
+
+
+def _counted(token, now, fetch: str) -> SyncPrincipal:
+    try:
+        principal = _verify(token, clock() if now is None else now, fetch)
     except TokenRejected as exc:
         TOKEN_VERIFICATIONS.labels(result="rejected", reason=exc.reason).inc()
         raise
@@ -96,7 +136,7 @@ def verify_sync_token(token: str | None, *, now: float | None = None) -> SyncPri
     return principal
 
 
-def _verify(token, now: float) -> SyncPrincipal:
+def _verify(token, now: float, fetch: str) -> SyncPrincipal:
     if token is None or (isinstance(token, str) and not token.strip()):
         raise TokenRejected("missing_token", "a sync token is required")
     if not isinstance(token, str):
@@ -117,16 +157,34 @@ def _verify(token, now: float) -> SyncPrincipal:
     kid = header.get("kid")
     if not kid:
         raise TokenRejected("missing_kid", "the token header has no kid")
-    try:
-        keyring = load_keyring()
-    except KeyringMisconfigured:
-        raise TokenRejected("unknown_kid", "this server has no usable verification keys") from None
-    key = keyring.get(kid)
-    if key is None:
-        raise TokenRejected("unknown_kid", "the token's kid is not in this server's keyring")
+
+    # Without TRUSTED_ISSUERS (the default) the claims are not decoded twice.
+    external = (
+        external_issuers.trusted_issuer(_unverified_issuer(segments[1])) if khala_setting("TRUSTED_ISSUERS") else None
+    )
+    if external is not None:
+        keys = external_issuers.keys_of(external)
+        if fetch == FETCH_DEFER and keys.fetch_due(kid):
+            raise _KeysDue(keys, kid)
+        key = keys.get(kid, allow_fetch=fetch == FETCH_INLINE)
+        if key is None:
+            raise TokenRejected("unknown_kid", "the token's kid is not in its issuer's published keys")
+        expected_issuer, expected_audience = external.issuer, external.audience
+    else:
+        try:
+            keyring = load_keyring()
+        except KeyringMisconfigured:
+            raise TokenRejected("unknown_kid", "this server has no usable verification keys") from None
+        key = keyring.get(kid)
+        if key is None:
+            raise TokenRejected("unknown_kid", "the token's kid is not in this server's keyring")
+        expected_issuer, expected_audience = khala_setting("TOKEN_ISSUER"), khala_setting("TOKEN_AUDIENCE")
+    if alg != key.alg:
+        # Checked before any signature work: this is where HS256-with-the-RSA-public-key dies.
+        raise TokenRejected("unsupported_alg", f"key {key.kid!r} accepts only {key.alg}")
 
     try:
-        payload = _JWS.decode(token, key.secret, algorithms=list(ALLOWED_ALGORITHMS))
+        payload = _JWS.decode(token, key.verification_key(), algorithms=[key.alg])
     except jwt.InvalidSignatureError:
         raise TokenRejected("invalid_signature", "the token signature does not verify") from None
     except jwt.InvalidAlgorithmError:
@@ -139,7 +197,17 @@ def _verify(token, now: float) -> SyncPrincipal:
         raise TokenRejected("invalid_token_format", "the token claims are not JSON") from None
     if not isinstance(claims, dict):
         raise TokenRejected("invalid_claims", "the token claims must be a JSON object")
-    return _principal(claims, kid, now)
+    return _principal(claims, kid, now, expected_issuer, expected_audience)
+
+
+def _unverified_issuer(segment: str):
+    """The ``iss`` of the unverified claims, or None: used only to choose whose keys to try (the
+    signature check that follows is what makes it true), so any decoding problem means "ours"."""
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError):
+        return None
+    return claims.get("iss") if isinstance(claims, dict) else None
 
 
 def _unverified_header(token: str) -> dict:
@@ -196,7 +264,7 @@ def _check_expected(claims: dict, name: str, expected: str) -> None:
         raise TokenRejected("claim_mismatch", f"claim {name!r} does not match this server", claim=name)
 
 
-def _principal(claims: dict, kid: str, now: float) -> SyncPrincipal:
+def _principal(claims: dict, kid: str, now: float, issuer: str, audience: str) -> SyncPrincipal:
     # 1. Shape: every required claim present with its type.
     iat = _int_claim(claims, "iat")
     exp = _int_claim(claims, "exp")
@@ -212,8 +280,8 @@ def _principal(claims: dict, kid: str, now: float) -> SyncPrincipal:
         raise _invalid("claim 'exp' must be after 'iat'", "exp")
 
     # 2. Is it meant for us?
-    _check_expected(claims, "iss", khala_setting("TOKEN_ISSUER"))
-    _check_expected(claims, "aud", khala_setting("TOKEN_AUDIENCE"))
+    _check_expected(claims, "iss", issuer)
+    _check_expected(claims, "aud", audience)
     _check_expected(claims, "oa_claims_version", khala_setting("TOKEN_CLAIMS_VERSION"))
 
     # 3. Time. No leeway on exp (a client refreshes before it); skew only for clocks running ahead.

@@ -6,8 +6,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from khala_project.api_errors import ApiError
+from khala_project.conf import khala_setting
 from khala_project.openapi import responses
-from tokens import issuer, revocation
+from khala_project.throttling import TokenMintThrottle
+from tokens import issuer, keyring, revocation
 from tokens.authentication import IsService, ServiceTokenAuthentication
 from tokens.serializers import LegacyTokenRequestSerializer, RevokeRequestSerializer, SyncTokenRequestSerializer
 
@@ -74,8 +76,20 @@ REVOCATION = inline_serializer(
 )
 
 
+JWKS = inline_serializer(
+    "JWKS",
+    {
+        "keys": serializers.ListField(
+            child=serializers.DictField(), help_text="RFC 7517 public keys (kty, crv or n/e, x/y, kid, alg, use)"
+        )
+    },
+)
+
+
 class SyncTokenView(APIView):
     """``POST /api/sync/token``: a sync token for the signed-in user (session or API token)."""
+
+    throttle_classes = [TokenMintThrottle]
 
     @extend_schema(operation_id="sync_token_mint", request=SyncTokenRequestSerializer, responses=responses(200, SYNC_TOKEN))
     def post(self, request):
@@ -88,12 +102,40 @@ class SyncTokenView(APIView):
 class LegacyTokenView(APIView):
     """``POST /api/khala/token``: legacy request and flat response; the token is a full sync token."""
 
+    throttle_classes = [TokenMintThrottle]
+
     @extend_schema(operation_id="khala_token_mint", request=LegacyTokenRequestSerializer, responses=responses(200, LEGACY_TOKEN))
     def post(self, request):
         serializer = LegacyTokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = _mint(issuer.mint_legacy_token, "khala_token_unavailable", user=request.user, **serializer.validated_data)
         return Response(data, headers=NO_STORE)
+
+
+class JWKSView(APIView):
+    """``GET /.well-known/jwks.json``: the public keys of the ring (EdDSA/ES256/RS256 only), with kid.
+
+    Public and cacheable: it holds no secret, and verifiers elsewhere are expected to cache it
+    (``JWKS_CACHE_MAX_AGE_SECONDS``). HS256 keys are never listed. A broken ring answers 503
+    ``jwks_unavailable`` with ``no-store``, so no cache keeps the failure.
+    """
+
+    authentication_classes: list = []
+    permission_classes: list = []
+
+    @extend_schema(operation_id="jwks", responses=responses(200, JWKS))
+    def get(self, request):
+        try:
+            ring = keyring.load_keyring()
+        except keyring.KeyringMisconfigured as exc:
+            raise ApiError("jwks_unavailable", f"signing keys are unavailable: {exc}", http_status=503) from None
+        max_age = int(khala_setting("JWKS_CACHE_MAX_AGE_SECONDS"))
+        return Response(ring.jwks(), headers={"Cache-Control": f"public, max-age={max_age}"})
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class RevokeSessionsView(APIView):

@@ -81,4 +81,4 @@ def test_sync_keys_runs_where_the_checks_fail():
     assert check.returncode != 0 and "tokens.E002" in check.stderr
     listing = _manage("sync_keys", "list", "--current", f"kid-a:{SECRET_A}", **broken)
     assert listing.returncode == 0, listing.stderr
-    assert listing.stdout.splitlines() == ["kid-a\tcurrent"]
+    assert listing.stdout.splitlines() == ["kid-a\tcurrent\tHS256"]

@@ -108,13 +108,13 @@ def test_generate_output_writes_a_private_file(tmp_path):
 
 def test_list_prints_kids_and_roles_never_secrets():
     out, _ = run("list", "--current", f"kid-a:{SECRET_A},kid-b:{'b' * 40}")
-    assert out.splitlines() == ["kid-a\tcurrent", "kid-b\tverify-only"]
+    assert out.splitlines() == ["kid-a\tcurrent\tHS256", "kid-b\tverify-only\tHS256"]
     assert SECRET_A not in out
 
 
 def test_list_reads_the_configured_value(khala_settings):
     out, _ = run("list")
-    assert out.splitlines() == ["kid-a\tcurrent", "kid-b\tverify-only"]
+    assert out.splitlines() == ["kid-a\tcurrent\tHS256", "kid-b\tverify-only\tHS256"]
 
 
 def test_rotate_puts_a_new_key_first_and_keeps_the_old_ones():
@@ -128,7 +128,7 @@ def test_rotate_puts_a_new_key_first_and_keeps_the_old_ones():
 def test_current_from_stdin(monkeypatch):
     monkeypatch.setattr("sys.stdin", io.StringIO(f"kid-a:{SECRET_A}\n"))
     out, _ = run("list", "--current", "-")
-    assert out.splitlines() == ["kid-a\tcurrent"]
+    assert out.splitlines() == ["kid-a\tcurrent\tHS256"]
 
 
 @pytest.mark.parametrize(

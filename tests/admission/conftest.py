@@ -1,0 +1,37 @@
+"""Fixtures of the admission-control tests: a private Redis, a fake clock, a clean key space."""
+
+import uuid
+
+import pytest
+
+from tests.admission.private_redis import PrivateRedis
+from tests.support.fixtures import asgi_server  # noqa: F401  (fixture re-export)
+
+
+class FakeClock:
+    def __init__(self, start=1_000_000.0):
+        self.now = start
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def private_redis():
+    server = PrivateRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def key_prefix(settings):
+    """A fresh key namespace inside this run's prefix, so no test sees another's counters."""
+    return f"{settings.KHALA_CHANNEL_PREFIX}:t{uuid.uuid4().hex[:8]}"
