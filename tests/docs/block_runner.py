@@ -80,7 +80,10 @@ def block_environment(server, state_dir: Path) -> dict:
     return env
 
 
-def start_block(block, server, workdir: Path, js_client: Path | None = None) -> BlockProcess:
+def start_block(block, server, workdir: Path, *, js_client: Path | None = None, python: str | None = None) -> BlockProcess:
+    """Start ``block``. ``python`` runs Python blocks (default: this interpreter); a JavaScript
+    block runs in ``workdir``, which either already has a ``node_modules`` (an installed package)
+    or gets one linking ``@khala/client`` to ``js_client`` and ``ws`` to its dependency."""
     code = block.for_server(server.host_port)
     env = block_environment(server, workdir / "state")
     if block.language == "sh":
@@ -88,19 +91,21 @@ def start_block(block, server, workdir: Path, js_client: Path | None = None) -> 
     if block.language == "python":
         script = workdir / "block.py"
         script.write_text(code)
-        return BlockProcess([sys.executable, str(script)], workdir, env)
+        return BlockProcess([python or sys.executable, str(script)], workdir, env)
     modules = workdir / "node_modules"
-    (modules / "@khala").mkdir(parents=True)
-    (modules / "@khala" / "client").symlink_to(js_client)
-    (modules / "ws").symlink_to(js_client / "node_modules" / "ws")
+    if js_client is not None:
+        (modules / "@khala").mkdir(parents=True)
+        (modules / "@khala" / "client").symlink_to(js_client)
+        (modules / "ws").symlink_to(js_client / "node_modules" / "ws")
+    assert (modules / "@khala" / "client").exists(), f"{workdir} has no @khala/client"
     script = workdir / "block.mjs"
     script.write_text(code)
     return BlockProcess(["node", str(script)], workdir, env)
 
 
-def run_block(block, server, workdir: Path, js_client: Path | None = None, timeout: float = 60.0) -> str:
+def run_block(block, server, workdir: Path, *, timeout: float = 60.0, **start) -> str:
     """Run ``block`` against ``server`` (see the module docstring); the output, or AssertionError."""
-    process = start_block(block, server, workdir, js_client)
+    process = start_block(block, server, workdir, **start)
     try:
         live = process.wait_for(lambda lines: any(LIVE_LINE.match(line) for line in lines), timeout)
         if live:

@@ -37,7 +37,7 @@ def test_each_page_marks_its_walkthrough_and_quickstarts():
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
 def test_runnable_block(block, docs_server, tmp_path, request):
     js_client = request.getfixturevalue("js_client_installed") if block.language == "js" else None
-    run_block(block, docs_server, tmp_path, js_client)
+    run_block(block, docs_server, tmp_path, js_client=js_client)
 
 
 def test_client_guide_example_recovers_from_a_stale_cursor(docs_server, tmp_path):
