@@ -26,7 +26,8 @@ from tests.support.servers import REPO_ROOT, VENV_BIN
 
 LIVE_LINE = re.compile(r"^\[?live\]?\b")
 # Lines that mean a step failed even if the block went on (a background command, a logged error).
-FAILURE_LINES = re.compile(r"Traceback \(most recent call last\)|^curl: \(\d+\)|^khala: error:|^([\w.]+\.)?\w*Error: ", re.M)
+# Not anchored: a curl answer without a trailing newline runs into the next command's line.
+FAILURE_LINES = re.compile(r"Traceback \(most recent call last\)|curl: \(\d+\)|khala: error:|^([\w.]+\.)?\w*Error: ", re.M)
 
 
 class BlockProcess:

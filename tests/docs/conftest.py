@@ -43,13 +43,19 @@ class DocsServer:
         return run_id
 
 
+def declare_topics() -> None:
+    """The topic rows `make run`'s migrate declares (``transactional_db`` flushes them after each test)."""
+    from projector.models import V1_TOPICS, TopicSequence
+
+    for topic in V1_TOPICS:
+        TopicSequence.objects.get_or_create(topic=topic)
+
+
 @pytest.fixture
 def docs_server(transactional_db, asgi_server):  # noqa: F811
-    from projector.models import V1_TOPICS, TopicSequence
     from runtime.management.commands.ensure_demo_user import ensure_demo_user
 
-    for topic in V1_TOPICS:  # what `make run`'s migrate declares (transactional_db flushed it)
-        TopicSequence.objects.get_or_create(topic=topic)
+    declare_topics()
     _, token, _ = ensure_demo_user("demo", "demo-password")
     server = asgi_server(env={"KHALA_SIGNING_KEYS": SIGNING_KEYS, "KHALA_WEB_SYNC_ENABLED": "1"})
     return DocsServer(server.http_url, f"{server.host}:{server.port}", token.key)
