@@ -75,8 +75,10 @@ async def test_a_client_whose_token_lacks_its_topics_stops_before_connecting():
     endpoint = TokenEndpoint(lambda scopes: {"token": "a.b.c", "scopes": []})
     provider = api_token_provider("http://khala.test", "t", scopes=["runtime.run_summaries"], http=endpoint)
     client = KhalaClient("http://127.0.0.1:9", provider, MemoryStore(), topics=["runtime.run_summaries"], http=endpoint)
-    client.start()
+    run = client.start()
     with pytest.raises(FatalError, match="scopes_not_granted"):
-        await client.wait_live()
+        await client.wait_live(timeout=30)
+    with pytest.raises(FatalError, match="scopes_not_granted"):
+        await run  # the loop itself stopped with it (no retry: asking again cannot help)
     assert client.state == State.CLOSED and client.connects == 0
     await client.close()
