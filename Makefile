@@ -44,7 +44,7 @@ migrate: database
 	$(PY) manage.py migrate --noinput
 
 demo-user: migrate
-	$(PY) manage.py ensure_demo_user
+	$(PY) manage.py ensure_demo_user --url http://$(HOST):$(PORT)
 
 serve: deps-base
 	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 4194304 khala_project.asgi:application

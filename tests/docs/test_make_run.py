@@ -12,7 +12,6 @@ import http.cookiejar
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -96,3 +95,13 @@ def test_readme_walkthrough_against_make_run(make_run, tmp_path):
     output = run_block(walkthrough, server, tmp_path)
     assert re.search(r"^runtime\.run_summaries runtime/run_summary:\S+ v\d+ @\d+", output, re.M), output
     assert re.search(r"^  status: ", output, re.M), output  # what changed, not the whole payload
+
+
+def test_make_run_prints_a_token_example_for_its_own_port_with_scopes(make_run):
+    server, process = make_run
+    example = next(line for line in process.output.splitlines() if line.startswith("mint a sync token: "))
+    command = example.split(": ", 1)[1]
+    assert f"{server.url}/api/sync/token" in command and '"scopes": ["runtime.run_summaries"]' in command
+    result = subprocess.run(["bash", "-c", command.replace("curl -s", "curl -fsS")], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["data"]["scopes"] == ["runtime.run_summaries"]
