@@ -72,3 +72,14 @@ def test_embedded_default_and_non_postgres_urls_are_left_alone(tmp_path):
     assert ensure_database(f"sqlite:///{tmp_path}/x.sqlite3") is False
     bad = run_module("nosuchscheme://x/y")
     assert bad.returncode == 1 and "DATABASE_URL is not a database URL" in bad.stderr
+
+
+def test_make_runs_the_database_step_before_migrate(fresh_name):
+    env = {**os.environ, "DATABASE_URL": f"{SERVER}/{fresh_name}"}
+    env.pop("MAKEFLAGS", None)
+    made = subprocess.run(["make", "--no-print-directory", "database"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0 and f"created database '{fresh_name}'" in made.stdout, made.stdout + made.stderr
+    plan = subprocess.run(["make", "--no-print-directory", "-n", "migrate"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert plan.index("khala_project.create_database") < plan.index("manage.py migrate"), plan
