@@ -139,7 +139,7 @@ async def cmd_tail(args, out, err) -> int:
                     _print_json({"type": "update", "topic": doc.topic, "doc_key": doc.doc_key, "doc_version": doc.doc_version,
                                  "watermark": doc.watermark, "payload": doc.payload, "hydration_required": doc.hydration_required}, out)
                 elif not (bar is not None and bar.enabled and bar._drawn):
-                    out.write(_describe_update(doc, previous.get((doc.topic, doc.doc_key))))
+                    out.write(_describe_update(doc, previous.get((doc.topic, doc.doc_key), MISSING)))
                 previous[(doc.topic, doc.doc_key)] = doc.payload
             if not args.json:
                 out.flush()
@@ -176,11 +176,12 @@ async def cmd_tail(args, out, err) -> int:
 
 
 def _describe_update(doc, old_payload) -> str:
-    """``topic key vN @watermark`` then one indented ``field: old → new`` line per changed field."""
+    """``topic key vN @watermark`` then one indented ``field: old → new`` line per changed field
+    (``old_payload`` is ``MISSING`` for a document this tail has not seen before)."""
     head = f"{doc.topic} {doc.doc_key} v{doc.doc_version} @{doc.watermark}"
     if doc.hydration_required and doc.payload is None:
         return head + "  (payload not inline)\n"
-    if old_payload is None:
+    if old_payload is MISSING:
         head += "  (new)"
         changes = changed_fields(MISSING, doc.payload)
     else:

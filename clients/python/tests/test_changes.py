@@ -46,3 +46,16 @@ def _same_types(a, b):
     if isinstance(a, list) and isinstance(b, list):
         return type(a) is type(b)  # lists compare whole, by ==
     return type(a) is type(b)
+
+
+def test_tail_line_for_new_changed_unchanged_and_pointer_documents():
+    from khala_client.cli import _describe_update
+    from khala_client.stores import Document
+
+    doc = Document("t", "k", 2, {"status": "running", "n": 1}, None, 9)
+    assert _describe_update(doc, MISSING) == 't k v2 @9  (new)\n  status: "running"\n  n: 1\n'
+    assert _describe_update(doc, {"status": "created", "n": 1}) == 't k v2 @9\n  status: "created" → "running"\n'
+    assert _describe_update(doc, {"status": "running", "n": 1}) == "t k v2 @9  (no field changed)\n"
+    assert _describe_update(doc, None) == 't k v2 @9\n  payload: null → {"status":"running","n":1}\n'  # was pointer-mode
+    pointer = Document("t", "k", 3, None, None, 10, hydration_required=True)
+    assert _describe_update(pointer, doc.payload) == "t k v3 @10  (payload not inline)\n"
