@@ -1,6 +1,7 @@
 """``make run`` as a newcomer runs it: the server answers on the chosen ``PORT``, prints the demo
 user's API token, serves the landing page, and ``/live/`` uses the WebSocket lane; the README
-walkthrough then prints its first live update against that very server.
+walkthrough, both client quickstarts and the client guide's example then print their first live
+update against that very server.
 
 The database is the suite's PostgreSQL test database (the suite never runs on SQLite); ``make
 run``'s own steps (database check, migrate, demo user, dev signing key) run for real.
@@ -88,13 +89,23 @@ def test_make_run_serves_the_landing_page_and_the_websocket_lane(make_run):
     assert state["lane"] == "khala"  # the flag defaults on under make run (production: off)
 
 
-def test_readme_walkthrough_against_make_run(make_run, tmp_path):
+def test_walkthrough_quickstarts_and_client_guide_against_make_run(make_run, js_client_installed, tmp_path):
+    """The fresh-clone path: each prints its first live update from the server `make run` started."""
     server, _ = make_run
-    (walkthrough,) = [b for b in runnable_blocks((REPO_ROOT / "README.md").read_text(), "README.md")
-                      if "khala tail" in b.code]
-    output = run_block(walkthrough, server, tmp_path)
-    assert re.search(r"^runtime\.run_summaries runtime/run_summary:\S+ v\d+ @\d+", output, re.M), output
-    assert re.search(r"^  status: ", output, re.M), output  # what changed, not the whole payload
+    chosen = {
+        "README.md": lambda b: "khala tail" in b.code,
+        "clients/python/README.md": lambda b: b.language == "python",
+        "clients/js/README.md": lambda b: b.language == "js",
+        "docs/protocol/CLIENT_GUIDE.md": lambda b: b.language == "python",
+    }
+    for doc, wanted in chosen.items():
+        (block,) = [b for b in runnable_blocks((REPO_ROOT / doc).read_text(), doc) if wanted(b)]
+        workdir = tmp_path / doc.replace("/", "_")
+        workdir.mkdir()
+        output = run_block(block, server, workdir, js_client=js_client_installed if block.language == "js" else None)
+        if doc == "README.md":
+            assert re.search(r"^runtime\.run_summaries runtime/run_summary:\S+ v\d+ @\d+", output, re.M), output
+            assert re.search(r"^  status: ", output, re.M), output  # what changed, not the whole payload
 
 
 def test_make_run_prints_a_token_example_for_its_own_port_with_scopes(make_run):
