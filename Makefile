@@ -11,7 +11,7 @@ PORT ?= 8000
 TEST_DATABASE_URL ?= postgres://root@127.0.0.1:5432/khala
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/0
 
-.PHONY: dev-signing-keys run test test-python test-proto test-js venv deps-base deps-test migrate demo-user serve serve-uvicorn pytest proto-check js-deps js-test bench clean
+.PHONY: database dev-signing-keys run test test-python test-proto test-js venv deps-base deps-test migrate demo-user serve serve-uvicorn pytest proto-check js-deps js-test bench clean
 
 $(VENV)/bin/activate:
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Khala needs Python >= 3.11"'
@@ -35,11 +35,16 @@ $(VENV)/.deps-test: $(VENV)/.deps-base requirements/test.txt | venv
 deps-base: $(VENV)/.deps-base
 deps-test: $(VENV)/.deps-test
 
-migrate: deps-base
+# With DATABASE_URL set: create that PostgreSQL database if it is missing (one clear line when it
+# cannot). Without it: nothing (the embedded SQLite file is created by migrate).
+database: deps-base
+	@$(PY) -m khala_project.create_database
+
+migrate: database
 	$(PY) manage.py migrate --noinput
 
 demo-user: migrate
-	$(PY) manage.py ensure_demo_user
+	$(PY) manage.py ensure_demo_user --url http://$(HOST):$(PORT)
 
 # Both go through the one server entry (khala_project/serve.py), which sets the WebSocket limits the
 # protocol documents; the Dockerfile, docker-compose.yml and the test harness use it too.
@@ -56,7 +61,11 @@ dev-signing-keys: deps-base
 	@if [ -z "$$KHALA_SIGNING_KEYS" ] && [ ! -s "$$KHALA_SIGNING_KEYS_FILE" ]; then \
 		$(PY) manage.py sync_keys generate --output "$$KHALA_SIGNING_KEYS_FILE"; fi
 
-## make run: install everything, migrate, ensure the demo user, start daphne on 127.0.0.1:8000.
+## make run: install everything, create the database (DATABASE_URL) if missing, migrate, ensure the
+## demo user, start daphne on $(HOST):$(PORT) (default 127.0.0.1:8000; `make run PORT=8001`).
+## /live/ uses the WebSocket lane here (KHALA_WEB_SYNC_ENABLED defaults on under make run only;
+## a deployment keeps the documented default, off, until its cutover).
+run: export KHALA_WEB_SYNC_ENABLED ?= 1
 run: dev-signing-keys demo-user serve
 
 ## make test: the whole suite against PostgreSQL and Redis, plus proto checks and client suites.

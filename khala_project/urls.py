@@ -2,10 +2,12 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 
-from khala_project import health
+from khala_project import health, landing
 from sync import live_view
 
 urlpatterns = [
+    path("", landing.landing_page, name="landing"),
+    path("docs/<path:path>", landing.docs_file, name="docs"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),  # GET /metrics

@@ -365,3 +365,12 @@ def test_unreachable_redis_falls_back_to_this_process_and_says_so(admin_client, 
     delivery = response.context["delivery"]
     assert not delivery.cluster and "Redis could not be read" in delivery.source
     assert "Redis could not be read" in response.content.decode()
+
+
+def test_admin_index_lists_each_page_once(admin_client, journal):
+    """The operations table links Topics and Journal; the app list must not repeat them."""
+    html = admin_client.get(reverse("admin:index")).content.decode()
+    for url in (reverse("admin:projector_topicsequence_changelist"), reverse("admin:projector_streamevent_changelist")):
+        assert html.count(f'href="{url}"') == 1, url
+    assert "Topic sequences" not in html and "Stream events" not in html
+    assert reverse("admin:projector_readmodeldocument_changelist") in html  # the rest of the app list stays

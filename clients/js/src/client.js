@@ -686,9 +686,3 @@ export class KhalaClient {
 
   async watermark(topic) { return (await this.cache.topicState(topic)).watermark; }
 }
-
-/** A tokenProvider that mints a fresh sync token from an API token on every call. */
-export function apiTokenProvider(url, apiToken, { scopes, fetch, http } = {}) {
-  const api = http ?? new HttpApi(url, { fetch });
-  return async () => (await api.mintSyncToken(apiToken, { scopes })).token;
-}

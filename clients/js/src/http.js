@@ -1,7 +1,11 @@
 // The HTTP side of the protocol: sync-token minting and hydration (one document, snapshot pages).
 // Errors are HttpError with the server's stable `code` ({"error": {"code", "message"}}) or a
 // transport code (http_unreachable, bad_response).
-import { KhalaError } from './errors.js';
+//
+// apiTokenProvider is the tokenProvider for scripts and services holding an API token: it asks for
+// exactly the topics the client subscribes to (least privilege) and refuses, on the client, a
+// token that grants fewer.
+import { FatalError, KhalaError } from './errors.js';
 import { httpBase } from './protocol.js';
 
 export class HttpError extends KhalaError {
@@ -104,5 +108,47 @@ export class HttpApi {
         throw err;
       }
     }
+  }
+}
+
+/**
+ * A tokenProvider that mints a fresh sync token from an API token on every call.
+ *
+ * `scopes` are the topics the client subscribes to (pass the same list as `topics`). The server's
+ * default scope is some other topic, so a provider without scopes would yield a token the join
+ * refuses (forbidden_topic); hence they are required. Each minted token's granted `scopes` are
+ * checked: fewer than requested rejects with FatalError('scopes_not_granted'), and a scope the
+ * server will not grant (invalid_scope) is fatal too, because asking again cannot change the answer.
+ */
+export function apiTokenProvider(url, apiToken, { scopes, fetch, http } = {}) {
+  if (!Array.isArray(scopes) || scopes.length === 0 || !scopes.every((s) => typeof s === 'string' && s.trim())) {
+    throw new TypeError('apiTokenProvider needs {scopes}: a non-empty list of the topics the client subscribes to');
+  }
+  const requested = [...new Set(scopes.map((s) => s.trim()))];
+  const api = http ?? new HttpApi(url, { fetch });
+  return async () => {
+    let data;
+    try {
+      data = await api.mintSyncToken(apiToken, { scopes: requested });
+    } catch (err) {
+      if (err instanceof HttpError && err.code === 'invalid_scope') throw new FatalError(err.code, err.message, err.details);
+      throw err;
+    }
+    checkGrantedScopes(requested, data.scopes);
+    return data.token;
+  };
+}
+
+/** Throws FatalError('scopes_not_granted') unless `granted` covers every requested scope. */
+export function checkGrantedScopes(requested, granted) {
+  const grantedSet = new Set(Array.isArray(granted) ? granted : []);
+  const missing = requested.filter((scope) => !grantedSet.has(scope));
+  if (missing.length) {
+    const shown = [...grantedSet].sort();
+    throw new FatalError(
+      'scopes_not_granted',
+      `requested scopes ${requested.join(', ')} but the token grants ${shown.join(', ') || 'none'}; missing: ${missing.join(', ')}`,
+      { requested: [...requested], granted: shown, missing },
+    );
   }
 }

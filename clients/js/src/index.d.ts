@@ -230,9 +230,16 @@ export declare class KhalaClient {
   watermark(topic: string): Promise<number>;
 }
 
+/** Mints a sync token for exactly `scopes` (the subscribed topics) on every call; rejects with FatalError('scopes_not_granted') when granted fewer. */
 export declare function apiTokenProvider(
-  url: string, apiToken: string, options?: { scopes?: string[]; fetch?: typeof fetch; http?: HttpApi },
+  url: string, apiToken: string, options: { scopes: string[]; fetch?: typeof fetch; http?: HttpApi },
 ): () => Promise<string>;
+/** Throws FatalError('scopes_not_granted') unless `granted` covers every requested scope. */
+export declare function checkGrantedScopes(requested: string[], granted: unknown): void;
+/** This package's version (equals package.json's). */
+export declare const VERSION: string;
+/** The wire protocol this client speaks (the server's `protocol_version`). */
+export declare const PROTOCOL_VERSION: string;
 
 export declare namespace protocol {
   const VSN: string;

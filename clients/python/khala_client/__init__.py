@@ -15,24 +15,15 @@ from .client import (
 )
 from .clock import Clock, FakeClock
 from .errors import AuthError, DeadSocket, FatalError, KhalaError, TransientError
-from .http import HttpApi, HttpError
+from .http import HttpApi, HttpError, api_token_provider
 from .stores import Document, MemoryStore, SQLiteStore, TopicState, WatermarkStore
-
-__version__ = "0.1.0"
+from .version import PROTOCOL_VERSION, __version__
 
 __all__ = [
     "AuthError", "Backoff", "BatchApplied", "Clock", "DeadSocket", "Document", "DocumentCache", "ErrorEvent",
     "FakeClock", "FatalError", "HeartbeatReceived", "HttpApi", "HttpError", "KhalaClient", "KhalaError",
     "MemoryStore", "MergeResult", "Reconnecting", "SQLiteStore", "SnapshotLoaded", "StaleCursor", "State",
-    "StateChanged", "TopicState", "TransientError", "WatermarkStore", "api_token_provider", "merge",
+    "StateChanged", "TopicState", "TransientError", "WatermarkStore", "PROTOCOL_VERSION", "__version__",
+    "api_token_provider", "merge",
 ]
 
-
-def api_token_provider(url: str, api_token: str, *, scopes=None, http: HttpApi | None = None):
-    """A ``token_provider`` that mints a fresh sync token from an API token on every call."""
-    api = http or HttpApi(url)
-
-    async def provide() -> str:
-        return (await api.mint_sync_token(api_token, scopes=scopes))["token"]
-
-    return provide

@@ -1,7 +1,7 @@
 """``khala``: the command line of the Python client.
 
     khala token                      mint a sync token from an API token (prints it)
-    khala tail TOPIC...              follow topics live (human-readable; --json for JSON lines)
+    khala tail TOPIC...              follow topics live: what changed per document (--json: JSON lines)
     khala snapshot TOPIC             every document of a topic over HTTP, as one JSON object
     khala status [TOPIC...]          connection state and, per topic, stored watermark vs head
 
@@ -25,6 +25,7 @@ import urllib.parse
 from pathlib import Path
 
 from . import __version__, api_token_provider
+from .changes import MISSING, changed_fields, format_change
 from .client import BatchApplied, ErrorEvent, KhalaClient, Reconnecting, SnapshotLoaded, StaleCursor, State, StateChanged
 from .errors import KhalaError
 from .http import HttpApi
@@ -60,11 +61,6 @@ def _api_token(args) -> str:
 def _scopes(args, topics=()) -> list[str] | None:
     scopes = [s.strip() for s in (args.scopes or "").split(",") if s.strip()]
     return scopes or (list(topics) or None)
-
-
-def _short(value, limit: int = 120) -> str:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _print_json(obj, out) -> None:
@@ -127,6 +123,9 @@ async def cmd_tail(args, out, err) -> int:
     total = sum(max(0, heads[t] - start[t]) for t in topics)
     bar = ProgressBar(err, total, "catching up") if total >= PROGRESS_MIN_ROWS and not args.json else None
     position = dict(start)
+    # The previous payload of every document, to print what changed. Seeded from the store, so a
+    # resumed tail diffs against what it showed last time; it holds what the cache holds.
+    previous = {(t, key): doc.payload for t in topics for key, doc in store.documents(t).items()}
 
     def on_event(event):
         if isinstance(event, BatchApplied):
@@ -140,7 +139,8 @@ async def cmd_tail(args, out, err) -> int:
                     _print_json({"type": "update", "topic": doc.topic, "doc_key": doc.doc_key, "doc_version": doc.doc_version,
                                  "watermark": doc.watermark, "payload": doc.payload, "hydration_required": doc.hydration_required}, out)
                 elif not (bar is not None and bar.enabled and bar._drawn):
-                    out.write(f"{doc.topic} {doc.doc_key} v{doc.doc_version} @{doc.watermark}  {_short(doc.payload)}\n")
+                    out.write(_describe_update(doc, previous.get((doc.topic, doc.doc_key), MISSING)))
+                previous[(doc.topic, doc.doc_key)] = doc.payload
             if not args.json:
                 out.flush()
         elif isinstance(event, ErrorEvent):
@@ -175,13 +175,35 @@ async def cmd_tail(args, out, err) -> int:
     return 0
 
 
+def _describe_update(doc, old_payload) -> str:
+    """``topic key vN @watermark`` then one indented ``field: old → new`` line per changed field
+    (``old_payload`` is ``MISSING`` for a document this tail has not seen before)."""
+    head = f"{doc.topic} {doc.doc_key} v{doc.doc_version} @{doc.watermark}"
+    if doc.hydration_required and doc.payload is None:
+        return head + "  (payload not inline)\n"
+    if old_payload is MISSING:
+        head += "  (new)"
+        changes = changed_fields(MISSING, doc.payload)
+    else:
+        changes = changed_fields(old_payload, doc.payload)
+        if not changes:
+            head += "  (no field changed)"
+    return "\n".join([head] + ["  " + format_change(*change) for change in changes]) + "\n"
+
+
 async def cmd_status(args, out, err) -> int:
     path = state_path(args.state_dir, args.url)
     store = SQLiteStore(path) if path.exists() else MemoryStore()
     stored = store.topics()
     topics = list(dict.fromkeys(args.topics or stored))
     http = HttpApi(args.url)
-    provider = api_token_provider(args.url, _api_token(args), scopes=topics or None, http=http)
+    if topics:
+        provider = api_token_provider(args.url, _api_token(args), scopes=topics, http=http)
+    else:  # nothing to subscribe to: any token the API token can mint shows whether the join works
+        api_token = _api_token(args)
+
+        async def provider():
+            return (await http.mint_sync_token(api_token))["token"]
     report: dict = {"url": args.url, "state_file": str(path) if path.exists() else None, "topics": []}
     client = KhalaClient(args.url, provider, MemoryStore(), http=http, connect_params={"client": "khala-cli"})
     client.start()
@@ -244,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tail", help="follow topics live")
     p.add_argument("topics", nargs="+", metavar="TOPIC", help="topics such as runtime.run_summaries")
-    p.add_argument("--json", action="store_true", help="one JSON object per line (updates, errors, snapshots)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line with the full payload (default: the fields that changed)")
     p.add_argument("--memory", action="store_true", help="keep no state on disk (replays from the start each time)")
     p.add_argument("--from-start", action="store_true", help="drop the stored cache and cursors of these topics first")
     p.add_argument("--scopes", help="comma-separated token scopes (default: the topics)")

@@ -1,5 +1,9 @@
 """The HTTP side of the protocol: sync-token minting and hydration (one document, snapshot pages).
 
+``api_token_provider`` is the ``token_provider`` for scripts and services that hold an API token:
+it asks for exactly the topics the client subscribes to (least privilege) and refuses, on the
+client, a token that grants fewer.
+
 Uses the standard library (``urllib``) in a worker thread, so the client has no HTTP dependency.
 Every failure is a ``HttpError`` with the server's stable ``code`` (the body is
 ``{"error": {"code", "message", ...}}``) or a transport code (``http_unreachable``,
@@ -16,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import KhalaError
+from .errors import FatalError, KhalaError
 from .protocol import http_base
 
 TOKEN_PATH = "/api/sync/token"
@@ -155,3 +159,51 @@ class HttpApi:
                 raise
             return Snapshot(topic, documents, first.head_watermark, first.stream_epoch)
         raise HttpError("stream_epoch_changed", "stream epoch kept changing while paging")  # pragma: no cover
+
+
+# --- token providers ------------------------------------------------------------------------------
+
+
+def api_token_provider(url: str, api_token: str, *, scopes, http: HttpApi | None = None):
+    """A ``token_provider`` that mints a fresh sync token from an API token on every call.
+
+    ``scopes`` are the topics the client subscribes to; pass the same list as ``topics=``. The
+    server's default scope is some other topic, so a provider without scopes would yield a token
+    the join refuses (``forbidden_topic``); hence they are required. Every minted token's granted
+    ``scopes`` are checked: fewer than requested raises ``FatalError("scopes_not_granted")``, and a
+    scope the server will not grant (``invalid_scope``) is fatal too, because asking again cannot
+    change the answer.
+    """
+    requested = _requested_scopes(scopes)
+    api = http or HttpApi(url)
+
+    async def provide() -> str:
+        try:
+            data = await api.mint_sync_token(api_token, scopes=requested)
+        except HttpError as exc:
+            if exc.code == "invalid_scope":
+                raise FatalError(exc.code, exc.message, exc.details) from None
+            raise
+        check_granted_scopes(requested, data.get("scopes"))
+        return data["token"]
+
+    return provide
+
+
+def _requested_scopes(scopes) -> list[str]:
+    if isinstance(scopes, str) or not scopes or not all(isinstance(s, str) and s.strip() for s in scopes):
+        raise ValueError("scopes must be a non-empty list of topic names: the topics the client subscribes to")
+    return list(dict.fromkeys(s.strip() for s in scopes))
+
+
+def check_granted_scopes(requested, granted) -> None:
+    """Raise ``FatalError("scopes_not_granted")`` unless ``granted`` covers every requested scope."""
+    granted_set = set(granted) if isinstance(granted, list) else set()
+    missing = [scope for scope in requested if scope not in granted_set]
+    if missing:
+        raise FatalError(
+            "scopes_not_granted",
+            f"requested scopes {', '.join(requested)} but the token grants "
+            f"{', '.join(sorted(granted_set)) or 'none'}; missing: {', '.join(missing)}",
+            {"requested": list(requested), "granted": sorted(granted_set), "missing": missing},
+        )

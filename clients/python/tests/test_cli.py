@@ -58,10 +58,16 @@ def test_token_snapshot_tail_status(khala_env, tmp_path):
     (topic,) = report["topics"]
     assert (topic["watermark"], topic["head_watermark"], topic["lag"]) == (30, 31, 1)
 
-    # resumes from its SQLite cursor: only the new document is printed
+    # resumes from its SQLite cursor: only the new document is printed, with its fields
     code, out, err = run_cli(*common, "tail", "runtime.notifications", "--until-live")
     assert code == 0, err
-    assert [line.split()[1] for line in out.splitlines()] == ["n/new"]
+    assert out.splitlines() == ["runtime.notifications n/new v1 @31  (new)", "  new: true"]
+
+    # the next version prints what changed since the one the cache holds, not the whole payload
+    khala_env.write("runtime.notifications", "n/new", 2, {"new": False, "status": "queued"}, owner)
+    code, out, err = run_cli(*common, "tail", "runtime.notifications", "--until-live")
+    assert code == 0, err
+    assert out.splitlines() == ["runtime.notifications n/new v2 @32", "  new: true → false", '  status: "queued"']
 
 
 def test_bad_api_token_is_a_clean_error(khala_env, tmp_path):

@@ -26,13 +26,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--password", default="demo-password", help="Password set when the user is created."
         )
+        parser.add_argument(
+            "--url", default="http://127.0.0.1:8000", help="Server URL shown in the printed example (make run passes HOST/PORT)."
+        )
 
-    def handle(self, *args, username, password, **options):
+    def handle(self, *args, username, password, url, **options):
         user, token, created = ensure_demo_user(username, password)
         verb = "created" if created else "exists"
         self.stdout.write(f"demo user {user.username!r} {verb} (admin login: {username} / {password if created else '<unchanged>'})")
         self.stdout.write(f"API token: {token.key}")
+        # Name the topics: without scopes the token carries only the server's default scope.
         self.stdout.write(
             "mint a sync token: curl -s -X POST -H 'Authorization: Token "
-            f"{token.key}' http://127.0.0.1:8000/api/sync/token"
+            f"{token.key}' -H 'Content-Type: application/json' -d '{{\"scopes\": [\"runtime.run_summaries\"]}}' "
+            f"{url.rstrip('/')}/api/sync/token"
         )
