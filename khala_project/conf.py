@@ -28,6 +28,28 @@ DEFAULTS: dict = {
     # POST /api/internal/sync/projections: most documents per request, and largest request body.
     "INGEST_MAX_DOCUMENTS": 500,
     "INGEST_MAX_BODY_BYTES": 16 * 1024 * 1024,
+    # How an authority command (runtime.commands) hands its change to the projector:
+    # "outbox" (the default and the only durable mode): a projection-outbox row in the command's own
+    #   transaction, drained by `manage.py projector_worker` (and the fast path below);
+    # "after_commit": the pre-outbox path, projection in transaction.on_commit only (a process that
+    #   dies after COMMIT loses the projection); kept as the baseline of bench/commands.py;
+    # "off": nothing is projected (the authority-only ceiling of bench/commands.py). Never in production.
+    "RUNTIME_PROJECTION": "outbox",
+    # The outbox fast path: right after its COMMIT, the command's own process projects the entity's
+    # outbox entries (SKIP LOCKED, so never together with a worker). Lower latency at modest write
+    # rates; off, every entry waits for a worker batch (higher throughput on one busy topic).
+    "OUTBOX_FAST_PATH": True,
+    # The projector worker: entries per drain transaction, and how often it looks without a NOTIFY.
+    "OUTBOX_BATCH_SIZE": 200,
+    "OUTBOX_POLL_INTERVAL_SECONDS": 1.0,
+    # A failing projection is retried after min(BASE * 2**(attempts-1), MAX) seconds; after
+    # OUTBOX_MAX_ATTEMPTS attempts the entry is quarantined (admin: Projection outbox → retry).
+    "OUTBOX_MAX_ATTEMPTS": 8,
+    "OUTBOX_RETRY_BASE_SECONDS": 1.0,
+    "OUTBOX_RETRY_MAX_SECONDS": 300.0,
+    # A drain thread inside the web process (the one-command `make run`). None: on for the embedded
+    # SQLite database, off on PostgreSQL, where deployments run `manage.py projector_worker`.
+    "OUTBOX_IN_PROCESS_DRAIN": None,
     # --- tokens ---
     # "kid1:secret1,kid2:secret2": first = current signer, the rest verify only.
     "SIGNING_KEYS": "",

@@ -1,0 +1,320 @@
+"""The projection outbox: every committed authority change reaches the read models and the journal.
+
+Design (the argument is in docs/sync/SCHEMA.md, "Projection outbox"): an append-only table
+``khala_projection_outbox``, one row per authority change, inserted by ``runtime.commands`` in the
+SAME transaction as the change (``record_change``). No commit can exist without its projection
+intent, whatever happens to the process afterwards. Two alternatives were rejected:
+
+- a dirty mark on the entity row: a worker holding the mark's row lock would block the next
+  authority write of that entity (the writer waits on the drainer), and clearing the mark needs a
+  compare-and-clear against a concurrent re-mark;
+- comparing each entity's ``latest_seq`` with its projection checkpoint: needs a scan of all
+  entities (or a new index over both tables) to find work, and has no place for attempts, errors
+  or quarantine.
+
+An append-only row costs one INSERT per command, never blocks a writer, and carries the retry
+bookkeeping. The entity's state is folded when the entry is drained (not when it was recorded),
+so several entries of one entity in a batch become one fold.
+
+Draining (``drain_once``, the body of ``manage.py projector_worker``), in ONE transaction:
+
+1. claim due entries ``SELECT … FOR UPDATE SKIP LOCKED`` (several workers on several hosts never
+   take the same entry; a claimed entry is invisible to them until the claim ends);
+2. fold their entities and write every document in one ``sink.project_many`` call
+   (``projector.project_entities``: one topic-row lock per batch instead of one per document);
+3. delete the entries. They disappear with exactly the commit that wrote their documents; a
+   crash anywhere before COMMIT rolls back documents and deletion together, and the entries are
+   claimed again.
+
+The fast path (``project_after_commit``, in the writer's own process right after its COMMIT)
+claims the entity's entries the same way; whoever holds an entry projects it, the other skips it.
+Two entries of ONE entity may still be folded concurrently (one by the fast path, one by a
+worker): the projection checkpoint row serialises them and the second fold is a no-op (see
+``projector.project_entities``), and the sink never journals an older ``doc_version`` after a
+newer one. So no document is written twice and none regresses.
+
+Failures: a batch that raises is rolled back and its entities are retried one by one, so one
+poison entity never holds back the others of its topic. A failing entity's entries get
+``attempts + 1`` and ``available_at`` pushed out by a capped exponential backoff; after
+``KHALA["OUTBOX_MAX_ATTEMPTS"]`` attempts, or at once when the sink refused a document
+(``SinkError``: retrying cannot change a deterministic refusal), they are quarantined with the
+error, kept and retryable in the admin. Entries naming an unknown entity kind or an entity the
+authority does not have are refused: quarantined at once and logged with the entry id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from django.db import connection, transaction
+from django.db.models import Count, Min, Q
+from django.utils import timezone
+
+from khala_project.conf import khala_setting
+from projector import metrics
+from projector.models import OutboxEntity, ProjectionOutboxEntry
+from projector.sink import SinkError
+
+log = logging.getLogger(__name__)
+
+# The LISTEN/NOTIFY channel that wakes idle workers (``projector.outbox_worker``).
+NOTIFY_CHANNEL = "khala_projection_outbox"
+MAX_ERROR_CHARS = 2000
+
+Clock = Callable[[], dt.datetime]
+
+
+def record_change(entity: str, entity_id: str, authority_seq: int, *, now: dt.datetime | None = None) -> int:
+    """Record "``entity`` needs projecting" in the caller's open transaction; returns the entry id.
+
+    Called by ``runtime.commands`` inside the authority transaction: the row commits or rolls back
+    with the change it describes.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("record_change must run inside the authority transaction")
+    now = now or timezone.now()
+    entry = ProjectionOutboxEntry.objects.create(
+        entity=entity, entity_id=entity_id, authority_seq=authority_seq, created_at=now, available_at=now
+    )
+    return entry.id
+
+
+def notify_workers() -> None:
+    """Wake idle ``projector_worker`` processes (after a COMMIT; a lost NOTIFY costs one poll interval).
+
+    Sent in its own tiny transaction after the authority COMMIT, not inside it: PostgreSQL
+    serialises the commits of notifying transactions on one lock, and the authority commit must
+    not queue there.
+    """
+    if connection.vendor != "postgresql":
+        return
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+    except Exception:  # a wake-up is only a hint; the workers poll
+        log.warning("could not NOTIFY %s", NOTIFY_CHANNEL, exc_info=True)
+
+
+@dataclass
+class DrainResult:
+    claimed: int = 0
+    projected: int = 0  # entries removed with their documents
+    documents: int = 0  # documents written (journal rows appended)
+    retried: int = 0  # entries backed off after a failure
+    quarantined: int = 0  # entries quarantined (failures and refusals)
+
+    def add(self, other: "DrainResult") -> None:
+        for name in ("claimed", "projected", "documents", "retried", "quarantined"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _default_project(refs):
+    from projector.projector import project_entities
+
+    return project_entities(refs)
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before attempt ``attempts + 1``: ``BASE * 2**(attempts-1)``, capped at ``MAX``."""
+    base = float(khala_setting("OUTBOX_RETRY_BASE_SECONDS"))
+    cap = float(khala_setting("OUTBOX_RETRY_MAX_SECONDS"))
+    return min(cap, base * 2 ** min(max(attempts - 1, 0), 30))
+
+
+def _due(now: dt.datetime):
+    return ProjectionOutboxEntry.objects.select_for_update(skip_locked=True).filter(
+        quarantined_at__isnull=True, available_at__lte=now
+    )
+
+
+def _refuse(entries: list[ProjectionOutboxEntry], reason: str, message: str, now: dt.datetime) -> None:
+    """Quarantine entries that can never be projected as they are (in the caller's transaction)."""
+    ids = [e.id for e in entries]
+    ProjectionOutboxEntry.objects.filter(id__in=ids).update(
+        quarantined_at=now, last_error=f"{reason}: {message}"[:MAX_ERROR_CHARS]
+    )
+    metrics.OUTBOX_REFUSED.labels(reason=reason).inc(len(ids))
+    for entry in entries:
+        log.error("outbox entry %s refused (%s): %s %r", entry.id, reason, entry.entity, entry.entity_id)
+
+
+def _project_claimed(
+    entries: list[ProjectionOutboxEntry], project, now: dt.datetime, path: str
+) -> DrainResult:
+    """Inside the claiming transaction: refuse what cannot be projected, fold the rest, delete it."""
+    result = DrainResult(claimed=len(entries))
+    known = {e.value for e in OutboxEntity}
+    unknown = [e for e in entries if e.entity not in known]
+    if unknown:
+        _refuse(unknown, "unknown_entity", f"entity kind must be one of {sorted(known)}", now)
+        result.quarantined += len(unknown)
+    entries = [e for e in entries if e.entity in known]
+    if not entries:
+        return result
+    batch = project([(e.entity, e.entity_id) for e in entries])
+    missing = set(batch.missing)
+    if missing:
+        gone = [e for e in entries if (e.entity, e.entity_id) in missing]
+        _refuse(gone, "entity_not_found", "the authority has no such entity", now)
+        result.quarantined += len(gone)
+        entries = [e for e in entries if (e.entity, e.entity_id) not in missing]
+    ProjectionOutboxEntry.objects.filter(id__in=[e.id for e in entries]).delete()
+    result.projected = len(entries)
+    result.documents = batch.written_documents
+    metrics.OUTBOX_PROJECTED.labels(path=path).inc(len(entries))
+    return result
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SinkError):
+        return f"SinkError {exc.code}: {exc.message}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _record_failure(ids: list[int], exc: BaseException, now: dt.datetime) -> DrainResult:
+    """In its own transaction: count an attempt on each entry, back it off or quarantine it."""
+    result = DrainResult()
+    deterministic = isinstance(exc, SinkError)
+    max_attempts = int(khala_setting("OUTBOX_MAX_ATTEMPTS"))
+    error = _describe(exc)[:MAX_ERROR_CHARS]
+    with transaction.atomic():
+        for entry in ProjectionOutboxEntry.objects.select_for_update(skip_locked=True).filter(
+            id__in=ids, quarantined_at__isnull=True
+        ):
+            entry.attempts += 1
+            entry.last_error = error
+            if deterministic or entry.attempts >= max_attempts:
+                entry.quarantined_at = now
+                result.quarantined += 1
+                metrics.OUTBOX_FAILURES.labels(outcome="quarantined").inc()
+                log.error(
+                    "outbox entry %s (%s %s) quarantined after %s attempt(s): %s",
+                    entry.id, entry.entity, entry.entity_id, entry.attempts, error,
+                )
+            else:
+                entry.available_at = now + dt.timedelta(seconds=retry_delay(entry.attempts))
+                result.retried += 1
+                metrics.OUTBOX_FAILURES.labels(outcome="retry").inc()
+                log.warning(
+                    "outbox entry %s (%s %s) failed (attempt %s), retry at %s: %s",
+                    entry.id, entry.entity, entry.entity_id, entry.attempts, entry.available_at.isoformat(), error,
+                )
+            entry.save(update_fields=["attempts", "last_error", "available_at", "quarantined_at"])
+    return result
+
+
+def _drain_entity(entity: str, entity_id: str, ids: list[int] | None, project, now: dt.datetime, path: str) -> DrainResult:
+    """Claim and project the due entries of one entity (all of them, or only ``ids``) in one
+    transaction; a failure is recorded on exactly those entries."""
+    claimed: list[int] = []
+    started = time.perf_counter()
+    try:
+        with transaction.atomic():
+            query = _due(now).filter(entity=entity, entity_id=entity_id)
+            if ids is not None:
+                query = query.filter(id__in=ids)
+            entries = list(query.order_by("id"))
+            claimed = [e.id for e in entries]
+            if not entries:
+                return DrainResult()
+            result = _project_claimed(entries, project, now, path)
+    except Exception as exc:
+        if not claimed:
+            raise
+        failed = _record_failure(claimed, exc, now)
+        failed.claimed = len(claimed)
+        return failed
+    finally:
+        metrics.OUTBOX_BATCH_DURATION.observe(time.perf_counter() - started)
+    return result
+
+
+def drain_once(
+    *, batch_size: int | None = None, project=None, clock: Clock = timezone.now
+) -> DrainResult:
+    """Claim up to ``batch_size`` due entries and project them in one transaction (see the module
+    docstring). If that transaction fails, its entities are retried one by one, each in its own
+    transaction, so only the failing ones are backed off. Database errors that hit the claim itself
+    propagate (the caller waits and tries again)."""
+    batch_size = batch_size or int(khala_setting("OUTBOX_BATCH_SIZE"))
+    project = project or _default_project
+    now = clock()
+    claimed: list[ProjectionOutboxEntry] = []
+    started = time.perf_counter()
+    try:
+        with transaction.atomic():
+            claimed = list(_due(now).order_by("available_at", "id")[:batch_size])
+            if not claimed:
+                return DrainResult()
+            result = _project_claimed(claimed, project, now, "worker")
+        metrics.OUTBOX_BATCH_DURATION.observe(time.perf_counter() - started)
+        return result
+    except Exception as exc:
+        if not claimed:
+            raise
+        log.warning("outbox batch of %s entries failed (%s); retrying its entities one by one", len(claimed), _describe(exc))
+    # The batch rolled back and released its claims; other drainers may take some meanwhile
+    # (SKIP LOCKED again), which is fine: each entity below is claimed afresh.
+    result = DrainResult()
+    groups: dict[tuple[str, str], list[int]] = {}
+    for entry in claimed:
+        groups.setdefault((entry.entity, entry.entity_id), []).append(entry.id)
+    for (entity, entity_id), ids in groups.items():
+        result.add(_drain_entity(entity, entity_id, ids, project, now, "worker"))
+    return result
+
+
+def project_after_commit(entity: str, entity_id: str, *, project=None, clock: Clock = timezone.now) -> None:
+    """The fast path, run by ``transaction.on_commit`` in the writer's process: never raises.
+
+    Projects the entity's due entries at once if no worker holds them (SKIP LOCKED); a failure is
+    recorded on the entries (backoff, then quarantine) and a worker takes them from there.
+    """
+    try:
+        result = _drain_entity(entity, entity_id, None, project or _default_project, clock(), "fast_path")
+        if result.retried or result.quarantined:
+            metrics.PROJECTION_FAILURES.labels(entity=entity).inc()
+    except Exception:
+        metrics.PROJECTION_FAILURES.labels(entity=entity).inc()
+        log.exception("fast-path projection of %s %s failed; the outbox entry stays for the workers", entity, entity_id)
+        notify_workers()
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    pending: int
+    quarantined: int
+    oldest_pending_age_seconds: float
+
+
+def stats(*, clock: Clock = timezone.now) -> OutboxStats:
+    """Depths and the oldest pending entry's age; also sets the ``khala_outbox_*`` gauges.
+
+    One aggregate over the outbox, which is small when healthy (entries live for milliseconds);
+    when it is not small, that is exactly what the gauges are there to show.
+    """
+    row = ProjectionOutboxEntry.objects.aggregate(
+        pending=Count("id", filter=Q(quarantined_at__isnull=True)),
+        quarantined=Count("id", filter=Q(quarantined_at__isnull=False)),
+        oldest=Min("created_at", filter=Q(quarantined_at__isnull=True)),
+    )
+    age = max(0.0, (clock() - row["oldest"]).total_seconds()) if row["oldest"] else 0.0
+    metrics.OUTBOX_PENDING.set(row["pending"])
+    metrics.OUTBOX_QUARANTINED.set(row["quarantined"])
+    metrics.OUTBOX_OLDEST_PENDING_AGE.set(age)
+    return OutboxStats(row["pending"], row["quarantined"], age)
+
+
+def retry_quarantined(ids, *, clock: Clock = timezone.now) -> int:
+    """Give quarantined entries a fresh start (the admin's "retry" action); returns how many."""
+    now = clock()
+    count = ProjectionOutboxEntry.objects.filter(id__in=list(ids), quarantined_at__isnull=False).update(
+        quarantined_at=None, attempts=0, available_at=now
+    )
+    if count:
+        transaction.on_commit(notify_workers)
+    return count
