@@ -36,8 +36,8 @@ newer one. So no document is written twice and none regresses.
 Failures: a batch that raises is rolled back and its entities are retried one by one, so one
 poison entity never holds back the others of its topic. A failing entity's entries get
 ``attempts + 1`` and ``available_at`` pushed out by a capped exponential backoff; after
-``KHALA["OUTBOX_MAX_ATTEMPTS"]`` attempts, or at once when the sink refused a document
-(``SinkError``: retrying cannot change a deterministic refusal), they are quarantined with the
+``KHALA["OUTBOX_MAX_ATTEMPTS"]`` attempts, or at once when a document was refused (``SinkError``,
+``PayloadHashError``: retrying cannot change a deterministic refusal), they are quarantined with the
 error, kept and retryable in the admin. Entries naming an unknown entity kind or an entity the
 authority does not have are refused: quarantined at once and logged with the entry id.
 """
@@ -57,6 +57,7 @@ from django.utils import timezone
 from khala_project.conf import khala_setting
 from projector import metrics
 from projector.models import OutboxEntity, ProjectionOutboxEntry
+from projector.payload_hash import PayloadHashError
 from projector.sink import SinkError
 
 log = logging.getLogger(__name__)
@@ -169,16 +170,23 @@ def _project_claimed(
     return result
 
 
+# Refusals that no retry can change: the same authority state folds to the same refused document.
+DETERMINISTIC_ERRORS = (SinkError, PayloadHashError)
+
+
 def _describe(exc: BaseException) -> str:
+    """The error an entry keeps: the sink's stable code first when there is one."""
     if isinstance(exc, SinkError):
-        return f"SinkError {exc.code}: {exc.message}"
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, PayloadHashError):
+        return f"invalid_payload: {exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
 def _record_failure(ids: list[int], exc: BaseException, now: dt.datetime) -> DrainResult:
     """In its own transaction: count an attempt on each entry, back it off or quarantine it."""
     result = DrainResult()
-    deterministic = isinstance(exc, SinkError)
+    deterministic = isinstance(exc, DETERMINISTIC_ERRORS)
     max_attempts = int(khala_setting("OUTBOX_MAX_ATTEMPTS"))
     error = _describe(exc)[:MAX_ERROR_CHARS]
     with transaction.atomic():

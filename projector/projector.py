@@ -357,7 +357,7 @@ def _authority_candidates(run_ids: list[str], worker_ids: list[str], topics) -> 
     return runs, workers, candidates
 
 
-def _new_worker_events(workers: dict, checkpoints: dict, verify_read_model: bool) -> dict[str, list[tuple]]:
+def _new_worker_events(workers: dict, checkpoints: dict, verify_read_model: bool, rewrite) -> dict[str, list[tuple]]:
     """Per worker: ``(event, document)`` of the events to write.
 
     Normal path: the events after the checkpoint (so a projection that failed earlier is caught up
@@ -378,14 +378,18 @@ def _new_worker_events(workers: dict, checkpoints: dict, verify_read_model: bool
             ReadModelDocument.objects.filter(topic=CODEX_WORKER_EVENTS, doc_key__in=keys).values_list("doc_key", "payload_hash")
         )
         by_worker = {
-            wid: [(e, doc) for e, doc in docs if bytes(stored.get(doc["document_id"]) or b"") != encode(doc).digest]
+            wid: [
+                (e, doc)
+                for e, doc in docs
+                if doc["document_id"] in rewrite or bytes(stored.get(doc["document_id"]) or b"") != encode(doc).digest
+            ]
             for wid, docs in by_worker.items()
         }
     return by_worker
 
 
 def project_entities(
-    refs, *, verify_read_model: bool = False, now=None, topics=None
+    refs, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset()
 ) -> BatchProjection:
     """Project the documents of many entities (``(entity, entity_id)``, entity in ``ENTITIES``) in
     ONE transaction (the caller's, if one is open) and ONE ``sink.project_many`` call: one
@@ -394,7 +398,9 @@ def project_entities(
     Per document, the checkpoint rules of the module docstring decide; a write and its checkpoint
     update commit together, and any error rolls the whole batch back. ``verify_read_model``
     (reprojection) double-checks ``idempotent`` decisions against the stored read-model row;
-    ``topics`` (a set) limits which documents are considered. Raises ``ValueError`` for an entity
+    ``topics`` (a set) limits which documents are considered; documents whose doc_key is in
+    ``rewrite`` are written even when nothing looks wrong (``parity_repair``: the parity audit saw
+    them missing from the journal). Raises ``ValueError`` for an entity
     kind outside ``ENTITIES`` and ``sink.SinkError`` when a document is refused (nothing written).
 
     Why repeats are harmless (the outbox fast path and its workers may fold the same entity
@@ -431,6 +437,8 @@ def project_entities(
                 matches, reason = _read_model_matches(c.topic, c.doc_key, c.seq, encoded.digest)
                 if not matches:
                     decision = Decision(True, reason)
+            if not decision.write and decision.reason == "idempotent" and c.doc_key in rewrite:
+                decision = Decision(True, "parity_repair")
             if not decision.write:
                 metrics.PROJECTOR_RUNS.labels(projection=c.projection, result="skipped", reason=decision.reason).inc()
                 results.setdefault(ref, []).append(ProjectionResult(c.projection, c.entity_id, c.doc_key, False, decision.reason))
@@ -441,7 +449,7 @@ def project_entities(
             writes.append(sink.DocumentWrite(c.topic, c.doc_key, c.seq, c.payload, c.owner))
             pending.append((ref, c.projection, c.entity_id, decision.reason, (checkpoint, c.doc_key, c.seq, summary_hash)))
         if want_events:
-            for worker_id, docs in _new_worker_events(workers, checkpoints, verify_read_model).items():
+            for worker_id, docs in _new_worker_events(workers, checkpoints, verify_read_model, rewrite).items():
                 if not docs:
                     continue
                 checkpoint = checkpoints[(CODEX_WORKER_EVENT, worker_id)]
@@ -481,22 +489,26 @@ def _in_projection_order(results: list[ProjectionResult]) -> list[ProjectionResu
     return sorted(results, key=lambda r: _PROJECTION_ORDER[r.projection])
 
 
-def project_run(run_id: str, *, verify_read_model: bool = False, now=None, topics=None) -> list[ProjectionResult]:
+def project_run(
+    run_id: str, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset()
+) -> list[ProjectionResult]:
     """Project a run's summary (and, once terminal, its notification). Raises ``Run.DoesNotExist``.
 
     ``topics`` (a set) limits which documents are considered (reprojection of one topic).
     """
-    batch = project_entities([(RUN, run_id)], verify_read_model=verify_read_model, now=now, topics=topics)
+    batch = project_entities([(RUN, run_id)], verify_read_model=verify_read_model, now=now, topics=topics, rewrite=rewrite)
     if batch.missing:
         raise Run.DoesNotExist(f"run {run_id} does not exist")
     return batch.results[(RUN, run_id)]
 
 
 def project_codex_worker(
-    worker_id: str, *, verify_read_model: bool = False, now=None, topics=None
+    worker_id: str, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset()
 ) -> list[ProjectionResult]:
     """Project a worker's summary and its events not yet projected. Raises ``CodexWorker.DoesNotExist``."""
-    batch = project_entities([(CODEX_WORKER, worker_id)], verify_read_model=verify_read_model, now=now, topics=topics)
+    batch = project_entities(
+        [(CODEX_WORKER, worker_id)], verify_read_model=verify_read_model, now=now, topics=topics, rewrite=rewrite
+    )
     if batch.missing:
         raise CodexWorker.DoesNotExist(f"codex worker {worker_id} does not exist")
     return batch.results[(CODEX_WORKER, worker_id)]
