@@ -430,3 +430,24 @@ def test_worker_once_drains_and_reports(topics, user, capsys):
     assert not ProjectionOutboxEntry.objects.exists()
     assert ReadModelDocument.objects.filter(topic=RUN_SUMMARIES).count() == 1
     assert not ReadModelDocument.objects.filter(topic=NOTIFICATIONS).exists()
+
+
+@pytest.mark.django_db
+def test_admin_shows_quarantined_entries_and_retries_them(topics, user, admin_client):
+    from django.urls import reverse
+
+    run = commands.create_run(user, thread_id="admin-retry")
+    entry = entry_of(run.id)
+    ProjectionOutboxEntry.objects.filter(id=entry.id).update(
+        attempts=8, quarantined_at=dt.datetime.now(dt.timezone.utc), last_error="RuntimeError: boom"
+    )
+    url = reverse("admin:projector_projectionoutboxentry_changelist")
+    page = admin_client.get(url + "?state=quarantined").content.decode()
+    assert run.id in page and "quarantined" in page and "RuntimeError: boom" in page
+    assert admin_client.get(reverse("admin:projector_projectionoutboxentry_change", args=[entry.id])).status_code == 200
+    response = admin_client.post(url, {"action": "retry_now", "_selected_action": [entry.id]}, follow=True)
+    assert "1 quarantined entry released" in response.content.decode()
+    entry.refresh_from_db()
+    assert (entry.quarantined_at, entry.attempts) == (None, 0)
+    assert outbox.drain_once().projected == 1
+    assert ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).exists()
