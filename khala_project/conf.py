@@ -42,6 +42,9 @@ DEFAULTS: dict = {
     # The projector worker: entries per drain transaction, and how often it looks without a NOTIFY.
     "OUTBOX_BATCH_SIZE": 200,
     "OUTBOX_POLL_INTERVAL_SECONDS": 1.0,
+    # After a wake-up, a worker waits this long before draining so that commits arriving together
+    # share one batch (trades a few ms of latency for fewer, larger projection transactions).
+    "OUTBOX_WAKE_LINGER_SECONDS": 0.01,
     # A failing projection is retried after min(BASE * 2**(attempts-1), MAX) seconds; after
     # OUTBOX_MAX_ATTEMPTS attempts the entry is quarantined (admin: Projection outbox → retry).
     "OUTBOX_MAX_ATTEMPTS": 8,

@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -84,20 +86,59 @@ def record_change(entity: str, entity_id: str, authority_seq: int, *, now: dt.da
     return entry.id
 
 
-def notify_workers() -> None:
-    """Wake idle ``projector_worker`` processes (after a COMMIT; a lost NOTIFY costs one poll interval).
+class _WorkerWaker:
+    """Sends ``NOTIFY khala_projection_outbox`` from one background thread per process.
 
-    Sent in its own tiny transaction after the authority COMMIT, not inside it: PostgreSQL
-    serialises the commits of notifying transactions on one lock, and the authority commit must
-    not queue there.
+    Why a thread: a NOTIFY is a transaction of its own with a commit record to flush, and
+    PostgreSQL serialises the commits of notifying transactions on one lock. Sent inline after
+    every command it cost each writer a second, serialised commit; sent inside the authority
+    transaction it would serialise every authority commit. Here a commit only sets a flag; the
+    thread clears the flag, then sends one NOTIFY, so every commit is followed by a NOTIFY that
+    started after it (a worker woken by it sees that commit), and commits that land while a NOTIFY
+    is in flight share the next one. A NOTIFY that never arrives (this process died) costs at most
+    one poll interval of the workers.
     """
-    if connection.vendor != "postgresql":
-        return
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
-    except Exception:  # a wake-up is only a hint; the workers poll
-        log.warning("could not NOTIFY %s", NOTIFY_CHANNEL, exc_info=True)
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._pending = False
+        self._thread: threading.Thread | None = None
+        self._pid = None
+
+    def request(self) -> None:
+        with self._cond:
+            self._pending = True
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()  # a forked child starts its own thread
+                self._thread = threading.Thread(target=self._run, name="khala-outbox-notify", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                self._pending = False
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+            except Exception:  # a wake-up is only a hint; the workers poll
+                log.warning("could not NOTIFY %s", NOTIFY_CHANNEL, exc_info=True)
+                connection.close()
+
+
+_waker = _WorkerWaker()
+
+
+def notify_workers() -> None:
+    """Wake idle ``projector_worker`` processes after a COMMIT (``on_commit``; returns at once).
+
+    The NOTIFY is sent after the authority COMMIT by a background thread (``_WorkerWaker``),
+    never inside the authority transaction. No-op off PostgreSQL (the in-process drain polls).
+    """
+    if connection.vendor == "postgresql":
+        _waker.request()
 
 
 @dataclass
@@ -113,10 +154,10 @@ class DrainResult:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def _default_project(refs):
+def _default_project(refs, *, before_write=None):
     from projector.projector import project_entities
 
-    return project_entities(refs)
+    return project_entities(refs, before_write=before_write)
 
 
 def retry_delay(attempts: int) -> float:
@@ -146,7 +187,9 @@ def _refuse(entries: list[ProjectionOutboxEntry], reason: str, message: str, now
 def _project_claimed(
     entries: list[ProjectionOutboxEntry], project, now: dt.datetime, path: str
 ) -> DrainResult:
-    """Inside the claiming transaction: refuse what cannot be projected, fold the rest, delete it."""
+    """Inside the claiming transaction: refuse what cannot be projected, fold the rest, and delete
+    its entries in that same transaction (just before the sink call, so the topic-row lock is
+    held for the sink's statement and the COMMIT only)."""
     result = DrainResult(claimed=len(entries))
     known = {e.value for e in OutboxEntity}
     unknown = [e for e in entries if e.entity not in known]
@@ -156,18 +199,36 @@ def _project_claimed(
     entries = [e for e in entries if e.entity in known]
     if not entries:
         return result
-    batch = project([(e.entity, e.entity_id) for e in entries])
-    missing = set(batch.missing)
-    if missing:
-        gone = [e for e in entries if (e.entity, e.entity_id) in missing]
+    present = _existing_entities({(e.entity, e.entity_id) for e in entries})
+    gone = [e for e in entries if (e.entity, e.entity_id) not in present]
+    if gone:
         _refuse(gone, "entity_not_found", "the authority has no such entity", now)
         result.quarantined += len(gone)
-        entries = [e for e in entries if (e.entity, e.entity_id) not in missing]
-    ProjectionOutboxEntry.objects.filter(id__in=[e.id for e in entries]).delete()
+        entries = [e for e in entries if (e.entity, e.entity_id) in present]
+    if not entries:
+        return result
+
+    def remove_entries():
+        ProjectionOutboxEntry.objects.filter(id__in=[e.id for e in entries]).delete()
+
+    batch = project([(e.entity, e.entity_id) for e in entries], before_write=remove_entries)
+    if batch.missing:  # deleted since the check above: nothing to project, the entries go too
+        log.warning("outbox entries %s: entities deleted while projecting: %s", [e.id for e in entries], batch.missing)
     result.projected = len(entries)
     result.documents = batch.written_documents
     metrics.OUTBOX_PROJECTED.labels(path=path).inc(len(entries))
     return result
+
+
+def _existing_entities(refs: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    from runtime.models import CodexWorker, Run
+
+    runs = [i for e, i in refs if e == OutboxEntity.RUN]
+    workers = [i for e, i in refs if e == OutboxEntity.CODEX_WORKER]
+    found = {(OutboxEntity.RUN.value, i) for i in Run.objects.filter(id__in=runs).values_list("id", flat=True)} if runs else set()
+    if workers:
+        found |= {(OutboxEntity.CODEX_WORKER.value, i) for i in CodexWorker.objects.filter(id__in=workers).values_list("id", flat=True)}
+    return found
 
 
 # Refusals that no retry can change: the same authority state folds to the same refused document.

@@ -175,11 +175,16 @@ class OutboxDrainLoop:
         return self._stop.is_set()
 
     def run(self) -> WorkerTotals:
+        linger = float(khala_setting("OUTBOX_WAKE_LINGER_SECONDS"))
         try:
             while not self._stop.is_set():
                 full = self.pass_once()
                 if not full and not self._stop.is_set():
                     self.waiter.wait(self.poll_interval)
+                    if linger > 0:
+                        # Group commit: let the writers that commit right behind the one that woke
+                        # us join this batch (one fold and one topic-row lock for all of them).
+                        self._stop.wait(linger)
         finally:
             self.waiter.close()
         return self.totals

@@ -389,7 +389,7 @@ def _new_worker_events(workers: dict, checkpoints: dict, verify_read_model: bool
 
 
 def project_entities(
-    refs, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset()
+    refs, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset(), before_write=None
 ) -> BatchProjection:
     """Project the documents of many entities (``(entity, entity_id)``, entity in ``ENTITIES``) in
     ONE transaction (the caller's, if one is open) and ONE ``sink.project_many`` call: one
@@ -400,7 +400,8 @@ def project_entities(
     (reprojection) double-checks ``idempotent`` decisions against the stored read-model row;
     ``topics`` (a set) limits which documents are considered; documents whose doc_key is in
     ``rewrite`` are written even when nothing looks wrong (``parity_repair``: the parity audit saw
-    them missing from the journal). Raises ``ValueError`` for an entity
+    them missing from the journal). ``before_write`` (optional) runs in the same transaction right
+    before the sink call (the outbox deletes its entries there, outside the topic-row lock). Raises ``ValueError`` for an entity
     kind outside ``ENTITIES`` and ``sink.SinkError`` when a document is refused (nothing written).
 
     Why repeats are harmless (the outbox fast path and its workers may fold the same entity
@@ -462,19 +463,25 @@ def project_entities(
                         update = (checkpoint, worker_event_doc_key(worker_id, newest), newest, encode(doc).digest.hex())
                     pending.append(((CODEX_WORKER, worker_id), CODEX_WORKER_EVENT, worker_id, "new_events", update))
 
-        written = sink.project_many(writes) if writes else []
+        # Checkpoints first, the sink last: the topic-row lock that project_many takes is then held
+        # for that one statement and the COMMIT only (the checkpoint rows are locked already, so
+        # writing them before the documents changes nothing for anyone else).
         advanced = []
-        for (ref, projection, entity_id, reason, update), write, result in zip(pending, writes, written):
+        for ref, projection, entity_id, reason, update in pending:
             if update is not None:
                 _advance(*update, now)
                 advanced.append(update[0])
-            metrics.PROJECTOR_RUNS.labels(projection=projection, result="written", reason=reason).inc()
-            results.setdefault(ref, []).append(
-                ProjectionResult(projection, entity_id, write.doc_key, result.written, reason, result.watermark)
-            )
         if advanced:
             ProjectionCheckpoint.objects.bulk_update(
                 advanced, ["document_id", "last_runtime_seq", "projection_version", "summary_hash", "last_projected_at", "updated_at"]
+            )
+        if before_write is not None:
+            before_write()
+        written = sink.project_many(writes) if writes else []
+        for (ref, projection, entity_id, reason, _update), write, result in zip(pending, writes, written):
+            metrics.PROJECTOR_RUNS.labels(projection=projection, result="written", reason=reason).inc()
+            results.setdefault(ref, []).append(
+                ProjectionResult(projection, entity_id, write.doc_key, result.written, reason, result.watermark)
             )
     present = {(RUN, i) for i in runs} | {(CODEX_WORKER, i) for i in workers}
     ordered = {ref: _in_projection_order(results.get(ref, [])) for ref in refs if ref in present}

@@ -321,10 +321,10 @@ def test_poison_entity_is_quarantined_after_n_attempts_while_others_flow(topics,
     healthy = [commands.create_run(user, thread_id=f"ok{i}") for i in range(3)]
     clock = FakeClock()
 
-    def project(refs):
+    def project(refs, before_write=None):
         if any(entity_id == poison.id for _, entity_id in refs):
             raise RuntimeError("this fold always fails")
-        return project_entities(refs)
+        return project_entities(refs, before_write=before_write)
 
     result = outbox.drain_once(project=project, clock=clock)
     assert (result.claimed, result.projected, result.retried, result.quarantined) == (4, 3, 1, 0)
