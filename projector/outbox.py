@@ -114,11 +114,14 @@ class _WorkerWaker:
                 self._thread.start()
             self._cond.notify()
 
+    IDLE_CLOSE_SECONDS = 0.5
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending:
-                    self._cond.wait()
+                if not self._pending and not self._cond.wait_for(lambda: self._pending, self.IDLE_CLOSE_SECONDS):
+                    connection.close()  # idle: hold no database connection between bursts
+                    self._cond.wait_for(lambda: self._pending)
                 self._pending = False
             try:
                 with connection.cursor() as cursor:
