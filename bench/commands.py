@@ -46,6 +46,7 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -258,6 +259,7 @@ def run_mode(mode: str, transport: str, args, env: dict, user, api_token: str, r
         next_depth = start_at
         rows_in_window = 0
         drained_at = None
+        results = []
         give_up = stop_at + args.drain_timeout
         with connection.cursor() as cur:
             while True:
@@ -273,18 +275,22 @@ def run_mode(mode: str, transport: str, args, env: dict, user, api_token: str, r
                     cursor_wm = wm
                     if start_at <= seen_at <= stop_at:
                         rows_in_window += 1
+                while len(results) < len(writers):  # read as they come: a child cannot exit before
+                    try:  # its queued records are read
+                        results.append(out.get_nowait())
+                    except queue.Empty:
+                        break
                 if now >= next_depth:
                     cur.execute("SELECT count(*) FROM khala_projection_outbox WHERE quarantined_at IS NULL")
                     pending = cur.fetchone()[0]
                     depth.append((round(now - start_at, 2), pending))
                     next_depth += 0.5
-                    if now > stop_at and all(not w.is_alive() for w in writers):
+                    if now > stop_at and (len(results) == len(writers) or now > give_up):
                         if pending == 0 and drained_at is None:
                             drained_at = now
                         if drained_at is not None or mode not in WORKER_MODES or now > give_up:
                             break
                 time.sleep(0.01)
-        results = [out.get(timeout=60) for _ in writers]
         for w in writers:
             w.join(10)
         time.sleep(1.0)  # let the last live frames reach the subscriber
