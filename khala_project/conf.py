@@ -39,6 +39,9 @@ DEFAULTS: dict = {
     # outbox entries (SKIP LOCKED, so never together with a worker). Lower latency at modest write
     # rates; off, every entry waits for a worker batch (higher throughput on one busy topic).
     "OUTBOX_FAST_PATH": True,
+    # The fast path gives up (leaving the entry to the workers) when a projector lock stays busy
+    # this long: on a busy topic, writers then stop queueing behind the topic row one by one.
+    "OUTBOX_FAST_PATH_LOCK_TIMEOUT_MS": 5,
     # The projector worker: entries per drain transaction, and how often it looks without a NOTIFY.
     "OUTBOX_BATCH_SIZE": 200,
     "OUTBOX_POLL_INTERVAL_SECONDS": 1.0,

@@ -154,6 +154,10 @@ OUTBOX_FAILURES = Counter(
     "Outbox entries whose projection failed (outcome = retry: backed off | quarantined).",
     ["outcome"],
 )
+OUTBOX_FAST_PATH_YIELDED = Counter(
+    "khala_outbox_fast_path_yielded_total",
+    "Fast-path projections abandoned because a projector lock stayed busy (the entry went to the workers).",
+)
 OUTBOX_REFUSED = Counter(
     "khala_outbox_refused_total",
     "Outbox entries refused without a projection attempt (reason = unknown_entity | entity_not_found); quarantined.",

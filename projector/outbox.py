@@ -279,13 +279,28 @@ def _record_failure(ids: list[int], exc: BaseException, now: dt.datetime) -> Dra
     return result
 
 
-def _drain_entity(entity: str, entity_id: str, ids: list[int] | None, project, now: dt.datetime, path: str) -> DrainResult:
+class _LockBusy(Exception):
+    """The fast path met a lock held by another projector: the entry is left to the workers."""
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    cause = getattr(exc, "__cause__", None)
+    return getattr(cause, "sqlstate", None) == "55P03"  # lock_not_available (lock_timeout)
+
+
+def _drain_entity(
+    entity: str, entity_id: str, ids: list[int] | None, project, now: dt.datetime, path: str, *, lock_timeout_ms: int = 0
+) -> DrainResult:
     """Claim and project the due entries of one entity (all of them, or only ``ids``) in one
-    transaction; a failure is recorded on exactly those entries."""
+    transaction; a failure is recorded on exactly those entries. With ``lock_timeout_ms`` (the fast
+    path) a lock that stays busy longer raises ``_LockBusy`` instead, recording nothing."""
     claimed: list[int] = []
     started = time.perf_counter()
     try:
         with transaction.atomic():
+            if lock_timeout_ms and connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'")
             query = _due(now).filter(entity=entity, entity_id=entity_id)
             if ids is not None:
                 query = query.filter(id__in=ids)
@@ -295,6 +310,8 @@ def _drain_entity(entity: str, entity_id: str, ids: list[int] | None, project, n
                 return DrainResult()
             result = _project_claimed(entries, project, now, path)
     except Exception as exc:
+        if lock_timeout_ms and _is_lock_timeout(exc):
+            raise _LockBusy() from exc
         if not claimed:
             raise
         failed = _record_failure(claimed, exc, now)
@@ -345,11 +362,23 @@ def project_after_commit(entity: str, entity_id: str, *, project=None, clock: Cl
 
     Projects the entity's due entries at once if no worker holds them (SKIP LOCKED); a failure is
     recorded on the entries (backoff, then quarantine) and a worker takes them from there.
+
+    It gives way under contention: if a checkpoint or topic-row lock stays busy longer than
+    ``KHALA["OUTBOX_FAST_PATH_LOCK_TIMEOUT_MS"]`` (another writer's fast path or a worker batch
+    holds it), the transaction is abandoned, the entry stays and the workers are woken. So on a
+    quiet topic a change is projected in the writer's own process at once, and on a busy one the
+    writers stop queueing one commit each behind the topic lock and the workers group-commit.
     """
     try:
-        result = _drain_entity(entity, entity_id, None, project or _default_project, clock(), "fast_path")
+        result = _drain_entity(
+            entity, entity_id, None, project or _default_project, clock(), "fast_path",
+            lock_timeout_ms=int(khala_setting("OUTBOX_FAST_PATH_LOCK_TIMEOUT_MS")),
+        )
         if result.retried or result.quarantined:
             metrics.PROJECTION_FAILURES.labels(entity=entity).inc()
+    except _LockBusy:
+        metrics.OUTBOX_FAST_PATH_YIELDED.inc()
+        notify_workers()
     except Exception:
         metrics.PROJECTION_FAILURES.labels(entity=entity).inc()
         log.exception("fast-path projection of %s %s failed; the outbox entry stays for the workers", entity, entity_id)

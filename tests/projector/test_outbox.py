@@ -451,3 +451,22 @@ def test_admin_shows_quarantined_entries_and_retries_them(topics, user, admin_cl
     assert (entry.quarantined_at, entry.attempts) == (None, 0)
     assert outbox.drain_once().projected == 1
     assert ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fast_path_gives_way_to_a_busy_topic_and_leaves_the_entry_to_the_workers(topics, user):
+    run = commands.create_run(user, thread_id="busy")  # fast path on: projected at once
+    assert not ProjectionOutboxEntry.objects.exists()
+    blocker = psycopg.connect(database_url_of_this_test_run())
+    blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
+    try:
+        started = time.monotonic()
+        commands.append_run_event(run.id, user, "run.started", {})
+        assert time.monotonic() - started < 5  # the command did not wait for the busy topic row
+        entry = entry_of(run.id)
+        assert (entry.attempts, entry.quarantined_at) == (0, None)  # not a failure: just deferred
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert outbox.drain_once().projected == 1
+    assert ReadModelDocument.objects.get(doc_key=run_doc_key(run.id)).doc_version == 1
