@@ -470,3 +470,21 @@ def test_fast_path_gives_way_to_a_busy_topic_and_leaves_the_entry_to_the_workers
         blocker.close()
     assert outbox.drain_once().projected == 1
     assert ReadModelDocument.objects.get(doc_key=run_doc_key(run.id)).doc_version == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_wakes_on_notify_long_before_its_poll_interval(topics, user, projector_worker, settings):
+    settings.KHALA = {"OUTBOX_FAST_PATH": False}  # commands NOTIFY after COMMIT instead
+    process, log, _port = projector_worker("--poll-interval", "60")
+    wait_for(lambda: "projector worker ready" in log.read_text(), "the worker")
+    time.sleep(0.5)  # let its first (empty) pass finish and the wait begin: the NOTIFY is what must wake it
+    run = commands.create_run(user, thread_id="woken")
+    wait_for(lambda: ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).exists(), "a NOTIFY wake-up", timeout=20)
+    stop(process, log)
+
+
+@pytest.mark.django_db
+def test_an_unknown_runtime_projection_mode_is_refused(topics, user, settings):
+    settings.KHALA = {"RUNTIME_PROJECTION": "sometimes"}
+    with pytest.raises(ValueError, match="RUNTIME_PROJECTION"):
+        commands.create_run(user, thread_id="x")
