@@ -9,6 +9,10 @@ runtime.codex_worker_events    ``runtime/codex_worker_event:<worker_id>:<seq>`` 
 runtime.notifications          ``runtime/notification:run:<run_id>`` (terminal runs)    run seq
 =============================  =======================================================  =========
 
+Entities are projected in batches (``project_entities``: one ``sink.project_many`` call and one
+transaction for many entities), fed by the projection outbox (``projector.outbox``); the
+single-entity ``project_run`` / ``project_codex_worker`` (reprojection) are batches of one.
+
 ``doc_version`` is the authority ``seq`` the document reflects (the latest event's seq, 0 for an
 entity without events). The owner of every document is ``user:<owner_user_id>``.
 
@@ -584,18 +588,18 @@ def project_codex_worker(
     return batch.results[(CODEX_WORKER, worker_id)]
 
 
-# --- best-effort trigger after an authority commit ---------------------------------------------
+# --- the pre-outbox path (KHALA RUNTIME_PROJECTION="after_commit"; bench/commands.py baseline) ---
 
 
-def project_after_commit(entity: str, entity_id: str) -> None:
-    """Called from ``transaction.on_commit`` by the runtime: never raises.
+def project_best_effort(entity: str, entity_id: str) -> None:
+    """Project an entity at once, never raising: how the runtime projected before the outbox.
 
-    The authority write already committed; a projection failure must not turn it into an error.
-    It is logged and counted (``khala_projection_failures_total``); the next write to the entity,
-    or ``manage.py reproject``, catches the documents up.
+    Not durable (a process dying before this runs loses the projection until the entity's next
+    write); kept only so ``bench/commands.py`` can measure the outbox against it. Failures are
+    logged and counted (``khala_projection_failures_total``).
     """
     try:
-        if entity == "run":
+        if entity == RUN:
             project_run(entity_id)
         else:
             project_codex_worker(entity_id)

@@ -59,9 +59,9 @@ def _record_projection_intent(entity: str, entity_id: str, authority_seq: int) -
         else:
             transaction.on_commit(outbox.notify_workers)
     elif mode == "after_commit":  # the pre-outbox baseline of bench/commands.py: not durable
-        from projector.projector import project_after_commit
+        from projector.projector import project_best_effort
 
-        transaction.on_commit(lambda: project_after_commit(entity, entity_id))
+        transaction.on_commit(lambda: project_best_effort(entity, entity_id))
     elif mode != "off":  # "off": the authority-only ceiling of bench/commands.py
         raise ValueError(f"KHALA RUNTIME_PROJECTION must be outbox, after_commit or off, not {mode!r}")
 
