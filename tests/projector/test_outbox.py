@@ -459,15 +459,23 @@ def test_fast_path_gives_way_to_a_busy_topic_and_leaves_the_entry_to_the_workers
     assert not ProjectionOutboxEntry.objects.exists()
     blocker = psycopg.connect(database_url_of_this_test_run())
     blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
+    def command():
+        try:
+            commands.append_run_event(run.id, user, "run.started", {})
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=command)
     try:
-        started = time.monotonic()
-        commands.append_run_event(run.id, user, "run.started", {})
-        assert time.monotonic() - started < 5  # the command did not wait for the busy topic row
+        writer.start()
+        writer.join(10)
+        assert not writer.is_alive(), "the command waited for the busy topic row"
         entry = entry_of(run.id)
         assert (entry.attempts, entry.quarantined_at) == (0, None)  # not a failure: just deferred
     finally:
-        blocker.rollback()
+        blocker.rollback()  # (without the lock timeout, this is what lets the command finish)
         blocker.close()
+        writer.join(30)
     assert outbox.drain_once().projected == 1
     assert ReadModelDocument.objects.get(doc_key=run_doc_key(run.id)).doc_version == 1
 
