@@ -18,6 +18,7 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from khala_project.origins import BrowserOriginValidator  # noqa: E402
+from projector.outbox_worker import start_in_process_drain  # noqa: E402
 from sync.routing import websocket_urlpatterns  # noqa: E402
 
 if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"):
@@ -25,6 +26,11 @@ if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"
         "REDIS_URL is unset: using the in-memory channel layer, which serves ONE process only. "
         "Set REDIS_URL before running more than one worker."
     )
+
+# The projection outbox drained inside this process (KHALA OUTBOX_IN_PROCESS_DRAIN; on by default
+# only for the embedded SQLite database of `make run`, where no projector_worker runs): entries
+# whose writer died after COMMIT are caught up without a second command.
+start_in_process_drain()
 
 # The admin's CSS/JS are served by the app itself (KHALA_SERVE_STATIC, default on), so a single
 # daphne/uvicorn process is a complete deployment; put a CDN or proxy in front to offload them.

@@ -31,6 +31,34 @@ DEFAULTS: dict = {
     # An API request that cannot reach PostgreSQL answers 503 ``database_unavailable`` with this
     # ``Retry-After`` (seconds): long enough for a restart or failover, short enough to resume soon.
     "UNAVAILABLE_RETRY_AFTER_SECONDS": 5,
+    # How an authority command (runtime.commands) hands its change to the projector:
+    # "outbox" (the default and the only durable mode): a projection-outbox row in the command's own
+    #   transaction, drained by `manage.py projector_worker` (and the fast path below);
+    # "after_commit": the pre-outbox path, projection in transaction.on_commit only (a process that
+    #   dies after COMMIT loses the projection); kept as the baseline of bench/commands.py;
+    # "off": nothing is projected (the authority-only ceiling of bench/commands.py). Never in production.
+    "RUNTIME_PROJECTION": "outbox",
+    # The outbox fast path: right after its COMMIT, the command's own process projects the entity's
+    # outbox entries (SKIP LOCKED, so never together with a worker). Lower latency at modest write
+    # rates; off, every entry waits for a worker batch (higher throughput on one busy topic).
+    "OUTBOX_FAST_PATH": True,
+    # The fast path gives up (leaving the entry to the workers) when a projector lock stays busy
+    # this long: on a busy topic, writers then stop queueing behind the topic row one by one.
+    "OUTBOX_FAST_PATH_LOCK_TIMEOUT_MS": 5,
+    # The projector worker: entries per drain transaction, and how often it looks without a NOTIFY.
+    "OUTBOX_BATCH_SIZE": 200,
+    "OUTBOX_POLL_INTERVAL_SECONDS": 1.0,
+    # After a wake-up, a worker waits this long before draining so that commits arriving together
+    # share one batch (trades a few ms of latency for fewer, larger projection transactions).
+    "OUTBOX_WAKE_LINGER_SECONDS": 0.01,
+    # A failing projection is retried after min(BASE * 2**(attempts-1), MAX) seconds; after
+    # OUTBOX_MAX_ATTEMPTS attempts the entry is quarantined (admin: Projection outbox → retry).
+    "OUTBOX_MAX_ATTEMPTS": 8,
+    "OUTBOX_RETRY_BASE_SECONDS": 1.0,
+    "OUTBOX_RETRY_MAX_SECONDS": 300.0,
+    # A drain thread inside the web process (the one-command `make run`). None: on for the embedded
+    # SQLite database, off on PostgreSQL, where deployments run `manage.py projector_worker`.
+    "OUTBOX_IN_PROCESS_DRAIN": None,
     # --- tokens ---
     # "kid1:secret1,kid2:secret2": first = current signer, the rest verify only.
     "SIGNING_KEYS": "",

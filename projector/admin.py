@@ -20,9 +20,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from khala_project.admin_site import EstimatedCountAdminMixin, ReadOnlyAdminMixin, format_age, pretty_json
-from projector import journal_stats
+from projector import journal_stats, outbox
 from projector.delivery_status import delivery_status
-from projector.models import ProjectionCheckpoint, ReadModelDocument, StreamEvent, TopicSequence
+from projector.models import ProjectionCheckpoint, ProjectionOutboxEntry, ReadModelDocument, StreamEvent, TopicSequence
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +418,7 @@ class ProjectionNameFilter(admin.SimpleListFilter):
     parameter_name = "projection_name"
 
     def lookups(self, request, model_admin):
-        names = ("run_summary", "codex_worker_summary")
+        names = ("run_summary", "run_notification", "codex_worker_summary", "codex_worker_events")
         return [(n, n) for n in names]
 
     def queryset(self, request, queryset):
@@ -432,3 +432,70 @@ class ProjectionCheckpointAdmin(EstimatedCountAdminMixin, ReadOnlyAdminMixin, ad
     ordering = ("projection_name", "entity_id")
     sortable_by = ()
     list_per_page = 50
+
+
+# --- projection outbox: pending and quarantined entries ----------------------------------------
+
+
+class OutboxStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("quarantined", "quarantined"), ("retrying", "backing off after a failure"), ("pending", "pending")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "quarantined":
+            return queryset.filter(quarantined_at__isnull=False)
+        if self.value() == "retrying":
+            return queryset.filter(quarantined_at__isnull=True, attempts__gt=0)
+        if self.value() == "pending":
+            return queryset.filter(quarantined_at__isnull=True)
+        return queryset
+
+
+@admin.register(ProjectionOutboxEntry)
+class ProjectionOutboxEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Authority changes not projected yet. A quarantined entry failed ``OUTBOX_MAX_ATTEMPTS``
+    times (or was refused): its error says why; once the cause is fixed, "retry" hands it back to
+    the projector workers. Quarantine never blocks other entries, so nothing else waits on it."""
+
+    list_display = ("id", "entity", "entity_id", "authority_seq", "state", "attempts", "available_at", "created_at", "error")
+    list_filter = (OutboxStateFilter, "entity")
+    search_fields = ("=entity_id",)
+    ordering = ("id",)
+    sortable_by = ()
+    list_per_page = 100
+    actions = ["retry_now"]
+    readonly_fields = (
+        "entity", "entity_id", "authority_seq", "created_at", "attempts", "available_at", "quarantined_at", "last_error"
+    )
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.quarantined_at:
+            return format_html('<strong class="khala-quarantined">{}</strong>', "quarantined")
+        return "backing off" if obj.attempts else "pending"
+
+    @admin.display(description="last error")
+    def error(self, obj):
+        return (obj.last_error[:120] + "…") if len(obj.last_error) > 120 else obj.last_error
+
+    def has_change_permission(self, request, obj=None):
+        # Every field is read-only; "change" is the permission of the retry action.
+        return admin.ModelAdmin.has_change_permission(self, request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # an entry is the only record that a change still needs projecting
+
+    @admin.action(description="Retry the selected entries now (quarantined ones get a fresh start)", permissions=["change"])
+    def retry_now(self, request, queryset):
+        ids = list(queryset.values_list("id", flat=True))
+        revived = outbox.retry_quarantined(ids)
+        waiting = ProjectionOutboxEntry.objects.filter(id__in=ids, quarantined_at__isnull=True).update(
+            available_at=timezone.now()
+        )
+        log.info("admin %s retried outbox entries %s", request.user, ids)
+        self.message_user(
+            request, f"{revived} quarantined entr{'y' if revived == 1 else 'ies'} released; {waiting} due now.", messages.SUCCESS
+        )

@@ -56,7 +56,7 @@ PROJECTOR_DRIFT = Counter(
 )
 PROJECTION_FAILURES = Counter(
     "khala_projection_failures_total",
-    "Best-effort projections after an authority commit that raised (the authority write stood).",
+    "Projections right after an authority commit (the outbox fast path) that failed; the authority write stood and its outbox entry stays.",
     ["entity"],
 )
 REPROJECTIONS = Counter(
@@ -126,3 +126,45 @@ def sink_counters(topic: str) -> SinkCounters:
 
 def topic_label(topic: str, declared: bool) -> str:
     return topic if declared else INVALID_TOPIC_LABEL
+
+# --- the projection outbox (projector.outbox, manage.py projector_worker) --------------------------
+OUTBOX_PENDING = Gauge(
+    "khala_outbox_pending_entries",
+    "Outbox entries waiting to be projected (quarantined ones excluded), at the drainer's last look.",
+)
+OUTBOX_QUARANTINED = Gauge(
+    "khala_outbox_quarantined_entries",
+    "Outbox entries in quarantine (failed KHALA OUTBOX_MAX_ATTEMPTS times, or refused): each needs an operator.",
+)
+OUTBOX_OLDEST_PENDING_AGE = Gauge(
+    "khala_outbox_oldest_pending_age_seconds",
+    "Age of the oldest outbox entry not yet projected (0 when none): how far read models trail the authority.",
+)
+OUTBOX_LAST_DRAIN = Gauge(
+    "khala_outbox_last_drain_timestamp_seconds",
+    "Unix time at which this drainer last completed a drain pass (empty passes included).",
+)
+OUTBOX_PROJECTED = Counter(
+    "khala_outbox_entries_projected_total",
+    "Outbox entries whose documents committed (path = worker | fast_path), each removed in that transaction.",
+    ["path"],
+)
+OUTBOX_FAILURES = Counter(
+    "khala_outbox_failures_total",
+    "Outbox entries whose projection failed (outcome = retry: backed off | quarantined).",
+    ["outcome"],
+)
+OUTBOX_FAST_PATH_YIELDED = Counter(
+    "khala_outbox_fast_path_yielded_total",
+    "Fast-path projections abandoned because a projector lock stayed busy (the entry went to the workers).",
+)
+OUTBOX_REFUSED = Counter(
+    "khala_outbox_refused_total",
+    "Outbox entries refused without a projection attempt (reason = unknown_entity | entity_not_found); quarantined.",
+    ["reason"],
+)
+OUTBOX_BATCH_DURATION = Histogram(
+    "khala_outbox_batch_duration_seconds",
+    "Wall time of one outbox drain transaction (claim, fold, sink batch, delete, commit).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)

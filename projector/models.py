@@ -20,6 +20,7 @@ import secrets
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
+from django.utils import timezone
 
 # The four topics of sync v1 (policies: docs/sync/SCHEMA.md). The data migration seeds them.
 RUN_SUMMARIES = "runtime.run_summaries"
@@ -168,3 +169,55 @@ class ProjectionCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.projection_name}:{self.entity_id}@{self.last_runtime_seq}"
+
+
+class OutboxEntity(models.TextChoices):
+    """The authority entities whose changes the outbox records (what ``projector_worker`` folds)."""
+
+    RUN = "run"
+    CODEX_WORKER = "codex_worker"
+
+
+class ProjectionOutboxEntry(models.Model):
+    """One committed authority change that still has to reach the read models and the journal.
+
+    Written by ``runtime.commands`` in the SAME transaction as the authority change, deleted in the
+    SAME transaction as the documents it produced (``projector.outbox``): a commit can never exist
+    without its projection intent, and an intent disappears only with its effect.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    entity = models.CharField(max_length=32)  # OutboxEntity; anything else is refused by the drain
+    entity_id = models.CharField(max_length=64)
+    # The authority ``seq`` the change committed (0 for a creation): the entity's state is folded
+    # at projection time, so this is what the change guarantees the documents will reach, at least.
+    authority_seq = models.BigIntegerField(default=0, db_default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    # Retry bookkeeping: a failed projection pushes ``available_at`` out (capped backoff); after
+    # KHALA["OUTBOX_MAX_ATTEMPTS"] attempts, or at once for a deterministic refusal, the entry is
+    # quarantined: kept, visible and retryable in the admin, skipped by the drain.
+    attempts = models.IntegerField(default=0, db_default=0)
+    available_at = models.DateTimeField(default=timezone.now, db_default=Now())
+    last_error = models.TextField(blank=True, default="", db_default="")
+    quarantined_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "khala_projection_outbox"
+        ordering = ["id"]
+        verbose_name = "projection outbox entry"
+        verbose_name_plural = "projection outbox"
+        indexes = [
+            # The drain: due entries, oldest first (quarantined ones never enter this index).
+            models.Index(
+                fields=["available_at", "id"], condition=Q(quarantined_at__isnull=True), name="khala_outbox_due_idx"
+            ),
+            # The fast path claims the entries of one entity.
+            models.Index(fields=["entity", "entity_id"], name="khala_outbox_entity_idx"),
+            models.Index(
+                fields=["quarantined_at"], condition=Q(quarantined_at__isnull=False), name="khala_outbox_quarantine_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        state = " (quarantined)" if self.quarantined_at else ""
+        return f"#{self.id} {self.entity}:{self.entity_id}@{self.authority_seq}{state}"

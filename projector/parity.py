@@ -1,8 +1,9 @@
 """Parity auditor (KHALA-021): does what clients see match what the authority says?
 
 For a sample of authority entities (runs, codex workers) the auditor re-folds the authority into
-the summary document the projector would write (``projector.projector``'s pure builders; nothing
-is written) and compares its ``doc_version`` and summary hash with two surfaces:
+the documents the projector would write on all four v1 topics (run summary, a terminal run's
+notification, worker summary, the worker's newest event documents; ``projector.projector``'s pure
+builders, nothing is written) and compares each one's ``doc_version`` and hash with two surfaces:
 
 - **read_model**: the ``sync_read_models`` row (what HTTP hydration serves);
 - **journal**: the state a client reconstructs from the journal: the latest row of the doc_key
@@ -23,6 +24,10 @@ report keys):
 A mismatch seen once may be a write in flight (projection runs right after the authority commit),
 so mismatching documents are checked again after ``recheck_delay`` seconds and only the ones that
 persist are reported. ``mismatch_rate`` = documents with a persisting mismatch / documents sampled.
+
+``repair(report)`` (``sync_parity_audit --repair``) re-projects the entities behind persisting
+findings through ``projector.reprojection`` (checkpoint rules plus a read-model check), so a
+missing or drifted document is rewritten with one new journal row and an intact one is left alone.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from django.db import connection
 from prometheus_client import Counter, Gauge
 
 from projector.payload_hash import payload_hash
-from projector.models import CODEX_WORKER_SUMMARIES, RUN_SUMMARIES
+from projector.models import CODEX_WORKER_EVENTS, CODEX_WORKER_SUMMARIES, NOTIFICATIONS, RUN_SUMMARIES
 
 SURFACES = ("read_model", "journal")
 REASONS = ("khala_missing", "lag_drift", "hash_mismatch")
@@ -60,12 +65,12 @@ PARITY_LAST_RUN = Gauge("khala_parity_last_run_timestamp_seconds", "Unix time at
 class ExpectedDocument:
     """What the authority says a document must be."""
 
-    projection: str  # run_summary | codex_worker_summary
+    projection: str  # run_summary | run_notification | codex_worker_summary | codex_worker_events
     entity_id: str
     topic: str
     doc_key: str
     doc_version: int
-    summary_hash: str  # hex sha-256 of the canonical summary without projected_at
+    summary_hash: str  # hex sha-256 of the canonical document without projected_at
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,8 @@ class ParityReport:
     findings: list[Finding] = field(default_factory=list)
     started_at: dt.datetime | None = None
     duration_seconds: float = 0.0
+    # ("run" | "codex_worker", id) of every entity with a persisting finding: what --repair reprojects.
+    mismatched_entities: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def mismatched_documents(self) -> int:
@@ -303,8 +310,14 @@ def sample_entity_ids(table: str, sample: int, rng: random.Random) -> list[str]:
 AuthorityFold = Callable[[int, random.Random], list[ExpectedDocument]]
 
 
+# Worker events are one document each; the audit folds each sampled worker's newest ones.
+EVENTS_PER_WORKER = 50
+
+
 def expected_summaries(run_ids: list[str], worker_ids: list[str]) -> list[ExpectedDocument]:
-    """Fold the given runs and workers with the projector's own pure builders; write nothing."""
+    """Fold the given runs and workers into every document of the four v1 topics they imply (run
+    summary, the notification of a terminal run, worker summary, the worker's newest
+    ``EVENTS_PER_WORKER`` event documents) with the projector's own pure builders; write nothing."""
     from django.db.models import Count, Max
 
     from projector import projector as folds
@@ -337,6 +350,19 @@ def expected_summaries(run_ids: list[str], worker_ids: list[str]) -> list[Expect
             docs.append(
                 ExpectedDocument(projection, entity_id, topic, doc_key(entity_id), entity.latest_seq, summary_hash_of(payload))
             )
+            if model is Run and entity.is_terminal:
+                docs.append(ExpectedDocument(
+                    folds.RUN_NOTIFICATION, entity_id, NOTIFICATIONS, folds.notification_doc_key(entity_id),
+                    entity.latest_seq, summary_hash_of(folds.run_notification(entity)),
+                ))
+            if model is CodexWorker:
+                newest = CodexWorkerEvent.objects.filter(worker_id=entity_id).order_by("-seq")[:EVENTS_PER_WORKER]
+                for event in newest:
+                    docs.append(ExpectedDocument(
+                        folds.CODEX_WORKER_EVENT, entity_id, CODEX_WORKER_EVENTS,
+                        folds.worker_event_doc_key(entity_id, event.seq), event.seq,
+                        summary_hash_of(folds.worker_event_document(event)),
+                    ))
     return docs
 
 
@@ -350,12 +376,22 @@ def authority_documents(sample: int, rng: random.Random) -> list[ExpectedDocumen
     return expected_summaries(run_ids, worker_ids)
 
 
+RUN_TOPICS = (RUN_SUMMARIES, NOTIFICATIONS)
+
+
+def entity_of(doc: ExpectedDocument) -> tuple[str, str]:
+    """``("run" | "codex_worker", id)``: the authority entity a document is folded from."""
+    return ("run" if doc.topic in RUN_TOPICS else "codex_worker", doc.entity_id)
+
+
 def refold(expected: list[ExpectedDocument]) -> list[ExpectedDocument]:
     """Fold the same entities again (used to confirm a suspected mismatch)."""
-    return expected_summaries(
-        [d.entity_id for d in expected if d.topic == RUN_SUMMARIES],
-        [d.entity_id for d in expected if d.topic == CODEX_WORKER_SUMMARIES],
+    keys = {d.doc_key for d in expected}
+    entities = {entity_of(d) for d in expected}
+    docs = expected_summaries(
+        sorted(i for e, i in entities if e == "run"), sorted(i for e, i in entities if e == "codex_worker")
     )
+    return [d for d in docs if d.doc_key in keys]
 
 
 authority_documents.refold = refold
@@ -388,6 +424,8 @@ def run_audit(
         refold = {d.doc_key: d for d in fold_subset(fold, expected, suspects, rng)}
         findings = compare_documents(list(refold.values()))
     report.findings = findings
+    by_key = {d.doc_key: d for d in expected}
+    report.mismatched_entities = sorted({entity_of(by_key[f.doc_key]) for f in findings if f.doc_key in by_key})
     report.duration_seconds = clock() - started
     if record_metrics:
         _record(report, expected, clock())
@@ -411,3 +449,30 @@ def _record(report: ParityReport, expected: list[ExpectedDocument], now: float) 
     PARITY_MAX_ABS_LAG_DRIFT.set(report.max_abs_lag_drift)
     PARITY_LAST_RUN.set(now)
 
+
+def audit_entities(entities: list[tuple[str, str]]) -> ParityReport:
+    """Compare every document of the given entities now (no sampling, no recheck, no metrics)."""
+    report = ParityReport(started_at=dt.datetime.now(dt.timezone.utc))
+    started = time.time()
+    expected = expected_summaries(
+        sorted(i for e, i in entities if e == "run"), sorted(i for e, i in entities if e == "codex_worker")
+    )
+    report.sampled = len(expected)
+    report.findings = compare_documents(expected)
+    by_key = {d.doc_key: d for d in expected}
+    report.mismatched_entities = sorted({entity_of(by_key[f.doc_key]) for f in report.findings})
+    report.duration_seconds = time.time() - started
+    return report
+
+
+def repair(report: ParityReport):
+    """Re-project every entity with a persisting finding; returns ``reprojection.Progress``."""
+    from projector.reprojection import reproject
+
+    return reproject(
+        run_ids=[i for e, i in report.mismatched_entities if e == "run"],
+        worker_ids=[i for e, i in report.mismatched_entities if e == "codex_worker"],
+        # A document missing from (or stale in) the journal while its read model is intact is
+        # invisible to the read-model check of reprojection: name it, so it is journaled again.
+        rewrite_doc_keys=frozenset(f.doc_key for f in report.findings if f.surface == "journal"),
+    )

@@ -9,6 +9,10 @@ runtime.codex_worker_events    ``runtime/codex_worker_event:<worker_id>:<seq>`` 
 runtime.notifications          ``runtime/notification:run:<run_id>`` (terminal runs)    run seq
 =============================  =======================================================  =========
 
+Entities are projected in batches (``project_entities``: one ``sink.project_many`` call and one
+transaction for many entities), fed by the projection outbox (``projector.outbox``); the
+single-entity ``project_run`` / ``project_codex_worker`` (reprojection) are batches of one.
+
 ``doc_version`` is the authority ``seq`` the document reflects (the latest event's seq, 0 for an
 entity without events). The owner of every document is ``user:<owner_user_id>``.
 
@@ -35,7 +39,7 @@ import logging
 from dataclasses import dataclass
 
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from projector import metrics, sink
@@ -189,46 +193,111 @@ def run_notification(run: Run) -> dict:
     }
 
 
-# --- checkpointed projection --------------------------------------------------------------------
+# --- checkpointed projection, in batches ----------------------------------------------------------
 
-_CLAIM_CHECKPOINT_SQL = """
+RUN = "run"
+CODEX_WORKER = "codex_worker"
+ENTITIES = (RUN, CODEX_WORKER)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A summary-like document (one per entity and projection) the authority currently implies."""
+
+    projection: str
+    entity_id: str
+    topic: str
+    doc_key: str
+    seq: int
+    owner: str
+    payload: dict
+
+
+@dataclass
+class BatchProjection:
+    """What ``project_entities`` did: results per ``(entity, entity_id)`` in input order, and the
+    entities the authority does not have (nothing was written for those)."""
+
+    results: dict[tuple[str, str], list[ProjectionResult]]
+    missing: list[tuple[str, str]]
+
+    @property
+    def written_documents(self) -> int:
+        return sum(1 for rs in self.results.values() for r in rs if r.written)
+
+
+_CLAIM_CHECKPOINTS_SQL = """
 INSERT INTO khala_projection_checkpoints
        (projection_name, entity_id, document_id, last_runtime_seq, projection_version, summary_hash,
         last_projected_at, created_at, updated_at)
-VALUES (%s, %s, %s, -1, '', '', now(), now(), now())
+SELECT p, e, d, -1, '', '', now(), now(), now()
+  FROM unnest(%s::text[], %s::text[], %s::text[]) AS t(p, e, d)
 ON CONFLICT (projection_name, entity_id) DO NOTHING
 """
 
 
-def _locked_checkpoint(projection: str, entity_id: str, doc_key: str) -> ProjectionCheckpoint:
-    """The entity's checkpoint row, locked until commit (created as "never projected", seq -1).
+def _in_lock_order(wanted: list[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+    """Checkpoint rows are locked by entity id, then projection name DESCENDING (a summary before
+    the run's notification or the worker's event stream), both in bytewise ("C") order. Every
+    projecting transaction (outbox worker, fast path, reprojection) claims and locks in this one
+    order, so two of them sharing entities queue instead of deadlocking; the sink's topic-row
+    locks come after all checkpoint locks."""
+    by_projection = sorted(wanted, key=lambda w: w[0].encode(), reverse=True)
+    return sorted(by_projection, key=lambda w: w[1].encode())  # stable: projection order kept
 
-    Claiming the row with INSERT … ON CONFLICT DO NOTHING first makes two concurrent first
+
+_LOCK_CHECKPOINTS_SQL = """
+SELECT c.id FROM khala_projection_checkpoints AS c
+  JOIN unnest(%s::text[], %s::text[]) AS t(p, e) ON c.projection_name = t.p AND c.entity_id = t.e
+ ORDER BY c.entity_id COLLATE "C", c.projection_name COLLATE "C" DESC
+   FOR UPDATE OF c
+"""
+
+
+def _locked_checkpoints(wanted: list[tuple[str, str, str]]) -> dict[tuple[str, str], ProjectionCheckpoint]:
+    """The checkpoint rows of ``(projection, entity_id, doc_key)``, locked until commit (a missing
+    one is created as "never projected", seq -1).
+
+    Claiming the rows with INSERT … ON CONFLICT DO NOTHING first makes two concurrent first
     projections of one entity queue on the same row instead of racing to insert it.
     """
     from django.db import connection
 
+    wanted = _in_lock_order(wanted)
+    if not wanted:
+        return {}
     if connection.vendor != "postgresql":  # the embedded SQLite of `make run`: INSERT OR IGNORE
         now = timezone.now()
-        claim = ProjectionCheckpoint(
-            projection_name=projection, entity_id=entity_id, document_id=doc_key, last_runtime_seq=-1,
-            projection_version="", summary_hash="", last_projected_at=now, created_at=now, updated_at=now,
-        )
-        ProjectionCheckpoint.objects.bulk_create([claim], ignore_conflicts=True)
-        return ProjectionCheckpoint.objects.get(projection_name=projection, entity_id=entity_id)
-    with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_CHECKPOINT_SQL, [projection, entity_id, doc_key])
-    return ProjectionCheckpoint.objects.select_for_update().get(projection_name=projection, entity_id=entity_id)
+        claims = [
+            ProjectionCheckpoint(
+                projection_name=p, entity_id=e, document_id=d, last_runtime_seq=-1, projection_version="",
+                summary_hash="", last_projected_at=now, created_at=now, updated_at=now,
+            )
+            for p, e, d in wanted
+        ]
+        ProjectionCheckpoint.objects.bulk_create(claims, ignore_conflicts=True)
+        match = Q()
+        for projection, entity_id, _doc_key in wanted:
+            match |= Q(projection_name=projection, entity_id=entity_id)
+        rows = ProjectionCheckpoint.objects.filter(match)  # SQLite: the write lock is the database's
+    else:
+        names, ids = [w[0] for w in wanted], [w[1] for w in wanted]
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_CHECKPOINTS_SQL, [names, ids, [w[2] for w in wanted]])
+            cursor.execute(_LOCK_CHECKPOINTS_SQL, [names, ids])
+            locked = [r[0] for r in cursor.fetchall()]
+        rows = ProjectionCheckpoint.objects.filter(id__in=locked)  # locked above, by this transaction
+    return {(row.projection_name, row.entity_id): row for row in rows}
 
 
-def _advance_checkpoint(checkpoint: ProjectionCheckpoint, doc_key: str, seq: int, summary_hash: str, now) -> None:
-    """Record a projection that was written, in the transaction of its sink write."""
+def _advance(checkpoint: ProjectionCheckpoint, doc_key: str, seq: int, summary_hash: str, now) -> None:
+    """Record a projection that was written (saved with the batch, in the transaction of its sink write)."""
     checkpoint.document_id = doc_key
     checkpoint.last_runtime_seq = seq
     checkpoint.projection_version = PROJECTION_VERSION
     checkpoint.summary_hash = summary_hash
-    checkpoint.last_projected_at = now or timezone.now()
-    checkpoint.save()
+    checkpoint.last_projected_at = now
+    checkpoint.updated_at = now
 
 
 def _read_model_matches(topic: str, doc_key: str, seq: int, digest: bytes) -> tuple[bool, str]:
@@ -241,168 +310,295 @@ def _read_model_matches(topic: str, doc_key: str, seq: int, digest: bytes) -> tu
     return True, "idempotent"
 
 
-def project_document(
-    projection: str,
-    entity_id: str,
-    topic: str,
-    doc_key: str,
-    seq: int,
-    owner: str,
-    payload: dict,
-    *,
-    verify_read_model: bool = False,
-    now=None,
-) -> ProjectionResult:
-    """Apply the checkpoint rules to one document and write it through the sink if needed.
-
-    Runs in its own transaction (nested in the caller's if one is open): checkpoint lock, sink
-    write and checkpoint update commit together, and a sink error rolls back all three.
-    """
-    encoded = encode(payload)
-    summary_hash = encoded.digest.hex()
-    with transaction.atomic():
-        checkpoint = _locked_checkpoint(projection, entity_id, doc_key)
-        decision = decide(checkpoint, seq, PROJECTION_VERSION, summary_hash)
-        if not decision.write and decision.reason == "idempotent" and verify_read_model:
-            matches, reason = _read_model_matches(topic, doc_key, seq, encoded.digest)
-            if not matches:
-                decision = Decision(True, reason)
-        if not decision.write:
-            metrics.PROJECTOR_RUNS.labels(projection=projection, result="skipped", reason=decision.reason).inc()
-            return ProjectionResult(projection, entity_id, doc_key, False, decision.reason)
-        if decision.reason == "summary_hash_mismatch":
-            metrics.PROJECTOR_DRIFT.labels(projection=projection).inc()
-            log.warning("projection drift %s %s at seq %s", projection, entity_id, seq)
-        result = sink.project(topic, doc_key, seq, payload, owner)
-        _advance_checkpoint(checkpoint, doc_key, seq, summary_hash, now)
-    metrics.PROJECTOR_RUNS.labels(projection=projection, result="written", reason=decision.reason).inc()
-    return ProjectionResult(projection, entity_id, doc_key, result.written, decision.reason, result.watermark)
-
-
 def _wanted(topics, topic: str) -> bool:
     return topics is None or topic in topics
 
 
-def project_run(run_id: str, *, verify_read_model: bool = False, now=None, topics=None) -> list[ProjectionResult]:
+def _event_stats(event_model, fk: str, entities: dict) -> tuple[dict[str, int], dict[str, object]]:
+    """Per entity: the number of its events up to its ``latest_seq`` as read, and that latest event.
+
+    Bounded by the ``latest_seq`` read with the entity, so the fold is of ONE authority state even
+    if an event commits between the two reads. On PostgreSQL one join against ``unnest`` arrays
+    per query (an ORM OR of one clause per entity cost more to build than to run).
+    """
+    from django.db import connection
+
+    if not entities:
+        return {}, {}
+    if connection.vendor == "postgresql":
+        table = event_model._meta.db_table
+        ids = list(entities)
+        seqs = [entities[i].latest_seq for i in ids]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT e.{fk}, count(*) FROM {table} AS e JOIN unnest(%s::text[], %s::bigint[]) AS t(id, s) "
+                f"ON e.{fk} = t.id AND e.seq <= t.s GROUP BY e.{fk}",
+                [ids, seqs],
+            )
+            counts = dict(cursor.fetchall())
+        latest_events = {
+            getattr(e, fk): e
+            for e in event_model.objects.raw(
+                f"SELECT e.* FROM {table} AS e JOIN unnest(%s::text[], %s::bigint[]) AS t(id, s) "
+                f"ON e.{fk} = t.id AND e.seq = t.s",
+                [ids, seqs],
+            )
+        }
+        return counts, latest_events
+    upto = Q()
+    latest = Q()
+    for entity_id, entity in entities.items():
+        upto |= Q(**{fk: entity_id, "seq__lte": entity.latest_seq})
+        if entity.latest_seq > 0:
+            latest |= Q(**{fk: entity_id, "seq": entity.latest_seq})
+    counts = {row[fk]: row["n"] for row in event_model.objects.filter(upto).values(fk).annotate(n=Count("id"))}
+    latest_events = {getattr(e, fk): e for e in event_model.objects.filter(latest)} if latest else {}
+    return counts, latest_events
+
+
+_SAVE_CHECKPOINTS_SQL = """
+UPDATE khala_projection_checkpoints AS c
+   SET document_id = t.d, last_runtime_seq = t.s, projection_version = %s, summary_hash = t.h,
+       last_projected_at = %s, updated_at = %s
+  FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[]) AS t(id, d, s, h)
+ WHERE c.id = t.id
+"""
+
+
+def _save_checkpoints(advanced: list[ProjectionCheckpoint], now) -> None:
+    """One UPDATE for the batch's checkpoints (the ORM's bulk_update builds a CASE per row and per
+    field, which cost more Python time than the rest of a 200-entity batch together)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        ProjectionCheckpoint.objects.bulk_update(
+            advanced, ["document_id", "last_runtime_seq", "projection_version", "summary_hash", "last_projected_at", "updated_at"]
+        )
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SAVE_CHECKPOINTS_SQL,
+            [
+                PROJECTION_VERSION, now, now,
+                [c.id for c in advanced], [c.document_id for c in advanced],
+                [c.last_runtime_seq for c in advanced], [c.summary_hash for c in advanced],
+            ],
+        )
+
+
+def _authority_candidates(run_ids: list[str], worker_ids: list[str], topics) -> tuple[dict, dict, list[_Candidate]]:
+    """Read the runs and workers and build their summary / notification documents (pure folds)."""
+    runs = {r.id: r for r in Run.objects.filter(id__in=run_ids)} if run_ids else {}
+    workers = {w.id: w for w in CodexWorker.objects.filter(id__in=worker_ids)} if worker_ids else {}
+    run_counts, run_latest = _event_stats(RunEvent, "run_id", runs)
+    worker_counts, worker_latest = _event_stats(CodexWorkerEvent, "worker_id", workers)
+    candidates = []
+    for run in runs.values():
+        owner = owner_string(run.owner_id)
+        if _wanted(topics, RUN_SUMMARIES):
+            summary = run_summary(run, run_counts.get(run.id, 0), run_latest.get(run.id))
+            candidates.append(_Candidate(RUN_SUMMARY, run.id, RUN_SUMMARIES, run_doc_key(run.id), run.latest_seq, owner, summary))
+        if run.is_terminal and _wanted(topics, NOTIFICATIONS):
+            candidates.append(_Candidate(
+                RUN_NOTIFICATION, run.id, NOTIFICATIONS, notification_doc_key(run.id), run.latest_seq, owner,
+                run_notification(run),
+            ))
+    for worker in workers.values():
+        if _wanted(topics, CODEX_WORKER_SUMMARIES):
+            summary = worker_summary(worker, worker_counts.get(worker.id, 0), worker_latest.get(worker.id))
+            candidates.append(_Candidate(
+                CODEX_WORKER_SUMMARY, worker.id, CODEX_WORKER_SUMMARIES, worker_doc_key(worker.id), worker.latest_seq,
+                owner_string(worker.owner_id), summary,
+            ))
+    return runs, workers, candidates
+
+
+def _new_worker_events(workers: dict, checkpoints: dict, verify_read_model: bool, rewrite) -> dict[str, list[tuple]]:
+    """Per worker: ``(event, document)`` of the events to write.
+
+    Normal path: the events after the checkpoint (so a projection that failed earlier is caught up
+    by the next one). Reprojection: every event whose read-model row is missing or differs.
+    """
+    if not workers:
+        return {}
+    from django.db import connection
+
+    after = {
+        wid: max(-1 if verify_read_model else checkpoints[(CODEX_WORKER_EVENT, wid)].last_runtime_seq, 0) for wid in workers
+    }
+    if connection.vendor == "postgresql":
+        events = CodexWorkerEvent.objects.raw(
+            "SELECT e.* FROM runtime_codex_worker_events AS e JOIN unnest(%s::text[], %s::bigint[]) AS t(id, s) "
+            "ON e.worker_id = t.id AND e.seq > t.s ORDER BY e.worker_id, e.seq",
+            [list(after), list(after.values())],
+        )
+    else:
+        match = Q()
+        for worker_id, seq in after.items():
+            match |= Q(worker_id=worker_id, seq__gt=seq)
+        events = CodexWorkerEvent.objects.filter(match).order_by("worker_id", "seq")
+    by_worker: dict[str, list[tuple]] = {}
+    for event in events:
+        by_worker.setdefault(event.worker_id, []).append((event, worker_event_document(event)))
+    if verify_read_model and by_worker:
+        keys = [doc["document_id"] for docs in by_worker.values() for _e, doc in docs]
+        stored = dict(
+            ReadModelDocument.objects.filter(topic=CODEX_WORKER_EVENTS, doc_key__in=keys).values_list("doc_key", "payload_hash")
+        )
+        by_worker = {
+            wid: [
+                (e, doc)
+                for e, doc in docs
+                if doc["document_id"] in rewrite or bytes(stored.get(doc["document_id"]) or b"") != encode(doc).digest
+            ]
+            for wid, docs in by_worker.items()
+        }
+    return by_worker
+
+
+def project_entities(
+    refs, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset(), before_write=None
+) -> BatchProjection:
+    """Project the documents of many entities (``(entity, entity_id)``, entity in ``ENTITIES``) in
+    ONE transaction (the caller's, if one is open) and ONE ``sink.project_many`` call: one
+    topic-row lock per topic for the whole batch instead of one commit per document.
+
+    Per document, the checkpoint rules of the module docstring decide; a write and its checkpoint
+    update commit together, and any error rolls the whole batch back. ``verify_read_model``
+    (reprojection) double-checks ``idempotent`` decisions against the stored read-model row;
+    ``topics`` (a set) limits which documents are considered; documents whose doc_key is in
+    ``rewrite`` are written even when nothing looks wrong (``parity_repair``: the parity audit saw
+    them missing from the journal). ``before_write`` (optional) runs in the same transaction right
+    before the sink call (the outbox deletes its entries there, outside the topic-row lock). Raises ``ValueError`` for an entity
+    kind outside ``ENTITIES`` and ``sink.SinkError`` when a document is refused (nothing written).
+
+    Why repeats are harmless (the outbox fast path and its workers may fold the same entity
+    concurrently): the checkpoint row is locked before the decision, so two folds of one entity
+    serialise on it; the second sees the first's seq and hash and skips (``idempotent``), or
+    skips an older fold (``checkpoint_ahead``). The sink's ``doc_version`` guard is the backstop:
+    no older version is ever journaled after a newer one.
+    """
+    refs = list(dict.fromkeys((str(e), str(i)) for e, i in refs))
+    unknown = sorted({e for e, _ in refs if e not in ENTITIES})
+    if unknown:
+        raise ValueError(f"unknown entity kind(s) {unknown}; the projector folds {list(ENTITIES)}")
+    now = now or timezone.now()
+    run_ids = [i for e, i in refs if e == RUN]
+    worker_ids = [i for e, i in refs if e == CODEX_WORKER]
+    results: dict[tuple[str, str], list[ProjectionResult]] = {}
+    with transaction.atomic():
+        runs, workers, candidates = _authority_candidates(run_ids, worker_ids, topics)
+        want_events = _wanted(topics, CODEX_WORKER_EVENTS)
+        lock = [(c.projection, c.entity_id, c.doc_key) for c in candidates]
+        if want_events:
+            lock += [(CODEX_WORKER_EVENT, wid, worker_event_doc_key(wid, 0)) for wid in workers]
+        checkpoints = _locked_checkpoints(lock)
+
+        writes: list[sink.DocumentWrite] = []
+        pending: list[tuple] = []  # per write: (ref, projection, entity_id, reason, checkpoint update or None)
+        for c in candidates:
+            ref = (RUN if c.projection in (RUN_SUMMARY, RUN_NOTIFICATION) else CODEX_WORKER, c.entity_id)
+            encoded = encode(c.payload)
+            summary_hash = encoded.digest.hex()
+            checkpoint = checkpoints[(c.projection, c.entity_id)]
+            decision = decide(checkpoint, c.seq, PROJECTION_VERSION, summary_hash)
+            if not decision.write and decision.reason == "idempotent" and verify_read_model:
+                matches, reason = _read_model_matches(c.topic, c.doc_key, c.seq, encoded.digest)
+                if not matches:
+                    decision = Decision(True, reason)
+            if not decision.write and decision.reason == "idempotent" and c.doc_key in rewrite:
+                decision = Decision(True, "parity_repair")
+            if not decision.write:
+                metrics.PROJECTOR_RUNS.labels(projection=c.projection, result="skipped", reason=decision.reason).inc()
+                results.setdefault(ref, []).append(ProjectionResult(c.projection, c.entity_id, c.doc_key, False, decision.reason))
+                continue
+            if decision.reason == "summary_hash_mismatch":
+                metrics.PROJECTOR_DRIFT.labels(projection=c.projection).inc()
+                log.warning("projection drift %s %s at seq %s", c.projection, c.entity_id, c.seq)
+            writes.append(sink.DocumentWrite(c.topic, c.doc_key, c.seq, c.payload, c.owner))
+            pending.append((ref, c.projection, c.entity_id, decision.reason, (checkpoint, c.doc_key, c.seq, summary_hash)))
+        if want_events:
+            for worker_id, docs in _new_worker_events(workers, checkpoints, verify_read_model, rewrite).items():
+                if not docs:
+                    continue
+                checkpoint = checkpoints[(CODEX_WORKER_EVENT, worker_id)]
+                owner = owner_string(workers[worker_id].owner_id)
+                newest = max(checkpoint.last_runtime_seq, docs[-1][0].seq)
+                for n, (event, doc) in enumerate(docs):
+                    writes.append(sink.DocumentWrite(CODEX_WORKER_EVENTS, doc["document_id"], event.seq, doc, owner))
+                    update = None
+                    if n == len(docs) - 1:  # the stream's checkpoint moves to its newest event
+                        update = (checkpoint, worker_event_doc_key(worker_id, newest), newest, encode(doc).digest.hex())
+                    pending.append(((CODEX_WORKER, worker_id), CODEX_WORKER_EVENT, worker_id, "new_events", update))
+
+        # Checkpoints first, the sink last: the topic-row lock that project_many takes is then held
+        # for that one statement and the COMMIT only (the checkpoint rows are locked already, so
+        # writing them before the documents changes nothing for anyone else).
+        advanced = []
+        for ref, projection, entity_id, reason, update in pending:
+            if update is not None:
+                _advance(*update, now)
+                advanced.append(update[0])
+        if advanced:
+            _save_checkpoints(advanced, now)
+        if before_write is not None:
+            before_write()
+        written = sink.project_many(writes) if writes else []
+        for (ref, projection, entity_id, reason, _update), write, result in zip(pending, writes, written):
+            metrics.PROJECTOR_RUNS.labels(projection=projection, result="written", reason=reason).inc()
+            results.setdefault(ref, []).append(
+                ProjectionResult(projection, entity_id, write.doc_key, result.written, reason, result.watermark)
+            )
+    present = {(RUN, i) for i in runs} | {(CODEX_WORKER, i) for i in workers}
+    ordered = {ref: _in_projection_order(results.get(ref, [])) for ref in refs if ref in present}
+    return BatchProjection(ordered, [ref for ref in refs if ref not in present])
+
+
+_PROJECTION_ORDER = {RUN_SUMMARY: 0, RUN_NOTIFICATION: 1, CODEX_WORKER_SUMMARY: 0, CODEX_WORKER_EVENT: 1}
+
+
+def _in_projection_order(results: list[ProjectionResult]) -> list[ProjectionResult]:
+    """An entity's results as its single-entity projection lists them: summary first."""
+    return sorted(results, key=lambda r: _PROJECTION_ORDER[r.projection])
+
+
+def project_run(
+    run_id: str, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset()
+) -> list[ProjectionResult]:
     """Project a run's summary (and, once terminal, its notification). Raises ``Run.DoesNotExist``.
 
     ``topics`` (a set) limits which documents are considered (reprojection of one topic).
     """
-    results = []
-    with transaction.atomic():
-        run = Run.objects.get(id=run_id)
-        events = RunEvent.objects.filter(run_id=run_id)
-        event_count = events.count()
-        latest_event = events.order_by("-seq").first()
-        owner = owner_string(run.owner_id)
-        if _wanted(topics, RUN_SUMMARIES):
-            results.append(project_document(
-                RUN_SUMMARY,
-                run.id,
-                RUN_SUMMARIES,
-                run_doc_key(run.id),
-                run.latest_seq,
-                owner,
-                run_summary(run, event_count, latest_event),
-                verify_read_model=verify_read_model,
-                now=now,
-            ))
-        if run.is_terminal and _wanted(topics, NOTIFICATIONS):
-            results.append(
-                project_document(
-                    RUN_NOTIFICATION,
-                    run.id,
-                    NOTIFICATIONS,
-                    notification_doc_key(run.id),
-                    run.latest_seq,
-                    owner,
-                    run_notification(run),
-                    verify_read_model=verify_read_model,
-                    now=now,
-                )
-            )
-    return results
+    batch = project_entities([(RUN, run_id)], verify_read_model=verify_read_model, now=now, topics=topics, rewrite=rewrite)
+    if batch.missing:
+        raise Run.DoesNotExist(f"run {run_id} does not exist")
+    return batch.results[(RUN, run_id)]
 
 
 def project_codex_worker(
-    worker_id: str, *, verify_read_model: bool = False, now=None, topics=None
+    worker_id: str, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset()
 ) -> list[ProjectionResult]:
     """Project a worker's summary and its events not yet projected. Raises ``CodexWorker.DoesNotExist``."""
-    results = []
-    with transaction.atomic():
-        worker = CodexWorker.objects.get(id=worker_id)
-        events = CodexWorkerEvent.objects.filter(worker_id=worker_id)
-        stats = events.aggregate(count=Count("id"), latest=Max("seq"))
-        latest_event = events.order_by("-seq").first()
-        owner = owner_string(worker.owner_id)
-        if _wanted(topics, CODEX_WORKER_SUMMARIES):
-            results.append(project_document(
-                CODEX_WORKER_SUMMARY,
-                worker.id,
-                CODEX_WORKER_SUMMARIES,
-                worker_doc_key(worker.id),
-                worker.latest_seq,
-                owner,
-                worker_summary(worker, stats["count"], latest_event),
-                verify_read_model=verify_read_model,
-                now=now,
-            ))
-        if _wanted(topics, CODEX_WORKER_EVENTS):
-            results.extend(_project_worker_events(worker, owner, verify_read_model=verify_read_model, now=now))
-    return results
+    batch = project_entities(
+        [(CODEX_WORKER, worker_id)], verify_read_model=verify_read_model, now=now, topics=topics, rewrite=rewrite
+    )
+    if batch.missing:
+        raise CodexWorker.DoesNotExist(f"codex worker {worker_id} does not exist")
+    return batch.results[(CODEX_WORKER, worker_id)]
 
 
-def _project_worker_events(worker: CodexWorker, owner: str, *, verify_read_model: bool, now) -> list[ProjectionResult]:
-    """Each worker event is its own document; the checkpoint remembers the last projected seq.
-
-    Normal path: events after the checkpoint, in one ``project_many`` batch (so a projection that
-    failed earlier is caught up by the next one). Reprojection: every event, writing only those
-    whose read-model row is missing or differs.
-    """
-    checkpoint = _locked_checkpoint(CODEX_WORKER_EVENT, worker.id, worker_event_doc_key(worker.id, 0))
-    after = -1 if verify_read_model else checkpoint.last_runtime_seq
-    events = list(CodexWorkerEvent.objects.filter(worker_id=worker.id, seq__gt=max(after, 0)).order_by("seq"))
-    documents = [(event, worker_event_document(event)) for event in events]
-    if verify_read_model and documents:
-        keys = [worker_event_doc_key(worker.id, e.seq) for e, _ in documents]
-        stored = dict(
-            ReadModelDocument.objects.filter(topic=CODEX_WORKER_EVENTS, doc_key__in=keys).values_list(
-                "doc_key", "payload_hash"
-            )
-        )
-        documents = [
-            (event, doc)
-            for event, doc in documents
-            if bytes(stored.get(doc["document_id"]) or b"") != encode(doc).digest
-        ]
-    if not documents:
-        return []
-    writes = [
-        sink.DocumentWrite(CODEX_WORKER_EVENTS, doc["document_id"], event.seq, doc, owner) for event, doc in documents
-    ]
-    written = sink.project_many(writes)
-    newest = max(checkpoint.last_runtime_seq, events[-1].seq)
-    summary_hash = encode(documents[-1][1]).digest.hex()
-    _advance_checkpoint(checkpoint, worker_event_doc_key(worker.id, newest), newest, summary_hash, now)
-    metrics.PROJECTOR_RUNS.labels(projection=CODEX_WORKER_EVENT, result="written", reason="new_events").inc(len(writes))
-    return [
-        ProjectionResult(CODEX_WORKER_EVENT, worker.id, w.doc_key, r.written, "new_events", r.watermark)
-        for w, r in zip(writes, written)
-    ]
+# --- the pre-outbox path (KHALA RUNTIME_PROJECTION="after_commit"; bench/commands.py baseline) ---
 
 
-# --- best-effort trigger after an authority commit ---------------------------------------------
+def project_best_effort(entity: str, entity_id: str) -> None:
+    """Project an entity at once, never raising: how the runtime projected before the outbox.
 
-
-def project_after_commit(entity: str, entity_id: str) -> None:
-    """Called from ``transaction.on_commit`` by the runtime: never raises.
-
-    The authority write already committed; a projection failure must not turn it into an error.
-    It is logged and counted (``khala_projection_failures_total``); the next write to the entity,
-    or ``manage.py reproject``, catches the documents up.
+    Not durable (a process dying before this runs loses the projection until the entity's next
+    write); kept only so ``bench/commands.py`` can measure the outbox against it. Failures are
+    logged and counted (``khala_projection_failures_total``).
     """
     try:
-        if entity == "run":
+        if entity == RUN:
             project_run(entity_id)
         else:
             project_codex_worker(entity_id)

@@ -78,8 +78,12 @@ def reproject(
     on_progress: Callable[[Progress], None] | None = None,
     progress_every: int = 100,
     now=None,
+    rewrite_doc_keys=frozenset(),
 ) -> Progress:
-    """Re-project the given entities (or all); returns the counts. Unknown ids count as failures."""
+    """Re-project the given entities (or all); returns the counts. Unknown ids count as failures.
+
+    ``rewrite_doc_keys``: documents to write even if read model and checkpoint look right (the
+    parity repair of a document missing from the journal only)."""
     if topics is not None and not topics <= TOPICS:
         raise ValueError(f"unknown topic(s) {sorted(topics - TOPICS)}; reprojection knows {sorted(TOPICS)}")
     total, entities = _entities(run_ids, worker_ids, all_entities, topics)
@@ -88,9 +92,13 @@ def reproject(
         started = time.monotonic()
         try:
             if scope == "run":
-                results: list[ProjectionResult] = project_run(entity_id, verify_read_model=True, now=now, topics=topics)
+                results: list[ProjectionResult] = project_run(
+                    entity_id, verify_read_model=True, now=now, topics=topics, rewrite=rewrite_doc_keys
+                )
             else:
-                results = project_codex_worker(entity_id, verify_read_model=True, now=now, topics=topics)
+                results = project_codex_worker(
+                    entity_id, verify_read_model=True, now=now, topics=topics, rewrite=rewrite_doc_keys
+                )
         except (Run.DoesNotExist, CodexWorker.DoesNotExist):
             progress.failed_entities.append((scope, entity_id, "not_found"))
             metrics.REPROJECTIONS.labels(scope=scope, result="not_found").inc()

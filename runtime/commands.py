@@ -4,14 +4,20 @@ Each command is one short transaction. ``seq`` is allocated under a row lock on 
 (``SELECT … FOR UPDATE``): concurrent appends to one run queue on that lock, so seqs are
 unique and gap-free; the (parent, seq) unique constraint is the backstop.
 
-Projection happens after COMMIT (``transaction.on_commit`` → ``projector.projector.
-project_after_commit``), best effort: the authority write never fails because projection did.
+Projection is durable: each command records its change in the projection outbox
+(``projector.outbox.record_change``) INSIDE its transaction, so no change can commit without its
+projection intent. ``manage.py projector_worker`` drains the outbox; the fast path
+(``KHALA["OUTBOX_FAST_PATH"]``) projects the entity from this process right after COMMIT when no
+worker holds its entry. Either way the authority write never fails because projection did.
+``KHALA["RUNTIME_PROJECTION"]`` keeps two non-durable modes for the benchmarks only
+(``khala_project.conf``).
 """
 
 from django.db import transaction
 from django.utils import timezone
 
 from khala_project.api_errors import CodedError
+from khala_project.conf import khala_setting
 from runtime.models import (
     TERMINAL_RUN_STATUSES,
     CodexWorker,
@@ -41,10 +47,23 @@ class CommandError(CodedError):
         super().__init__(code, message, http_status)
 
 
-def _project_after_commit(entity: str, entity_id: str) -> None:
-    from projector.projector import project_after_commit
+def _record_projection_intent(entity: str, entity_id: str, authority_seq: int) -> None:
+    """Called inside the command's transaction, after its authority writes."""
+    mode = khala_setting("RUNTIME_PROJECTION")
+    if mode == "outbox":
+        from projector import outbox
 
-    transaction.on_commit(lambda: project_after_commit(entity, entity_id))
+        outbox.record_change(entity, entity_id, authority_seq)
+        if khala_setting("OUTBOX_FAST_PATH"):
+            transaction.on_commit(lambda: outbox.project_after_commit(entity, entity_id))
+        else:
+            transaction.on_commit(outbox.notify_workers)
+    elif mode == "after_commit":  # the pre-outbox baseline of bench/commands.py: not durable
+        from projector.projector import project_best_effort
+
+        transaction.on_commit(lambda: project_best_effort(entity, entity_id))
+    elif mode != "off":  # "off": the authority-only ceiling of bench/commands.py
+        raise ValueError(f"KHALA RUNTIME_PROJECTION must be outbox, after_commit or off, not {mode!r}")
 
 
 def _append_next_event(parent, event_type: str, payload: dict, now):
@@ -62,7 +81,7 @@ def _append_next_event(parent, event_type: str, payload: dict, now):
 def create_run(owner, *, thread_id: str = "", now=None) -> Run:
     with transaction.atomic():
         run = Run.objects.create(owner=owner, thread_id=thread_id)
-        _project_after_commit("run", run.id)
+        _record_projection_intent("run", run.id, run.latest_seq)
     return run
 
 
@@ -82,7 +101,7 @@ def append_run_event(run_id: str, owner, event_type: str, payload: dict, *, now=
             run.terminal_reason_class = str(payload.get("reason_class") or "")[:64]
             run.terminal_reason = str(payload.get("reason") or "")[:2000]
         run.save()
-        _project_after_commit("run", run.id)
+        _record_projection_intent("run", run.id, run.latest_seq)
     return event
 
 
@@ -95,7 +114,7 @@ def create_codex_worker(owner, *, workspace_ref="", codex_home_ref="", adapter="
             adapter=adapter,
             metadata=metadata or {},
         )
-        _project_after_commit("codex_worker", worker.id)
+        _record_projection_intent("codex_worker", worker.id, worker.latest_seq)
     return worker
 
 
@@ -127,5 +146,5 @@ def append_worker_event(worker_id: str, owner, event_type: str, payload: dict, *
             if new_status in WORKER_STOPPED_STATUSES:
                 worker.stopped_at = now
         worker.save()
-        _project_after_commit("codex_worker", worker.id)
+        _record_projection_intent("codex_worker", worker.id, worker.latest_seq)
     return event

@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -345,3 +346,32 @@ def test_concurrent_writers_on_sqlite_get_gap_free_watermarks_and_never_go_backw
     assert sum(1 for k in out["versions_by_doc"] if k.startswith("batch-")) == 80
     assert out["run"] == [30, 30, 30]  # 3 threads x 10 events, each committed and projected
     assert out["read_models_match_last_journal_row"] is True
+
+
+def test_the_embedded_server_drains_changes_whose_writer_died_after_commit(embedded_server, tmp_path):
+    """`make run` is one command: its daphne drains the projection outbox in-process (no worker)."""
+    server, api_token = embedded_server
+    status, run = http(server, "POST", "/api/runtime/runs", token=api_token, body={"thread_id": "survivor"})
+    assert status == 201, run
+    env = embedded_env(tmp_path / "var")
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "var" / "khala.sqlite3", timeout=20) as db:
+        [user_id] = db.execute("SELECT owner_id FROM runtime_runs WHERE id = ?", [run["id"]]).fetchone()
+    crashed = subprocess.run(
+        [sys.executable, "-m", "tests.projector.crashing_writer", f"run_event:{user_id}:{run['id']}:run.started"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert crashed.returncode == 0 and "crashed" in crashed.stdout, crashed.stdout + crashed.stderr
+    doc_key = f"runtime/run_summary:{run['id']}"
+
+    def projected_version():
+        with sqlite3.connect(tmp_path / "var" / "khala.sqlite3", timeout=20) as db:
+            row = db.execute("SELECT doc_version FROM sync_read_models WHERE topic = ? AND doc_key = ?", [RUNS, doc_key]).fetchone()
+        return row and row[0]
+
+    # The writer died before its fast path could run: only the server's in-process drain projects it.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and projected_version() != 1:
+        time.sleep(0.2)
+    assert projected_version() == 1

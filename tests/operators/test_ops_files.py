@@ -68,6 +68,10 @@ def test_alert_rules_have_the_required_alerts_and_annotations():
         "KhalaStaleCursorSpike",
         "KhalaAuthFailureRatioHigh",
         "KhalaParityMismatch",
+        # the projection outbox: quarantine depth and the oldest pending entry's age
+        "KhalaOutboxQuarantine",
+        "KhalaOutboxBacklog",
+        "KhalaProjectorWorkerDown",
     } <= names
     assert len(names) == len(rules), "alert names must be unique"
     for rule in rules:

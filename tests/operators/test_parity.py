@@ -55,7 +55,7 @@ def findings_of(report, doc_key):
 
 def test_clean_state_has_no_mismatch(authority):
     report = audit()
-    assert report.sampled == 5
+    assert report.sampled == 7  # 5 summaries + each worker's event document
     assert report.findings == []
     assert report.status == "ok" and report.mismatch_rate == 0.0
 
@@ -68,7 +68,7 @@ def test_corrupted_read_model_payload_is_a_hash_mismatch(authority):
     report = audit()
     assert findings_of(report, run_doc_key(run.id)) == [("read_model", "hash_mismatch")]
     assert report.mismatched_documents == 1
-    assert report.mismatch_rate == pytest.approx(1 / 5)
+    assert report.mismatch_rate == pytest.approx(1 / 7)
 
 
 def test_read_model_behind_the_authority_is_lag_drift(authority):
@@ -164,7 +164,7 @@ def test_metrics_follow_the_last_cycle(authority):
     ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).delete()
     before = parity.PARITY_MISMATCHES.labels("read_model", "khala_missing")._value.get()
     audit()
-    assert parity.PARITY_MISMATCH_RATE._value.get() == pytest.approx(0.2)
+    assert parity.PARITY_MISMATCH_RATE._value.get() == pytest.approx(1 / 7)
     assert parity.PARITY_MISMATCHES.labels("read_model", "khala_missing")._value.get() == before + 1
     project_run(run.id, verify_read_model=True)  # reprojection repairs the read model
     audit()
@@ -174,7 +174,7 @@ def test_metrics_follow_the_last_cycle(authority):
 def test_command_passes_when_clean_and_fails_above_the_threshold(authority, capsys):
     call_command("sync_parity_audit", "--sample", "10", "--recheck-delay", "0", "--json")
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["status"] == "ok" and report["sampled"] == 5
+    assert report["status"] == "ok" and report["sampled"] == 7
 
     run = authority["runs"][0]
     ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).update(payload={"forged": 1})
@@ -217,3 +217,38 @@ def test_sampling_covers_recent_and_random_entities(authority, django_user_model
     assert len(ids) == len(set(ids)) and 5 <= len(ids) <= 10
     newest = list(Run.objects.order_by("-updated_at", "id").values_list("id", flat=True)[:5])
     assert ids[:5] == newest
+
+
+def test_notifications_and_worker_events_are_audited(authority):
+    from projector.projector import notification_doc_key, project_run, worker_event_doc_key
+
+    run = authority["runs"][0]
+    _add_run_events(run, 1, "run.completed")
+    run.status = "completed"
+    run.save()
+    project_run(run.id)
+    worker = authority["workers"][0]
+    ReadModelDocument.objects.filter(doc_key=notification_doc_key(run.id)).delete()
+    ReadModelDocument.objects.filter(doc_key=worker_event_doc_key(worker.id, 1)).update(doc_version=0)
+    report = audit()
+    assert report.sampled == 8  # + the terminal run's notification
+    assert findings_of(report, notification_doc_key(run.id)) == [("read_model", "khala_missing")]
+    assert findings_of(report, worker_event_doc_key(worker.id, 1)) == [("read_model", "lag_drift")]
+    assert report.mismatched_entities == sorted([("run", run.id), ("codex_worker", worker.id)])
+
+
+def test_command_repair_reprojects_missing_and_drifted_documents(authority, capsys):
+    run, worker = authority["runs"][1], authority["workers"][1]
+    ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).delete()
+    StreamEvent.objects.filter(doc_key=worker_doc_key(worker.id)).delete()
+    journal_before = StreamEvent.objects.count()
+    call_command("sync_parity_audit", "--sample", "50", "--recheck-delay", "0", "--repair")
+    out = capsys.readouterr().out
+    assert "parity mismatch" in out and "repair: entities=2 written_documents=2" in out
+    assert out.rstrip().splitlines()[-1].startswith("parity ok")
+    assert StreamEvent.objects.count() == journal_before + 2  # one new row per repaired document
+    assert audit().status == "ok"
+    # Nothing left to repair: a second run writes nothing.
+    call_command("sync_parity_audit", "--sample", "50", "--recheck-delay", "0", "--repair")
+    assert "repair:" not in capsys.readouterr().out
+    assert StreamEvent.objects.count() == journal_before + 2

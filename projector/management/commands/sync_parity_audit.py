@@ -4,6 +4,9 @@ Once (the default) it prints the report and fails (``CommandError``, exit 1) whe
 is above ``--max-mismatch-rate``: a rollout gate. With ``--loop`` it audits every ``--interval``
 seconds, exporting ``khala_parity_*`` on ``--metrics-port`` for Prometheus, until stopped (or for
 ``--cycles`` cycles, then fails if any cycle was over the threshold).
+
+``--repair`` re-projects the entities behind the findings (``parity.repair``), audits them again
+and reports; the exit status then reflects the audit AFTER the repair.
 """
 
 import json
@@ -37,6 +40,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--seed", type=int, default=None, help="seed of the random half of the sample (reproducible runs)")
         parser.add_argument("--json", action="store_true", help="print each report as one JSON line")
+        parser.add_argument(
+            "--repair",
+            action="store_true",
+            help="re-project the entities with missing or drifted documents, then audit them again",
+        )
         parser.add_argument("--metrics-port", type=int, default=0, help="serve the khala_parity_* metrics on this port (0 = off)")
 
     def handle(self, *args, **opts):
@@ -60,6 +68,8 @@ class Command(BaseCommand):
             cycle += 1
             report = parity.run_audit(sample, rng=rng, recheck_delay=opts["recheck_delay"])
             self._print(report, opts["json"])
+            if opts["repair"] and report.mismatched_entities:
+                report = self._repair(report, opts["json"])
             if report.mismatch_rate > rate:
                 over.append(report)
             if not opts["loop"] or (opts["cycles"] and cycle >= opts["cycles"]):
@@ -70,6 +80,19 @@ class Command(BaseCommand):
             raise CommandError(
                 f"parity mismatch rate {worst:.4f} above --max-mismatch-rate {rate} in {len(over)} of {cycle} cycle(s)"
             )
+
+    def _repair(self, report: parity.ParityReport, as_json: bool) -> parity.ParityReport:
+        progress = parity.repair(report)
+        failed = ", ".join(f"{scope} {entity_id}: {error}" for scope, entity_id, error in progress.failed_entities)
+        self.stdout.write(
+            f"repair: entities={progress.done} written_documents={progress.written_documents} "
+            f"unchanged_documents={progress.skipped_documents} failed={len(progress.failed_entities)}"
+            + (f" ({failed})" if failed else "")
+        )
+        after = parity.audit_entities(report.mismatched_entities)
+        after.sampled = report.sampled  # the rate stays relative to the audited sample
+        self._print(after, as_json)
+        return after
 
     def _print(self, report: parity.ParityReport, as_json: bool) -> None:
         if as_json:
@@ -91,3 +114,4 @@ class Command(BaseCommand):
             )
         if len(report.findings) > 50:
             self.stdout.write(f"  … {len(report.findings) - 50} more")
+

@@ -1,0 +1,393 @@
+"""Benchmark of the authority command path on ONE busy topic: how projection caps the command rate.
+
+    .venv/bin/python bench/commands.py [--seconds 10] [--writers 16] [--transports inprocess,http]
+
+Runs on its own database (``khala_bench_commands``; created and migrated here). ``--writers``
+processes append run events (``runtime.commands.append_run_event``), each to its own run, so every
+command changes one document of ``runtime.run_summaries``: one topic, one sequence row, the case the
+outbox is for. Each mode runs for ``--seconds`` in the same run of this script, on freshly emptied
+tables, with a fresh daphne server (the subscriber's, and the command API's for ``http``):
+
+- ``authority_only``: ``KHALA RUNTIME_PROJECTION=off``, nothing projected: the ceiling;
+- ``after_commit``: the pre-outbox path, one projection transaction per command in ``on_commit``;
+- ``outbox``: the outbox with the fast path off, one ``manage.py projector_worker`` draining it in
+  batches (``project_many``: one topic-row lock per batch);
+- ``outbox_half_rate``: the same, writers paced to half the ``authority_only`` rate (latency target);
+- ``outbox_fast_path_half_rate``: the default configuration (fast path on, worker running) at that
+  same rate.
+
+Transports: ``inprocess`` (each writer process calls the command functions) and ``http`` (each
+writer is a keep-alive HTTP client of ``POST /api/runtime/runs/<id>/events`` on the daphne server,
+started as every benchmark here starts its servers). The half-rate modes run in-process only.
+
+Measured per mode:
+
+- commands/s committed, and journal rows/s of the topic while the writers ran;
+- outbox depth sampled every 0.5 s (max, last) and the seconds the backlog took to drain after
+  the writers stopped;
+- COMMIT -> journal-visible latency: the COMMIT time is taken inside each writer right after the
+  COMMIT returned and before any ``on_commit`` callback ran (in-process only: an HTTP client only
+  sees the response, which in ``after_commit`` mode comes after the projection); "visible" is the
+  first time a poller of the journal (every 10 ms, its own connection) saw the run's summary at
+  that version or later (the outbox folds an entity once per batch, so consecutive versions may
+  share one journal row);
+- COMMIT -> subscriber receive: the same, seen by a WebSocket client subscribed to the topic.
+
+Prints a table and writes ``bench/results/commands.json``. The targets (16 writers): the outbox
+path sustains >= 0.8x the ``authority_only`` command rate with a bounded outbox depth, and at half
+that rate commit -> subscriber p99 < 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import multiprocessing as mp
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import harness  # noqa: E402
+
+TOPIC = "runtime.run_summaries"
+MODES = {
+    "authority_only": {"RUNTIME_PROJECTION": "off"},
+    "after_commit": {"RUNTIME_PROJECTION": "after_commit"},
+    "outbox": {"RUNTIME_PROJECTION": "outbox", "OUTBOX_FAST_PATH": False},
+    "outbox_half_rate": {"RUNTIME_PROJECTION": "outbox", "OUTBOX_FAST_PATH": False},
+    "outbox_fast_path_half_rate": {"RUNTIME_PROJECTION": "outbox", "OUTBOX_FAST_PATH": True},
+}
+WORKER_MODES = {"outbox", "outbox_half_rate", "outbox_fast_path_half_rate"}
+HALF_RATE_MODES = {"outbox_half_rate", "outbox_fast_path_half_rate"}
+
+
+# --- writers (forked processes) ------------------------------------------------------------------
+
+
+def _writer_inprocess(run_id: str, user_id: int, khala: dict, start_at: float, stop_at: float, interval: float, out):
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+    from runtime import commands
+
+    settings.KHALA = {**getattr(settings, "KHALA", {}), **khala}
+    committed = []
+    original = BaseDatabaseWrapper.run_and_clear_commit_hooks
+
+    def stamp_then_callbacks(self):  # right after COMMIT returned, before any on_commit callback
+        committed.append(time.time())
+        original(self)
+
+    BaseDatabaseWrapper.run_and_clear_commit_hooks = stamp_then_callbacks
+    user = get_user_model().objects.get(id=user_id)
+    records = []
+    errors = 0
+    _wait_until(start_at)
+    next_slot = time.time()
+    while time.time() < stop_at:
+        if interval:
+            next_slot += interval
+        try:
+            event = commands.append_run_event(run_id, user, "run.delta", {"n": len(records)})
+            records.append((event.seq, committed[-1]))
+        except Exception:
+            errors += 1
+        if interval:
+            _wait_until(next_slot)
+    from projector.hints import flush_hints
+
+    flush_hints(5.0)  # a forked process exits without atexit: publish the last hints first
+    connection.close()
+    out.put({"records": [(run_id, seq, t) for seq, t in records], "errors": errors})
+
+
+def _writer_http(run_id: str, api_url: str, api_token: str, start_at: float, stop_at: float, out):
+    parts = urllib.parse.urlsplit(api_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    headers = {"Authorization": f"Token {api_token}", "Content-Type": "application/json"}
+    body = json.dumps({"event_type": "run.delta", "payload": {}})
+    records, errors = [], 0
+    _wait_until(start_at)
+    while time.time() < stop_at:
+        try:
+            conn.request("POST", f"/api/runtime/runs/{run_id}/events", body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            if response.status == 201:
+                records.append((run_id, json.loads(data)["seq"], time.time()))
+            else:
+                errors += 1
+        except (OSError, http.client.HTTPException):
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    out.put({"records": records, "errors": errors})
+
+
+def _wait_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# --- the subscriber (a forked process with its own event loop) ----------------------------------
+
+
+def _subscriber(ws_url: str, ready, stop, out):
+    received: dict[str, list[tuple[int, float]]] = {}
+
+    def on_push(frame, received_at):
+        if frame[3] == "sync:update_batch":
+            for update in frame[4]["updates"]:
+                received.setdefault(update["doc_key"], []).append((update["doc_version"], received_at))
+
+    async def main():
+        sock = await harness.RawSyncSocket.connect(ws_url, on_push=on_push)
+        await harness.join_and_subscribe(sock, TOPIC)
+        ready.set()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        await sock.close()
+
+    asyncio.run(main())
+    out.put(received)
+
+
+# --- one mode --------------------------------------------------------------------------------------
+
+
+def _reset() -> None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE runtime_run_events, runtime_runs, khala_projection_outbox, khala_projection_checkpoints CASCADE")
+    harness.reset_topic(TOPIC)
+
+
+def _first_seen_at_or_after(seen: dict[str, list[tuple[int, float]]], doc_key: str, version: int) -> float | None:
+    times = [t for v, t in seen.get(doc_key, ()) if v >= version]
+    return min(times) if times else None
+
+
+def _latency(records, seen) -> dict:
+    from projector.projector import run_doc_key
+
+    lat, missing = [], 0
+    for run_id, seq, committed_at in records:
+        t = _first_seen_at_or_after(seen, run_doc_key(run_id), seq)
+        if t is None:
+            missing += 1
+        else:
+            lat.append(max(0.0, t - committed_at) * 1000)
+    lat.sort()
+    return {
+        "p50_ms": round(harness.percentile(lat, 50), 2) if lat else None,
+        "p99_ms": round(harness.percentile(lat, 99), 2) if lat else None,
+        "max_ms": round(lat[-1], 2) if lat else None,
+        "never_seen": missing,
+    }
+
+
+def run_mode(mode: str, transport: str, args, env: dict, user, api_token: str, rate: float | None) -> dict:
+    from django.db import connection, connections
+
+    from runtime.models import Run
+
+    _reset()
+    runs = [Run.objects.create(owner=user, thread_id=f"bench-{i}").id for i in range(args.writers)]
+    khala = MODES[mode]
+    server = harness.start("daphne", env, khala=khala)
+    worker = None
+    ctx = mp.get_context("fork")
+    stop_sub, ready_sub, sub_out = ctx.Event(), ctx.Event(), ctx.Queue()
+    subscriber = None
+    writers = []
+    try:
+        if mode in WORKER_MODES:
+            worker_log = Path(tempfile.mkstemp(prefix="khala-bench-projector-", suffix=".log")[1])
+            with worker_log.open("w") as log_file:
+                worker = subprocess.Popen(
+                    [sys.executable, "manage.py", "projector_worker", "--batch-size", str(args.batch_size)],
+                    cwd=harness.REPO_ROOT,
+                    env=dict(os.environ, KHALA_LOG_LEVEL="WARNING"),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + 60
+            while "projector worker ready" not in worker_log.read_text():
+                if worker.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"projector_worker did not start: {worker_log.read_text()}")
+                time.sleep(0.1)
+        connections.close_all()  # no shared sockets across fork
+        subscriber = ctx.Process(
+            target=_subscriber, args=(server.ws_url(token=harness.mint(user, [TOPIC])), ready_sub, stop_sub, sub_out)
+        )
+        connections.close_all()
+        subscriber.start()
+        if not ready_sub.wait(60):
+            raise RuntimeError("the subscriber did not subscribe")
+        start_at = time.time() + 1.0
+        stop_at = start_at + args.seconds
+        out = ctx.Queue()
+        interval = args.writers / rate if rate else 0.0
+        for run_id in runs:
+            if transport == "inprocess":
+                target, wargs = _writer_inprocess, (run_id, user.id, khala, start_at, stop_at, interval, out)
+            else:
+                target, wargs = _writer_http, (run_id, server.http_url, api_token, start_at, stop_at, out)
+            writers.append(ctx.Process(target=target, args=wargs))
+        for w in writers:
+            w.start()
+
+        # Monitor: poll the journal (visibility times) and sample the outbox depth.
+        seen: dict[str, list[tuple[int, float]]] = {}
+        depth: list[tuple[float, int]] = []
+        cursor_wm = 0
+        next_depth = start_at
+        rows_in_window = 0
+        drained_at = None
+        results = []
+        give_up = stop_at + args.drain_timeout
+        with connection.cursor() as cur:
+            while True:
+                now = time.time()
+                cur.execute(
+                    "SELECT watermark, doc_key, doc_version FROM sync_stream_events WHERE topic = %s AND watermark > %s ORDER BY watermark",
+                    [TOPIC, cursor_wm],
+                )
+                rows = cur.fetchall()
+                seen_at = time.time()
+                for wm, key, version in rows:
+                    seen.setdefault(key, []).append((version, seen_at))
+                    cursor_wm = wm
+                    if start_at <= seen_at <= stop_at:
+                        rows_in_window += 1
+                while len(results) < len(writers):  # read as they come: a child cannot exit before
+                    try:  # its queued records are read
+                        results.append(out.get_nowait())
+                    except queue.Empty:
+                        break
+                if now >= next_depth:
+                    cur.execute("SELECT count(*) FROM khala_projection_outbox WHERE quarantined_at IS NULL")
+                    pending = cur.fetchone()[0]
+                    depth.append((round(now - start_at, 2), pending))
+                    next_depth += 0.5
+                    if now > stop_at and (len(results) == len(writers) or now > give_up):
+                        if pending == 0 and drained_at is None:
+                            drained_at = now
+                        if drained_at is not None or mode not in WORKER_MODES or now > give_up:
+                            break
+                time.sleep(0.01)
+        for w in writers:
+            w.join(10)
+        time.sleep(1.0)  # let the last live frames reach the subscriber
+        stop_sub.set()
+        received = sub_out.get(timeout=30)
+        subscriber.join(10)
+    finally:
+        for w in writers:
+            if w.is_alive():
+                w.kill()
+        if subscriber is not None and subscriber.is_alive():
+            subscriber.kill()
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        server.stop()
+        connections.close_all()
+
+    records = [r for res in results for r in res["records"]]
+    errors = sum(res["errors"] for res in results)
+    committed_in_window = sum(1 for _run, _seq, t in records if start_at <= t <= stop_at)
+    result = {
+        "mode": mode,
+        "transport": transport,
+        "writers": args.writers,
+        "target_rate": round(rate, 1) if rate else None,
+        "commands": len(records),
+        "errors": errors,
+        "commands_per_s": round(committed_in_window / args.seconds, 1),
+        "journal_rows_per_s": round(rows_in_window / args.seconds, 1),
+        "outbox_depth_max": max((d for _, d in depth), default=0),
+        "outbox_depth_at_stop": next((d for t, d in depth if t >= args.seconds), 0),
+        "drain_seconds_after_stop": round(drained_at - stop_at, 2) if drained_at and mode in WORKER_MODES else None,
+        "outbox_depth_series": depth,
+    }
+    if transport == "inprocess" and mode != "authority_only":
+        result["commit_to_journal_visible"] = _latency(records, seen)
+        result["commit_to_subscriber"] = _latency(records, received)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="seconds each mode's writers run (default 10)")
+    parser.add_argument("--writers", type=int, default=16, help="concurrent writer processes (default 16)")
+    parser.add_argument("--transports", default="inprocess,http", help="inprocess, http or both (default both)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"modes to run, in order (default {','.join(MODES)})")
+    parser.add_argument("--batch-size", type=int, default=200, help="projector_worker --batch-size (default 200)")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to wait for the backlog after the writers stop")
+    args = parser.parse_args(argv)
+
+    env = harness.setup("commands")
+    from rest_framework.authtoken.models import Token
+
+    user = harness.bench_user()
+    api_token = Token.objects.get_or_create(user=user)[0].key
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    out = {"seconds": args.seconds, "writers": args.writers, "batch_size": args.batch_size, "runs": []}
+    ceiling: dict[str, float] = {}
+    for transport in [t.strip() for t in args.transports.split(",") if t.strip()]:
+        for mode in modes:
+            if mode in HALF_RATE_MODES and transport != "inprocess":
+                continue
+            rate = None
+            if mode in HALF_RATE_MODES:
+                if transport not in ceiling:
+                    continue
+                rate = ceiling[transport] / 2
+            print(f"{transport} {mode} …", flush=True)
+            result = run_mode(mode, transport, args, env, user, api_token, rate)
+            if mode == "authority_only":
+                ceiling[transport] = result["commands_per_s"]
+            if transport in ceiling and ceiling[transport]:
+                result["ratio_to_authority_only"] = round(result["commands_per_s"] / ceiling[transport], 3)
+            out["runs"].append(result)
+            print("  " + _row(result), flush=True)
+    out["postgres"] = harness.postgres_settings()
+    path = harness.write_result("commands", out)
+    print(f"wrote {path}")
+    return 0
+
+
+def _row(r: dict) -> str:
+    text = (
+        f"cmd/s={r['commands_per_s']} journal rows/s={r['journal_rows_per_s']} "
+        f"ratio={r.get('ratio_to_authority_only', '-')} depth max={r['outbox_depth_max']} "
+        f"at stop={r['outbox_depth_at_stop']} drain={r['drain_seconds_after_stop']}s errors={r['errors']}"
+    )
+    for key in ("commit_to_journal_visible", "commit_to_subscriber"):
+        if key in r:
+            v = r[key]
+            text += f" {key} p50={v['p50_ms']}ms p99={v['p99_ms']}ms never={v['never_seen']}"
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

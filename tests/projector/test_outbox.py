@@ -1,0 +1,498 @@
+"""The projection outbox and ``manage.py projector_worker``, on real PostgreSQL and real processes.
+
+- writers that die right after COMMIT (before any after-commit callback) lose nothing;
+- two workers drain 10,000 entries, each projected exactly once;
+- poison entries are quarantined after N attempts while the rest of the topic flows;
+- a worker killed with -9 mid-batch loses and doubles nothing;
+- the fast path and a worker side by side never write a document twice nor regress one;
+- bad input (an unencodable payload, unknown entities and topics) is quarantined with its error.
+"""
+
+import datetime as dt
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import psycopg
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+from django.db import connection, transaction
+
+from projector import outbox, parity
+from projector.models import (
+    CODEX_WORKER_EVENTS,
+    NOTIFICATIONS,
+    RUN_SUMMARIES,
+    ProjectionOutboxEntry,
+    ReadModelDocument,
+    StreamEvent,
+    TopicSequence,
+)
+from projector.projector import notification_doc_key, project_entities, run_doc_key, worker_doc_key
+from runtime import commands
+from runtime.models import CodexWorker, Run
+from tests.support.servers import REPO_ROOT, test_database_url as database_url_of_this_test_run
+
+
+def wait_for(predicate, what: str, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(**khala) -> dict:
+    import json
+
+    env = dict(os.environ, DATABASE_URL=database_url_of_this_test_run(), DJANGO_SETTINGS_MODULE="khala_project.settings")
+    if khala:
+        env["KHALA_SETTINGS_JSON"] = json.dumps(khala)
+    return env
+
+
+@pytest.fixture
+def projector_worker():
+    """Start ``manage.py projector_worker`` processes; yields start(*args) -> (process, log, port)."""
+    started = []
+
+    def start(*args):
+        port = free_port()
+        log = tempfile.NamedTemporaryFile(prefix="khala-projector-", suffix=".log", delete=False)
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "projector_worker", "--metrics-port", str(port), "--poll-interval", "0.5", *args],
+            cwd=REPO_ROOT,
+            env=subprocess_env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        started.append(process)
+        path = Path(log.name)
+        wait_for(lambda: "projector worker ready" in path.read_text() or process.poll() is not None, "the worker to start")
+        assert process.poll() is None, path.read_text()
+        return process, path, port
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def stop(process, log: Path) -> dict[str, int]:
+    """SIGTERM the worker; it must exit 0 with its totals, which are returned."""
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(15) == 0, log.read_text()
+    last = log.read_text().rstrip().splitlines()[-1]
+    assert last.startswith("projector worker stopped"), last
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", last)}
+
+
+def metric(port: int, name: str) -> float | None:
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def pending() -> int:
+    return ProjectionOutboxEntry.objects.filter(quarantined_at__isnull=True).count()
+
+
+def assert_journal_exact() -> None:
+    """No (topic, doc_key, doc_version) journaled twice, and no doc_version lower than an earlier one."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT topic, doc_key, doc_version, count(*) FROM sync_stream_events "
+            "GROUP BY 1, 2, 3 HAVING count(*) > 1 LIMIT 5"
+        )
+        assert cursor.fetchall() == [], "a document version was journaled twice"
+        cursor.execute(
+            "SELECT topic, doc_key, doc_version, previous FROM ("
+            "  SELECT topic, doc_key, doc_version,"
+            "         lag(doc_version) OVER (PARTITION BY topic, doc_key ORDER BY watermark) AS previous"
+            "    FROM sync_stream_events) AS t WHERE previous > doc_version LIMIT 5"
+        )
+        assert cursor.fetchall() == [], "a document version regressed in the journal"
+
+
+def assert_parity_clean() -> parity.ParityReport:
+    report = parity.run_audit(100_000, recheck_delay=0, record_metrics=False)
+    assert report.status == "ok", report.as_dict()["findings"][:10]
+    return report
+
+
+@pytest.fixture
+def user(db):
+    return get_user_model().objects.create_user(username="outbox-writer", password="pw")
+
+
+def crash(*specs: str) -> None:
+    """Run each runtime command in a process that dies right after its COMMIT."""
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.projector.crashing_writer", *specs],
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("crashed ") == len(specs), out.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writers_dying_after_commit_lose_nothing_once_a_worker_runs(topics, user, projector_worker):
+    uid = user.id
+    crash(f"create_run:{uid}:crash-run", f"create_worker:{uid}:crash-adapter")
+    run = Run.objects.get(thread_id="crash-run")
+    worker = CodexWorker.objects.get(adapter="crash-adapter")
+    crash(
+        f"run_event:{uid}:{run.id}:run.started",
+        f"run_event:{uid}:{run.id}:run.delta",
+        f"run_event:{uid}:{run.id}:run.completed",
+        f"worker_event:{uid}:{worker.id}:worker.heartbeat",
+        f"worker_event:{uid}:{worker.id}:worker.heartbeat",
+        f"worker_event:{uid}:{worker.id}:worker.note",
+    )
+    # Every writer died between COMMIT and its callbacks: the authority moved, projection did not,
+    # and each change left its intent behind.
+    assert (Run.objects.get(id=run.id).latest_seq, CodexWorker.objects.get(id=worker.id).latest_seq) == (3, 3)
+    assert not ReadModelDocument.objects.exists()
+    assert pending() == 8
+
+    process, log, port = projector_worker()
+    wait_for(lambda: pending() == 0, "the worker to drain the outbox")
+    versions = dict(ReadModelDocument.objects.values_list("doc_key", "doc_version"))
+    assert versions == {
+        run_doc_key(run.id): 3,
+        notification_doc_key(run.id): 3,
+        worker_doc_key(worker.id): 3,
+        f"runtime/codex_worker_event:{worker.id}:1": 1,
+        f"runtime/codex_worker_event:{worker.id}:2": 2,
+        f"runtime/codex_worker_event:{worker.id}:3": 3,
+    }
+    assert StreamEvent.objects.count() == len(versions)  # each document reached the journal once
+    assert_journal_exact()
+    report = assert_parity_clean()
+    assert report.sampled == len(versions)  # the audit covers all four topics
+    assert wait_for(lambda: metric(port, "khala_outbox_pending_entries") == 0, "the depth gauge")
+    assert metric(port, "khala_outbox_oldest_pending_age_seconds") == 0
+    totals = stop(process, log)
+    assert totals["projected"] == 8 and totals["quarantined"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_drain_10000_entries_each_projected_exactly_once(topics, user, projector_worker):
+    first = projector_worker("--batch-size", "100")
+    second = projector_worker("--batch-size", "100")
+    now = dt.datetime.now(dt.timezone.utc)
+    with transaction.atomic():
+        runs = Run.objects.bulk_create([Run(owner=user, thread_id=f"bulk-{i}") for i in range(10_000)], batch_size=2000)
+        ProjectionOutboxEntry.objects.bulk_create(
+            [ProjectionOutboxEntry(entity="run", entity_id=r.id, created_at=now, available_at=now) for r in runs],
+            batch_size=2000,
+        )
+    outbox.notify_workers()
+    wait_for(lambda: pending() == 0, "two workers to drain 10,000 entries", timeout=300)
+    a, b = stop(*first[:2]), stop(*second[:2])
+    assert a["projected"] + b["projected"] == 10_000
+    assert a["projected"] > 0 and b["projected"] > 0, (a, b)  # both really drained
+    summaries = StreamEvent.objects.filter(topic=RUN_SUMMARIES)
+    assert summaries.count() == 10_000
+    assert summaries.values("doc_key").distinct().count() == 10_000
+    assert TopicSequence.objects.get(topic=RUN_SUMMARIES).last_watermark == 10_000
+    assert_journal_exact()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_killed_mid_batch_loses_and_doubles_nothing(topics, user, projector_worker, settings):
+    settings.KHALA = {"OUTBOX_FAST_PATH": False}
+    runs = [commands.create_run(user, thread_id=f"k{i}") for i in range(50)]
+    assert pending() == 50
+    # Hold the topic's sequence row: the worker claims its batch, folds it, then blocks inside
+    # project_many, i.e. in the middle of its batch transaction.
+    blocker = psycopg.connect(database_url_of_this_test_run())
+    blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
+    process, log, _port = projector_worker()
+
+    def worker_blocked():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE %s",
+                ["%sync_topic_sequences%"],
+            )
+            return cursor.fetchone()[0] == 1
+
+    wait_for(worker_blocked, "the worker to block mid-batch")
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+    blocker.rollback()
+    blocker.close()
+    # The killed batch never committed: no document, every entry still there.
+    assert ProjectionOutboxEntry.objects.count() == 50
+    assert not StreamEvent.objects.exists()
+
+    process, log, _port = projector_worker()
+    wait_for(lambda: pending() == 0, "a new worker to drain after the kill")
+    stop(process, log)
+    assert StreamEvent.objects.filter(topic=RUN_SUMMARIES).count() == 50
+    assert set(ReadModelDocument.objects.values_list("doc_key", flat=True)) == {run_doc_key(r.id) for r in runs}
+    assert_journal_exact()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fast_path_and_worker_together_never_write_twice_or_regress(topics, user, projector_worker):
+    """Writers with the fast path on, a worker draining beside them, all on the same few entities."""
+    runs = [commands.create_run(user, thread_id=f"shared-{i}") for i in range(3)]
+    worker = commands.create_codex_worker(user, adapter="shared")
+    process, log, _port = projector_worker("--batch-size", "5")
+    errors = []
+
+    def writer(n: int):
+        try:
+            for i in range(25):
+                commands.append_run_event(runs[(n + i) % 3].id, user, "run.delta", {"n": n, "i": i})
+                commands.append_worker_event(worker.id, user, "worker.heartbeat", {})
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    wait_for(lambda: pending() == 0, "the outbox to drain")
+    stop(process, log)
+    assert not ProjectionOutboxEntry.objects.exists()
+    assert_journal_exact()
+    assert_parity_clean()
+    assert StreamEvent.objects.filter(topic=CODEX_WORKER_EVENTS).count() == 100
+
+
+class FakeClock:
+    """Starts an hour ahead, so entries the test writes later (stamped with the real clock) are due."""
+
+    def __init__(self):
+        self.now = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds: float):
+        self.now += dt.timedelta(seconds=seconds)
+
+
+def entry_of(entity_id: str) -> ProjectionOutboxEntry:
+    return ProjectionOutboxEntry.objects.get(entity_id=entity_id)
+
+
+@pytest.mark.django_db
+def test_poison_entity_is_quarantined_after_n_attempts_while_others_flow(topics, user, settings):
+    settings.KHALA = {"OUTBOX_MAX_ATTEMPTS": 3, "OUTBOX_RETRY_BASE_SECONDS": 10, "OUTBOX_RETRY_MAX_SECONDS": 15}
+    poison = commands.create_run(user, thread_id="poison")
+    healthy = [commands.create_run(user, thread_id=f"ok{i}") for i in range(3)]
+    clock = FakeClock()
+
+    def project(refs, before_write=None):
+        if any(entity_id == poison.id for _, entity_id in refs):
+            raise RuntimeError("this fold always fails")
+        return project_entities(refs, before_write=before_write)
+
+    result = outbox.drain_once(project=project, clock=clock)
+    assert (result.claimed, result.projected, result.retried, result.quarantined) == (4, 3, 1, 0)
+    entry = entry_of(poison.id)
+    assert entry.attempts == 1 and "RuntimeError: this fold always fails" in entry.last_error
+    assert entry.available_at == clock.now + dt.timedelta(seconds=10)
+
+    # While the poison waits, new writes on the same topic flow.
+    later = commands.create_run(user, thread_id="later")
+    assert outbox.drain_once(project=project, clock=clock).projected == 1
+    assert entry_of(poison.id).attempts == 1
+    assert ReadModelDocument.objects.filter(doc_key=run_doc_key(later.id)).exists()
+
+    clock.advance(10)
+    outbox.drain_once(project=project, clock=clock)
+    entry = entry_of(poison.id)
+    assert entry.attempts == 2 and entry.available_at == clock.now + dt.timedelta(seconds=15)  # capped
+    clock.advance(15)
+    assert outbox.drain_once(project=project, clock=clock).quarantined == 1
+    assert entry_of(poison.id).quarantined_at == clock.now
+    clock.advance(3600)
+    assert outbox.drain_once(project=project, clock=clock).claimed == 0  # never retried on its own
+    stats = outbox.stats(clock=clock)
+    assert (stats.pending, stats.quarantined) == (0, 1)
+    assert {r.id for r in healthy} <= {d.split(":")[1] for d in ReadModelDocument.objects.values_list("doc_key", flat=True)}
+
+    # An operator retries it once the bug is fixed.
+    assert outbox.retry_quarantined([entry_of(poison.id).id], clock=clock) == 1
+    assert outbox.drain_once(clock=clock).projected == 1
+    assert ReadModelDocument.objects.filter(doc_key=run_doc_key(poison.id)).exists()
+    assert not ProjectionOutboxEntry.objects.exists()
+
+
+@pytest.mark.django_db
+def test_unencodable_payload_is_quarantined_with_its_error_and_never_retried(topics, user):
+    # PostgreSQL's jsonb refuses NaN at the authority write itself; an integer beyond 2**53-1 is
+    # what a buggy writer can commit and the canonical encoding cannot represent.
+    worker = commands.create_codex_worker(user, adapter="bad")
+    commands.append_worker_event(worker.id, user, "worker.note", {"counter": 2**60})
+    fine = commands.create_run(user, thread_id="fine")
+    clock = FakeClock()
+    result = outbox.drain_once(clock=clock)
+    assert (result.projected, result.quarantined) == (1, 2)  # both entries of the bad worker
+    for entry in ProjectionOutboxEntry.objects.all():
+        assert entry.quarantined_at is not None and entry.attempts == 1
+        assert entry.last_error.startswith("invalid_payload:") and "2**53" in entry.last_error
+    clock.advance(10**6)
+    assert outbox.drain_once(clock=clock).claimed == 0
+    assert ProjectionOutboxEntry.objects.count() == 2  # kept, never silently dropped
+    assert ReadModelDocument.objects.filter(doc_key=run_doc_key(fine.id)).exists()
+
+
+@pytest.mark.django_db
+def test_unknown_entities_and_topics_are_refused_and_logged_with_the_entry_id(topics, user, caplog):
+    banana = ProjectionOutboxEntry.objects.create(entity="banana", entity_id="b1")
+    ghost = ProjectionOutboxEntry.objects.create(entity="run", entity_id="run_does_not_exist")
+    run = commands.create_run(user, thread_id="undeclared")
+    TopicSequence.objects.filter(topic=RUN_SUMMARIES).delete()
+    result = outbox.drain_once()
+    assert (result.claimed, result.projected, result.quarantined) == (3, 0, 3)
+    errors = dict(ProjectionOutboxEntry.objects.values_list("id", "last_error"))
+    assert errors[banana.id].startswith("unknown_entity:")
+    assert errors[ghost.id].startswith("entity_not_found:")
+    assert errors[entry_of(run.id).id].startswith("unknown_topic:")
+    for entry_id in errors:
+        assert f"outbox entry {entry_id} " in caplog.text
+    assert not ProjectionOutboxEntry.objects.filter(quarantined_at__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_change_needs_the_authority_transaction():
+    with pytest.raises(RuntimeError, match="inside the authority transaction"):
+        outbox.record_change("run", "run_x", 0)
+
+
+@pytest.mark.django_db
+def test_a_command_and_its_outbox_entry_commit_or_roll_back_together(topics, user):
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            commands.create_run(user, thread_id="rolled-back")
+            raise RuntimeError("the authority transaction fails after the command")
+    assert not Run.objects.filter(thread_id="rolled-back").exists()
+    assert not ProjectionOutboxEntry.objects.exists()
+    run = commands.create_run(user, thread_id="kept")
+    assert list(ProjectionOutboxEntry.objects.values_list("entity", "entity_id", "authority_seq")) == [("run", run.id, 0)]
+
+
+@pytest.mark.django_db
+def test_worker_command_argument_errors():
+    with pytest.raises(CommandError, match="--batch-size"):
+        call_command("projector_worker", "--once", "--batch-size", "0")
+    with pytest.raises(CommandError, match="--poll-interval"):
+        call_command("projector_worker", "--once", "--poll-interval", "0")
+    with pytest.raises(CommandError, match="--metrics-port"):
+        call_command("projector_worker", "--once", "--metrics-port", "70000")
+
+
+@pytest.mark.django_db
+def test_worker_once_drains_and_reports(topics, user, capsys):
+    commands.create_run(user, thread_id="once")
+    call_command("projector_worker", "--once")
+    assert "projector worker drained: batches=1 projected=1 documents=1" in capsys.readouterr().out
+    assert not ProjectionOutboxEntry.objects.exists()
+    assert ReadModelDocument.objects.filter(topic=RUN_SUMMARIES).count() == 1
+    assert not ReadModelDocument.objects.filter(topic=NOTIFICATIONS).exists()
+
+
+@pytest.mark.django_db
+def test_admin_shows_quarantined_entries_and_retries_them(topics, user, admin_client):
+    from django.urls import reverse
+
+    run = commands.create_run(user, thread_id="admin-retry")
+    entry = entry_of(run.id)
+    ProjectionOutboxEntry.objects.filter(id=entry.id).update(
+        attempts=8, quarantined_at=dt.datetime.now(dt.timezone.utc), last_error="RuntimeError: boom"
+    )
+    url = reverse("admin:projector_projectionoutboxentry_changelist")
+    page = admin_client.get(url + "?state=quarantined").content.decode()
+    assert run.id in page and "quarantined" in page and "RuntimeError: boom" in page
+    assert admin_client.get(reverse("admin:projector_projectionoutboxentry_change", args=[entry.id])).status_code == 200
+    response = admin_client.post(url, {"action": "retry_now", "_selected_action": [entry.id]}, follow=True)
+    assert "1 quarantined entry released" in response.content.decode()
+    entry.refresh_from_db()
+    assert (entry.quarantined_at, entry.attempts) == (None, 0)
+    assert outbox.drain_once().projected == 1
+    assert ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_fast_path_gives_way_to_a_busy_topic_and_leaves_the_entry_to_the_workers(topics, user):
+    run = commands.create_run(user, thread_id="busy")  # fast path on: projected at once
+    assert not ProjectionOutboxEntry.objects.exists()
+    blocker = psycopg.connect(database_url_of_this_test_run())
+    blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
+    def command():
+        try:
+            commands.append_run_event(run.id, user, "run.started", {})
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=command)
+    try:
+        writer.start()
+        writer.join(10)
+        assert not writer.is_alive(), "the command waited for the busy topic row"
+        entry = entry_of(run.id)
+        assert (entry.attempts, entry.quarantined_at) == (0, None)  # not a failure: just deferred
+    finally:
+        blocker.rollback()  # (without the lock timeout, this is what lets the command finish)
+        blocker.close()
+        writer.join(30)
+    assert outbox.drain_once().projected == 1
+    assert ReadModelDocument.objects.get(doc_key=run_doc_key(run.id)).doc_version == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_worker_wakes_on_notify_long_before_its_poll_interval(topics, user, projector_worker, settings):
+    settings.KHALA = {"OUTBOX_FAST_PATH": False}  # commands NOTIFY after COMMIT instead
+    process, log, _port = projector_worker("--poll-interval", "60")
+    wait_for(lambda: "projector worker ready" in log.read_text(), "the worker")
+    time.sleep(0.5)  # let its first (empty) pass finish and the wait begin: the NOTIFY is what must wake it
+    run = commands.create_run(user, thread_id="woken")
+    wait_for(lambda: ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).exists(), "a NOTIFY wake-up", timeout=20)
+    stop(process, log)
+
+
+@pytest.mark.django_db
+def test_an_unknown_runtime_projection_mode_is_refused(topics, user, settings):
+    settings.KHALA = {"RUNTIME_PROJECTION": "sometimes"}
+    with pytest.raises(ValueError, match="RUNTIME_PROJECTION"):
+        commands.create_run(user, thread_id="x")
