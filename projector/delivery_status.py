@@ -143,7 +143,7 @@ def delivery_status() -> DeliveryStatus | None:
     for hub in _hubs():
         connections += len(_snapshot(hub.sessions))
         for topic, feed in _snapshot(hub.feeds.items()):
-            subscribers[topic] = subscribers.get(topic, 0) + len(_snapshot(feed.sessions))
+            subscribers[topic] = subscribers.get(topic, 0) + len(_snapshot(feed.followers))
         presence = getattr(hub, "presence", None)
         if presence is not None:
             for topic, n in presence.local_stale_last_hour().items():

@@ -95,7 +95,7 @@ class WorkerPresence:
     # ---- what the hub and sessions call (synchronous, never wait for Redis) ----------------------
 
     def record_for(self, hub) -> dict:
-        subscribers = {topic: len(feed.sessions) for topic, feed in list(hub.feeds.items())}
+        subscribers = {topic: len(feed.followers) for topic, feed in list(hub.feeds.items())}
         return {
             "worker_id": self.worker_id,
             "pid": os.getpid(),

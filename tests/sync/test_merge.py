@@ -1,9 +1,9 @@
-"""The replay→live merge (``sync.session.merge_live``) as a pure, property-tested function."""
+"""The replay→live merge (``sync.follower.merge_live``) as a pure, property-tested function."""
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.session import LiveRange, merge_live
+from sync.follower import LiveRange, merge_live
 
 
 @st.composite
