@@ -27,10 +27,9 @@ import random
 import time
 import weakref
 
-from channels.layers import get_channel_layer
 
 from khala_project.conf import khala_setting
-from projector.hints import HINT_TYPE, topic_group
+from khala_project.bus import HINT_TYPE, REVOKED_TYPE, Subscription
 from sync import metrics
 from sync.journal import Journal, default_journal
 from sync.policies import RevocationCheck
@@ -40,8 +39,6 @@ from sync.protocol import TopicState, inline_limit
 
 log = logging.getLogger(__name__)
 
-REVOCATIONS_GROUP = "khala.revocations"
-REVOKED_TYPE = "sync.revoked"
 PUMP_READ_LIMIT = 1000
 KNOWN_TOPICS_TTL_SECONDS = 10.0
 
@@ -71,14 +68,13 @@ class TopicFeed:
 class Hub:
     def __init__(self, *, journal: Journal | None = None, layer=None, clock=time.monotonic, rng=None):
         self.journal = journal or default_journal()
-        self.layer = layer if layer is not None else get_channel_layer()
+        self.bus = Subscription(layer)  # the worker's one channel (``khala_project.bus``)
         self.clock = clock
         self.rng = rng or random.Random()
         self.sessions: set = set()
         self.feeds: dict[str, TopicFeed] = {}
         self.revocation = RevocationCheck(self.journal)
         self.presence = WorkerPresence.from_settings()  # best effort; never awaited by delivery
-        self.channel: str | None = None
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
         self._known_topics: tuple = ()
@@ -90,9 +86,8 @@ class Hub:
 
     async def start(self) -> None:
         await self.journal.open()
-        if self.layer is not None:
-            self.channel = await self.layer.new_channel("khala.hub.")
-            await self.layer.group_add(REVOCATIONS_GROUP, self.channel)
+        if self.bus.enabled:
+            await self.bus.open()
             self._tasks.append(asyncio.create_task(self._receive_loop(), name="khala-hub-receive"))
         self._tasks.append(asyncio.create_task(self._head_check_loop(), name="khala-hub-head-check"))
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="khala-hub-tick"))
@@ -103,12 +98,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._spawned, return_exceptions=True)
         self._tasks.clear()
-        if self.layer is not None and self.channel is not None:
-            for group in [REVOCATIONS_GROUP] + [topic_group(topic) for topic in self.feeds]:
-                try:
-                    await self.layer.group_discard(group, self.channel)
-                except Exception:
-                    pass
+        await self.bus.close(list(self.feeds))
         await self.presence.stop()
         await self.journal.close()
         self.started = False
@@ -142,8 +132,7 @@ class Hub:
         feed = self.feeds.get(topic)
         if feed is None:
             feed = self.feeds[topic] = TopicFeed(topic)
-            if self.layer is not None and self.channel is not None:
-                self._spawn(self.layer.group_add(topic_group(topic), self.channel), "khala-hub-group-add")
+            self._spawn(self.bus.follow(topic), "khala-hub-group-add")
         feed.followers.add(follower)
         if feed.cursor is None and not feed.pumping:
             # A new feed learns the head and starts reading; a known one needs nothing: the new
@@ -158,8 +147,7 @@ class Hub:
         feed.followers.discard(follower)
         if not feed.followers:
             del self.feeds[topic]
-            if self.layer is not None and self.channel is not None:
-                self._spawn(self.layer.group_discard(topic_group(topic), self.channel), "khala-hub-group-discard")
+            self._spawn(self.bus.unfollow(topic), "khala-hub-group-discard")
 
     def head(self, topic: str) -> int:
         feed = self.feeds.get(topic)
@@ -258,7 +246,7 @@ class Hub:
         backoff = 0.1
         while True:
             try:
-                message = await self.layer.receive(self.channel)
+                message = await self.bus.receive()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -363,6 +351,14 @@ async def get_hub() -> Hub:
             raise
         future.set_result(hub)
     return await asyncio.shield(future)
+
+
+def running_hubs() -> list:
+    """The started hubs of this process (one per event loop that serves sockets), for the admin's
+    per-process figures. Read from another thread it is a racy snapshot, which is all a dashboard
+    needs."""
+    futures = list(_hubs.values())
+    return [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
 
 
 async def stop_hub() -> None:
