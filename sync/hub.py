@@ -31,7 +31,8 @@ import weakref
 from khala_project.conf import khala_setting
 from khala_project.bus import HINT_TYPE, REVOKED_TYPE, Subscription
 from sync import metrics
-from sync.journal import Journal, default_journal
+from sync.journal import default_journal
+from sync.journal_reader import JournalReader
 from sync.policies import RevocationCheck
 from sync.presence import WorkerPresence
 from sync.follower import LiveBatch, LiveRange
@@ -66,7 +67,7 @@ class TopicFeed:
 
 
 class Hub:
-    def __init__(self, *, journal: Journal | None = None, layer=None, clock=time.monotonic, rng=None):
+    def __init__(self, *, journal: JournalReader | None = None, layer=None, clock=time.monotonic, rng=None):
         self.journal = journal or default_journal()
         self.bus = Subscription(layer)  # the worker's one channel (``khala_project.bus``)
         self.clock = clock

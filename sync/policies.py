@@ -1,6 +1,7 @@
 """Join policies of the sync socket: one small class per decision, one hook each.
 
-- ``CompatibilityGate.check(params, claims)``: upstream §5.2, only when ``COMPAT_ENFORCED``.
+- ``CompatibilityGate.check(params, claims)``: the client build / protocol / schema window
+  (``docs/protocol/OA_SYNC_WS_MAPPING.md``, compatibility gate), only when ``COMPAT_ENFORCED``.
 - ``TokenAuthentication.authenticate(token)``: ``tokens.verifier`` (CPU only, no database).
 - ``RevocationCheck.revoked_reason(principal)`` / ``revoked_among(principals)``: the statements of
   ``tokens.revocation`` run on the worker's journal reader (its bounded async pool; never Django's
@@ -29,7 +30,8 @@ class JoinRefused(Exception):
 
 
 class CompatibilityGate:
-    """Refuses client builds/protocols/schemas outside the configured window (upstream §5.2)."""
+    """Refuses client builds/protocols/schemas outside the configured ``COMPAT_*`` window, so a client
+    too old (or too new) for this server hears ``upgrade_required`` with the window it must meet."""
 
     def enabled(self) -> bool:
         return bool(khala_setting("COMPAT_ENFORCED"))

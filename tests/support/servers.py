@@ -158,7 +158,7 @@ def _command(kind: str, fd: int, extra_args) -> list[str]:
     if kind == "uvicorn":
         return [
             # Like `make serve-uvicorn`: per-message deflate off (small JSON frames; it costs more
-            # CPU than it saves on a LAN, see peers.md §D).
+            # CPU than it saves on a LAN for frames this small).
             str(VENV_BIN / "uvicorn"), "--fd", str(fd), "--no-access-log", "--lifespan", "off",
             "--ws-per-message-deflate", "false", "--log-level", "warning", *extra_args, app,
         ]

@@ -1,7 +1,7 @@
 """Sync tokens minted by hand (PyJWT) for tests that must shape each claim and header themselves.
 
-``sync_claims`` is the exact claim set ``tokens.issuer.issue_token`` writes (upstream-khala-v1.md
-§6.1 plus session and device ids) under the settings in force; ``sign`` encodes claims with a test
+``sync_claims`` is the exact claim set ``tokens.issuer.issue_token`` writes (the
+claims listed in ``docs/sync/TOKENS.md``, plus session and device ids) under the settings in force; ``sign`` encodes claims with a test
 key. Minting this way, not through the issuer, lets a test produce each verifier failure on purpose
 (bad alg, unknown kid, expired, mismatched audience …).
 """
