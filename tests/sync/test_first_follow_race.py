@@ -12,7 +12,7 @@ import asyncio
 import pytest
 
 from tests.sync.test_ws_channel import RUNS, joined, write_runs
-from tests.sync.wsclient import updates_of
+from tests.support.wsclient import updates_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("hub_cleanup")]
 

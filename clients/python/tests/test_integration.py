@@ -14,7 +14,6 @@ import random
 import time
 
 import pytest
-import websockets
 
 from khala_client import (
     BatchApplied,
@@ -29,6 +28,7 @@ from khala_client import (
 )
 
 from conftest import cache_state, converged, db, wait_until
+from tests.support.wsclient import PhoenixClient
 
 pytestmark = pytest.mark.slow
 
@@ -372,8 +372,9 @@ def _jwt_exp(token: str) -> int:
 
 
 async def _join_error(env, token):
-    async with websockets.connect(env.server.ws_url(token=token)) as ws:
-        await ws.send(json.dumps(["1", "1", "sync:v1", "phx_join", {}]))
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
-    response = reply[4]["response"]
+    client = await PhoenixClient.connect(env.server.ws_url(token=token))
+    try:
+        response = (await client.join())["response"]
+    finally:
+        await client.close()
     return response["code"], response.get("reason")
