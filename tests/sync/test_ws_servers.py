@@ -79,18 +79,37 @@ def metric(server, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-async def test_two_daphne_workers_deliver_each_others_writes(topics, mint, asgi_server):
-    one, two = asgi_server("daphne"), asgi_server("daphne")
+# Far longer than any wait below: within these tests only a Redis hint can trigger live delivery.
+NO_HEAD_CHECK = {"HEAD_CHECK_INTERVAL_SECONDS": 600.0}
+HINT_WINDOW_SECONDS = 10.0
+
+
+async def test_two_daphne_workers_deliver_through_redis_hints_and_a_deaf_worker_does_not(topics, mint, asgi_server):
+    """Live delivery across processes is driven by the hints: the writer (this process) publishes
+    on the run's channel prefix, both workers hear it and deliver long before their head check
+    could. A third worker on another prefix hears nothing and therefore delivers nothing in the
+    same window — the control that makes this test able to fail if hints were not used."""
+    one, two = asgi_server("daphne", khala=NO_HEAD_CHECK), asgi_server("daphne", khala=NO_HEAD_CHECK)
+    deaf = asgi_server("daphne", khala=NO_HEAD_CHECK, env={"KHALA_CHANNEL_PREFIX": "khala_hint_test_deaf"})
     a, _ = await subscribed(one, mint(1))
     b, _ = await subscribed(two, mint(1))
+    c, _ = await subscribed(deaf, mint(1))
     await in_thread(write_rows, 1, 3)
-    assert await collect_until(a, lambda s: len(s) >= 3) == [1, 2, 3]
-    assert await collect_until(b, lambda s: len(s) >= 3) == [1, 2, 3]
-    # and a write made while serving: socket b on worker two writes nothing itself, worker one's
-    # socket keeps receiving; both hubs read the journal once per topic.
+    assert await collect_until(a, lambda s: len(s) >= 3, timeout=HINT_WINDOW_SECONDS) == [1, 2, 3]
+    assert await collect_until(b, lambda s: len(s) >= 3, timeout=HINT_WINDOW_SECONDS) == [1, 2, 3]
+    # The deaf worker listens on another prefix: no hint reached it, so it has sent nothing.
+    ref = await c.push("sync:heartbeat", {})
+    reply, frames = await c.reply(ref)
+    assert updates_of(frames) == [] and reply["response"]["watermarks"][0]["watermark"] == 0
+    # and a second burst while serving: both hubs keep hearing the topic group.
     await in_thread(write_rows, 4, 2)
-    assert await collect_until(a, lambda s: len(s) >= 2) == [4, 5]
-    assert await collect_until(b, lambda s: len(s) >= 2) == [4, 5]
+    assert await collect_until(a, lambda s: len(s) >= 2, timeout=HINT_WINDOW_SECONDS) == [4, 5]
+    assert await collect_until(b, lambda s: len(s) >= 2, timeout=HINT_WINDOW_SECONDS) == [4, 5]
+    ref = await c.push("sync:heartbeat", {})
+    reply, frames = await c.reply(ref)
+    assert updates_of(frames) == [] and reply["response"]["watermarks"][0]["watermark"] == 0
+    assert metric(one, "khala_hub_head_check_catchups_total") == 0
+    assert metric(one, 'khala_hub_journal_reads_total{trigger="hint"}') >= 1
 
 
 async def test_forced_disconnect_and_resume_gives_exactly_the_journal(topics, mint, asgi_server):
