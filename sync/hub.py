@@ -195,18 +195,19 @@ class Hub:
                     feed.state = _state_of(feed, page)
                     self._offer(feed, LiveRange(page.head_watermark, page.head_watermark, (), page.stream_epoch, state=feed.state))
                     continue
-                if page.rows:
+                if page.rows or page.pruned_through > feed.cursor:
                     # A floor above the cursor means rows were pruned before this worker read
                     # them: the range starts at the floor, so followers behind it see a gap,
-                    # read the journal, and report stale_cursor. Nothing is skipped silently.
+                    # read the journal, and report stale_cursor. Nothing is skipped silently —
+                    # also when every new row was pruned (an empty range at the floor).
                     start = max(feed.cursor, page.pruned_through)
-                    end = page.rows[-1].watermark
+                    end = page.rows[-1].watermark if page.rows else start
                     batch = LiveBatch(
                         feed.topic, start, end, tuple(page.rows), feed.stream_epoch,
                         inline_limit_bytes=inline_limit(int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), self.live_max_bytes),
                         max_count=int(khala_setting("REPLAY_BATCH_MAX_SIZE")),
                         max_bytes=self.live_max_bytes,
-                    )
+                    ) if page.rows else None
                     feed.cursor = end
                     self._offer(feed, LiveRange(start, end, tuple(page.rows), feed.stream_epoch, batch))
                 if len(page.rows) < PUMP_READ_LIMIT and not feed.again:

@@ -30,7 +30,7 @@ from khala_project.conf import khala_setting
 from sync import metrics
 from sync.errors import close_code, error_payload
 from sync.follower import BatchLimits, Follower, TopicStatus
-from sync.policies import CompatibilityGate, JoinRefused, TokenAuthentication, reauth_payload
+from sync.policies import JoinPolicy, JoinRefused, reauth_payload
 from sync.protocol import (
     AUTH_FRAME_TOPIC,
     CHANNEL_TOPIC,
@@ -125,9 +125,7 @@ class Session:
         self.limits = BatchLimits(
             inline_limit(int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), self.batch_max_bytes), self.batch_max_bytes, self.batch_max
         )
-        self.gate = CompatibilityGate()
-        self.auth = TokenAuthentication()
-        self.revocation = hub.revocation  # reads through the hub's journal pool
+        self.join_policy = JoinPolicy(hub.revocation)  # revocation reads go through the hub's pool
 
     # ---- status ---------------------------------------------------------------------------
 
@@ -278,19 +276,8 @@ class Session:
             self._drop_all()
             self.principal = None
         try:
-            principal = self.auth.authenticate(self.params.get("token"))
-            self.gate.check(self.params, principal.claims)
-            reason = await self.revocation.revoked_reason(principal)
-            if reason:
-                raise JoinRefused(reauth_payload(reason))
+            principal = await self.join_policy.admit(self.params)
         except JoinRefused as refused:
-            if refused.code == "unauthorized" and self.gate.enabled():
-                # The gate runs first when enforced (a client too old to mint tokens correctly
-                # should hear "upgrade", not "unauthorized"); without claims only params count.
-                try:
-                    self.gate.check(self.params, {})
-                except JoinRefused as gate_refusal:
-                    refused = gate_refusal
             metrics.JOINS.labels(result=refused.code).inc()
             self._refuse(frame, refused.payload, close=True)
             return
@@ -300,30 +287,18 @@ class Session:
         self.frames = frame.payload.get("frames") is True
         self.next_heartbeat = self.clock() + self.rng.uniform(0, self.heartbeat_interval)
         metrics.JOINS.labels(result="ok").inc()
-        self.send(
-            encode_ok(
-                frame,
-                {
-                    "subscription_id": self.subscription_id,
-                    "allowed_topics": list(principal.allowed_topics),
-                    "current_watermarks": [],
-                    "heartbeat_interval_ms": int(self.heartbeat_interval * 1000),
-                    "heartbeat_timeout_ms": int(self.heartbeat_timeout * 1000),
-                    "replay_batch_max_size": self.batch_max,
-                    "protocol_version": PROTOCOL_VERSION,
-                },
-            )
-        )
+        self.send(encode_ok(frame, {
+            "subscription_id": self.subscription_id, "allowed_topics": list(principal.allowed_topics), "current_watermarks": [],
+            "heartbeat_interval_ms": int(self.heartbeat_interval * 1000), "heartbeat_timeout_ms": int(self.heartbeat_timeout * 1000),
+            "replay_batch_max_size": self.batch_max, "protocol_version": PROTOCOL_VERSION,
+        }))
 
     async def _subscribe(self, frame: Frame) -> None:
         started = self.clock()
         try:
             request = parse_subscribe(
-                frame.payload,
-                known_topics=await self.hub.known_topics(),
-                allowed_topics=self.principal.allowed_topics,
-                default_batch_size=self.batch_default,
-                max_batch_size=self.batch_max,
+                frame.payload, known_topics=await self.hub.known_topics(), allowed_topics=self.principal.allowed_topics,
+                default_batch_size=self.batch_default, max_batch_size=self.batch_max,
             )
         except ProtocolError as exc:
             metrics.SUBSCRIBES.labels(result=exc.code).inc()
@@ -353,9 +328,8 @@ class Session:
             if previous is not None:
                 self.hub.unfollow(previous)
             state = states[topic]
-            follower = Follower(
-                topic, self, self.hub.journal, position=cursor.watermark if cursor else state.pruned_through, state=state, limits=self.limits
-            )
+            position = cursor.watermark if cursor else state.pruned_through
+            follower = Follower(topic, self, self.hub.journal, position=position, state=state, limits=self.limits)
             self.followers[topic] = follower
             self.hub.follow(follower)
             started_followers.append(follower)
@@ -366,11 +340,8 @@ class Session:
                 return
         metrics.SUBSCRIBES.labels(result="ok").inc()
         metrics.CATCHUP_DURATION.labels(status="ok").observe(self.clock() - started)
-        reply = {
-            "subscription_id": self.subscription_id,
-            "topics": list(request.topics),
-            "current_watermarks": [self.followers[t].watermark() for t in request.topics if t in self.followers],
-        }
+        current = [self.followers[t].watermark() for t in request.topics if t in self.followers]
+        reply = {"subscription_id": self.subscription_id, "topics": list(request.topics), "current_watermarks": current}
         if request.request_id is not None:
             reply["request_id"] = request.request_id
         self.send(encode_ok(frame, reply))
@@ -427,17 +398,11 @@ class Session:
         if self.closed:
             return
         metrics.SLOW_CONSUMER_CLOSES.inc()
-        full_resync = False
-        for follower in self.followers.values():
-            state = self.hub.topic_state(follower.topic)
-            if state is not None and stale_reason(Cursor(follower.topic, follower.last_sent), state) is not None:
-                full_resync = True
-        payload = error_payload(
-            "slow_consumer",
-            action="disconnect",
-            queue_limit=self.outbound.max_items,
-            full_resync_required=full_resync,
+        full_resync = any(
+            (state := self.hub.topic_state(f.topic)) is not None and stale_reason(Cursor(f.topic, f.last_sent), state) is not None
+            for f in self.followers.values()
         )
+        payload = error_payload("slow_consumer", action="disconnect", queue_limit=self.outbound.max_items, full_resync_required=full_resync)
         self.closed = True
         self.outbound.close()
         # The queue is full and the client is not reading: the error frame goes straight to the

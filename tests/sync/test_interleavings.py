@@ -94,6 +94,23 @@ def test_the_first_follow_race_order_is_delivered_without_a_later_write(mint):
         client.close()
 
 
+def test_every_new_row_pruned_under_a_live_cursor_is_reported_stale(mint):
+    """Found by the stateful test: the hub read nothing new (every new row already pruned) and
+    used to offer nothing, so a live follower below the floor was never told."""
+    client = Client(mint(1))
+    try:
+        client.subscribe(0)
+        while client.complete():
+            pass
+        client.journal.commit("user:1")
+        client.journal.prune(1)
+        client.quiesce()
+        client.check(settled=True)
+        assert client.segments[-1].stale and client.segments[-1].delivered == []
+    finally:
+        client.close()
+
+
 class DeliveryMachine(RuleBasedStateMachine):
     """Random interleavings of the same events, checked against the oracle after every step and
     once everything settled."""

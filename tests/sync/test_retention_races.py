@@ -65,11 +65,12 @@ async def test_prune_between_the_stale_check_and_the_first_replay_page(topics, m
     assert frames == [] and reply["response"]["watermarks"] == []
 
 
-async def test_rows_pruned_under_a_live_cursor(topics, mint, awrite, khala, monkeypatch):
+@pytest.mark.parametrize("later_row", [True, False], ids=["a-later-row", "every-new-row-pruned"])
+async def test_rows_pruned_under_a_live_cursor(topics, mint, awrite, khala, monkeypatch, later_row):
     """Live path. The socket is live at 5; rows 6–8 commit without a hint reaching the hub and
-    are pruned before it reads them; row 9 follows. When the hub reads (its head check), the
-    range starts at the floor: the socket sees the gap, reads the journal, and reports
-    ``stale_cursor`` instead of skipping 6–8."""
+    are pruned before it reads them; maybe row 9 follows. When the hub reads (its head check),
+    the range starts at the floor — an empty one when every new row was pruned — so the socket
+    sees the gap, reads the journal, and reports ``stale_cursor`` instead of skipping 6–8."""
     from sync.hub import get_hub
 
     khala(HEAD_CHECK_INTERVAL_SECONDS=600.0)  # the test runs the head check itself
@@ -80,11 +81,12 @@ async def test_rows_pruned_under_a_live_cursor(topics, mint, awrite, khala, monk
     monkeypatch.setattr("projector.sink.submit_hint", lambda *a, **k: None)  # the hub hears nothing
     await write_runs(awrite, 3, start=6)
     await database_sync_to_async(prune_through)(RUNS, 8)
-    await write_runs(awrite, 1, start=9)
+    if later_row:
+        await write_runs(awrite, 1, start=9)
     await (await get_hub()).head_check()
     frames = await client.recv_until(lambda f: f[3] == "sync:error")
     assert updates_of(frames) == []
-    assert_documented_stale(frames[-1][4], resume_after=5, retention_floor=8, head=9)
+    assert_documented_stale(frames[-1][4], resume_after=5, retention_floor=8, head=9 if later_row else 8)
     ref = await client.push("sync:heartbeat", {})
     reply, frames = await client.reply(ref)
     assert updates_of(frames) == [] and reply["response"]["watermarks"] == []
