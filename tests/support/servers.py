@@ -177,6 +177,7 @@ def start_server(
     port: int = 0,
     extra_args: tuple | list = (),
     startup_timeout: float = 30.0,
+    root: str | Path | None = None,
 ) -> ServerProcess:
     """Start one server process and wait for ``/healthz``. See the module docstring."""
     sock = _listening_socket(host, port)
@@ -184,7 +185,9 @@ def start_server(
     bound_port = sock.getsockname()[1]
     child_env = dict(os.environ)
     child_env["DJANGO_SETTINGS_MODULE"] = "khala_project.settings"
-    child_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + child_env.get("PYTHONPATH", "")
+    # ``root``: the checkout to serve (default this one; benchmarks compare another revision).
+    root = Path(root) if root is not None else REPO_ROOT
+    child_env["PYTHONPATH"] = str(root) + os.pathsep + child_env.get("PYTHONPATH", "")
     child_env.setdefault("KHALA_LOG_LEVEL", "WARNING")
     if database_url is not None:
         child_env["DATABASE_URL"] = database_url
@@ -200,7 +203,7 @@ def start_server(
     try:
         process = subprocess.Popen(
             _command(kind, fd, extra_args),
-            cwd=REPO_ROOT,
+            cwd=root,
             env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
