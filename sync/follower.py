@@ -254,8 +254,8 @@ class Follower:
         if self.ended or self.writer.closed:
             return
         if live.stream_epoch and live.stream_epoch != self.stream_epoch:
-            state = live.state or TopicState(self.topic, live.end, 0, live.stream_epoch)
-            self._stale(state.head_watermark, state.pruned_through, state.stream_epoch)
+            state = live.state
+            self._stale(state.head_watermark if state else live.end, state.pruned_through if state else 0, live.stream_epoch)
             return
         if self.status is TopicStatus.REPLAYING:
             self._buffer(live)

@@ -322,10 +322,13 @@ class Hub:
 
 
 def _state_of(feed: TopicFeed, page) -> TopicState:
-    """The topic state a page shows, with the policy the feed last read."""
+    """The topic state a page shows, with the policy the feed read first (a feed with a cursor has
+    read the topic's state)."""
     policy = feed.state
-    extra = (policy.replay_budget_events, policy.qos_tier, policy.snapshot_enabled) if policy else ()
-    return TopicState(feed.topic, page.head_watermark, page.pruned_through, page.stream_epoch, *extra)
+    return TopicState(
+        feed.topic, page.head_watermark, page.pruned_through, page.stream_epoch,
+        policy.replay_budget_events, policy.qos_tier, policy.snapshot_enabled,
+    )
 
 
 def _log_failure(task: asyncio.Task) -> None:

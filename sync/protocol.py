@@ -268,15 +268,17 @@ def parse_unsubscribe(payload: dict, known_topics) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class TopicState:
-    """What the journal says about a topic right now (one row of ``sync_topic_sequences``)."""
+    """What the journal says about a topic right now (one row of ``sync_topic_sequences``). No
+    defaults: the policy fields always come from that row, whose column defaults
+    (``projector.models.TopicSequence``) are the one definition of a topic's default policy."""
 
     topic: str
     head_watermark: int
     pruned_through: int
     stream_epoch: str
-    replay_budget_events: int = 10000
-    qos_tier: str = "warm"
-    snapshot_enabled: bool = False
+    replay_budget_events: int
+    qos_tier: str
+    snapshot_enabled: bool
 
 
 STALE_REASONS = ("stream_epoch_mismatch", "cursor_ahead_of_head", "retention_floor_breach", "replay_budget_exceeded")

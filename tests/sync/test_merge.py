@@ -90,7 +90,7 @@ def test_go_live_sends_every_row_up_to_the_topic_head_once_in_order(case):
     head, last_sent, buffer = case
     writer = RecordingWriter()
     follower = Follower(
-        TOPIC, writer, ListJournal(head), position=last_sent, state=TopicState(TOPIC, head, 0, EPOCH), limits=BatchLimits(1 << 20, 1 << 22, 100)
+        TOPIC, writer, ListJournal(head), position=last_sent, state=TopicState(TOPIC, head, 0, EPOCH, 10**9, "warm", False), limits=BatchLimits(1 << 20, 1 << 22, 100)
     )
     for r in buffer:
         follower.offer(r)  # REPLAYING: buffered
