@@ -325,7 +325,8 @@ class Session:
             if topic in self.followers and cursor is None:
                 continue  # already followed, no new cursor: nothing to do
             previous = self.followers.get(topic)
-            if previous is not None:
+            if previous is not None:  # a new cursor for a followed topic: start that topic over
+                previous.ended = True
                 self.hub.unfollow(previous)
             state = states[topic]
             position = cursor.watermark if cursor else state.pruned_through
