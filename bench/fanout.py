@@ -105,7 +105,12 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
 
     from projector.sink import project
 
-    servers = [harness.start(kind, env) for _ in range(args.workers)]
+    if args.compare_tree:
+        # Paired comparison: one worker of this tree, one of another checkout (e.g. the previous
+        # revision), same writes, same client processes; sockets alternate between them.
+        servers = [harness.start(kind, env), harness.start(kind, env, root=args.compare_tree)]
+    else:
+        servers = [harness.start(kind, env) for _ in range(args.workers)]
     clients = []
     try:
         token = harness.mint(user, [topic])
@@ -154,10 +159,11 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         close_old_connections()
 
     latencies = []
+    by_server: list[list[float]] = [[] for _ in servers]  # socket i is on server i % len(servers)
     missing = 0
     sockets_seen = 0
     for res in results:
-        for per_socket in res["received"]:
+        for index, per_socket in enumerate(res["received"]):
             sockets_seen += 1
             for wm, commit_at in commits.items():
                 got = per_socket.get(str(wm))
@@ -165,6 +171,7 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
                     missing += 1
                 else:
                     latencies.append((got - commit_at) * 1000)
+                    by_server[index % len(servers)].append((got - commit_at) * 1000)
     # p50 per 5-second slice of commit time: a rising series means a backlog (the servers or the
     # clients could not keep up), a flat one means steady per-message cost.
     first_commit = min(commits.values())
@@ -205,6 +212,22 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         "server_metrics": server_metrics,
         "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in results],
     }
+    if args.compare_tree:
+        cpu = list(data["server_cpu_seconds_during_writes"].values())
+        data["compare"] = {
+            label: {
+                "tree": tree,
+                "latency_ms": {q: round(harness.percentile(sorted(values), q), 2) for q in (50, 90, 99)},
+                "deliveries": len(values),
+                "server_cpu_seconds_during_writes": cpu[n],
+            }
+            for n, (label, tree, values) in enumerate(
+                [("this_tree", str(harness.REPO_ROOT), by_server[0]), ("compare_tree", args.compare_tree, by_server[1])]
+            )
+        }
+        for label, figures in data["compare"].items():
+            print(f"  {kind} {label}: p50 {figures['latency_ms'][50]} ms, p99 {figures['latency_ms'][99]} ms, "
+                  f"server CPU {figures['server_cpu_seconds_during_writes']} s ({figures['tree']})", flush=True)
     data["meets_target"] = (
         missing == 0 and data["latency_ms"]["p50"] < TARGET_P50_MS and data["latency_ms"]["p99"] < TARGET_P99_MS
     )
@@ -225,6 +248,11 @@ def main(argv=None) -> int:
     parser.add_argument("--client-processes", type=int, default=2, help="load-client processes")
     parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne,uvicorn")
     parser.add_argument("--py-spy", metavar="DIR", help="profile each server process during the writes into DIR")
+    parser.add_argument(
+        "--compare-tree", metavar="DIR",
+        help="another checkout (e.g. `git worktree add /tmp/base <rev>`): run one worker of this tree and one of DIR "
+        "side by side on the same writes and report each (--workers is then 2)",
+    )
     # internal: a load-client process
     harness.add_client_options(parser)
     parser.add_argument("--urls", help=argparse.SUPPRESS)
@@ -258,7 +286,7 @@ def main(argv=None) -> int:
             f"{d['deliveries_missing']:>8}  {'met' if d['meets_target'] else 'MISSED'}"
         )
     path = harness.write_result(
-        "fanout",
+        "fanout_compare" if args.compare_tree else "fanout",
         {
             "targets_ms": {"p50": TARGET_P50_MS, "p99": TARGET_P99_MS},
             "sockets": args.sockets,

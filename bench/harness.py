@@ -59,7 +59,14 @@ def raise_nofile(wanted: int) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def bench_name(name: str) -> str:
+    """``name`` plus ``KHALA_BENCH_SUFFIX`` (e.g. ``_a``): benchmarks run by several people on one
+    machine then use distinct databases and channel prefixes."""
+    return name + os.environ.get("KHALA_BENCH_SUFFIX", "")
+
+
 def bench_database_url(name: str) -> str:
+    name = bench_name(name)
     base = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
     parts = urllib.parse.urlsplit(base)
     if parts.scheme not in {"postgres", "postgresql"}:
@@ -90,7 +97,7 @@ def setup(name: str) -> dict:
     _ensure_database(database_url)
     os.environ["DATABASE_URL"] = database_url
     os.environ.setdefault("REDIS_URL", DEFAULT_REDIS_URL)
-    os.environ["KHALA_CHANNEL_PREFIX"] = f"{bench_prefix()}_{name}"
+    os.environ["KHALA_CHANNEL_PREFIX"] = f"{bench_prefix()}_{bench_name(name)}"
     os.environ["KHALA_SIGNING_KEYS"] = f"bench:{secrets.token_urlsafe(48)}"
     os.environ["KHALA_LOG_LEVEL"] = "WARNING"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "khala_project.settings")
@@ -139,7 +146,7 @@ def payload_of_size(i: int, size: int = 300) -> dict:
     return {**base, "note": "x" * max(pad, 0)}
 
 
-def start(kind: str, env_info: dict, *, khala: dict | None = None, extra_args=(), env=None):
+def start(kind: str, env_info: dict, *, khala: dict | None = None, extra_args=(), env=None, root=None):
     from tests.support.servers import start_server
 
     args = tuple(extra_args) + (UVICORN_ARGS if kind == "uvicorn" else ())
@@ -152,6 +159,7 @@ def start(kind: str, env_info: dict, *, khala: dict | None = None, extra_args=()
         env={"KHALA_LOG_LEVEL": "WARNING", **(env or {})},
         extra_args=args,
         startup_timeout=60,
+        root=root,
     )
 
 

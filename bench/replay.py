@@ -93,6 +93,43 @@ def seed(topic: str, owner: str, count: int, payload_bytes: int) -> dict:
     return {"documents": count, "seconds": round(elapsed, 2), "documents_per_second": round(count / elapsed)}
 
 
+def compare(args, env, user, topic, avg_payload, seeded, argv) -> int:
+    """Paired runs: this tree's server and the compare tree's, both up at once, runs alternating
+    (which one goes first alternates too), so machine load moves both figures alike."""
+    token = harness.mint(user, [topic])
+    results = {}
+    for kind in harness.server_kinds(args.servers):
+        trees = {"this_tree": None, "compare_tree": args.compare_tree}
+        servers = {label: harness.start(kind, env, root=root) for label, root in trees.items()}
+        runs = {label: [] for label in trees}
+        try:
+            for run in range(args.runs):
+                order = list(trees) if run % 2 == 0 else list(reversed(trees))
+                for label in order:
+                    result = asyncio.run(replay_once(servers[label].ws_url(token=token), topic, args.updates, args.batch_size))
+                    runs[label].append(result["updates_per_second"])
+                    print(f"  {kind:8s} run {run + 1} {label:12s}: {result['updates_per_second']:,} updates/s", flush=True)
+        finally:
+            for server in servers.values():
+                server.stop()
+        medians = {label: statistics.median(rates) for label, rates in runs.items()}
+        results[kind] = {
+            "runs_updates_per_second": runs,
+            "median_updates_per_second": {k: round(v) for k, v in medians.items()},
+            "ratio_this_to_compare": round(medians["this_tree"] / medians["compare_tree"], 3),
+            "compare_tree": args.compare_tree,
+        }
+        print(f"  {kind}: median this tree {medians['this_tree']:,.0f}/s, compare tree {medians['compare_tree']:,.0f}/s, "
+              f"ratio {results[kind]['ratio_this_to_compare']}", flush=True)
+    path = harness.write_result(
+        "replay_compare",
+        {"updates": args.updates, "avg_payload_bytes": avg_payload, "seed": seeded, "servers": results},
+        argv,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--updates", type=int, default=100_000, help="journal rows to replay")
@@ -101,6 +138,11 @@ def main(argv=None) -> int:
     parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne,uvicorn")
     parser.add_argument("--batch-size", type=int, default=None, help="replay_batch_size to ask for (server caps it)")
     parser.add_argument("--py-spy", metavar="DIR", help="profile each server with py-spy during its runs; raw stacks go to DIR")
+    parser.add_argument(
+        "--compare-tree", metavar="DIR",
+        help="another checkout (e.g. `git worktree add /tmp/base <rev>`): also serve it and alternate the runs "
+        "between the two servers on the same data; reports each and the ratio",
+    )
     args = parser.parse_args(argv)
 
     client_loop = harness.install_uvloop()
@@ -122,6 +164,9 @@ def main(argv=None) -> int:
         cur.execute("SELECT avg(payload_bytes)::int FROM sync_stream_events WHERE topic = %s", [topic])
         avg_payload = cur.fetchone()[0]
     connection.close()
+
+    if args.compare_tree:
+        return compare(args, env, user, topic, avg_payload, seeded, argv)
 
     servers = {}
     for kind in harness.server_kinds(args.servers):

@@ -163,6 +163,20 @@ def format_age(at: dt.datetime | None, now: dt.datetime) -> str:
     return f"{seconds // 86400} d ago"
 
 
+def delivery_status():
+    """The live-delivery figures the admin pages show (``sync.delivery_status``), or None when the
+    delivery app is not installed. The admin site is the project's wiring layer and may reach every
+    app; ``projector``'s pages, a lower layer than delivery, ask through it instead of importing
+    ``sync``."""
+    from django.apps import apps
+
+    if not apps.is_installed("sync"):
+        return None
+    from sync.delivery_status import delivery_status as figures
+
+    return figures()
+
+
 def estimated_row_count(queryset) -> int:
     """PostgreSQL's planner estimate of ``len(queryset)`` (``EXPLAIN``; no rows are read).
 

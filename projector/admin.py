@@ -19,9 +19,8 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from khala_project.admin_site import EstimatedCountAdminMixin, ReadOnlyAdminMixin, format_age, pretty_json
+from khala_project.admin_site import EstimatedCountAdminMixin, ReadOnlyAdminMixin, delivery_status, format_age, pretty_json
 from projector import journal_stats, outbox
-from projector.delivery_status import delivery_status
 from projector.models import ProjectionCheckpoint, ProjectionOutboxEntry, ReadModelDocument, StreamEvent, TopicSequence
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,8 @@
-"""The Channels-side adapter of one sync socket: a plain ASGI application, nothing more.
+"""The Channels consumer of one sync socket: a thin adapter over ``sync.session.Session``.
 
-It accepts the socket, creates a ``Session`` (``sync.session``, the state machine) on the worker's
-hub, feeds it each text frame, runs its command task and the writer task that drains the bounded
-outbound queue to the socket, and closes the socket when the session asks. No ORM, no JSON, no
-protocol rules here, and no message-type dispatch: channel-layer traffic goes to the hub, so no
-method of this class is reachable from outside.
+It accepts the socket, creates a ``Session`` (the state machine) on the worker's hub, feeds it each
+text frame, runs its command task and the writer task that drains the bounded outbound queue to
+the socket, and closes the socket when the session asks. No ORM, no JSON, no protocol rules here.
 """
 
 from __future__ import annotations
@@ -12,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from urllib.parse import parse_qsl
+
+from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
 
 from khala_project.conf import khala_setting
 from sync import metrics
@@ -28,62 +29,96 @@ log = logging.getLogger(__name__)
 CLOSE_FLUSH_SECONDS = 2.0
 
 
-class SyncSocket:
-    """ASGI app for ``/sync/socket/websocket`` and ``/socket/websocket``."""
+class SyncSocket(AsyncConsumer):
+    """``/sync/socket/websocket`` and ``/socket/websocket`` (route with ``SyncSocket.as_asgi()``).
 
-    async def __call__(self, scope, receive, send):
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        params = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
-        await send({"type": "websocket.accept"})
-        if params.get("vsn", SUPPORTED_VSN) != SUPPORTED_VSN:
-            # No frame: the client's serializer is unknown. The close code says "upgrade".
-            await send({"type": "websocket.close", "code": close_code("upgrade_required")})
-            await _drain_until_disconnect(receive)
-            return
-        await _Connection(params, receive, send).serve()
+    Why the channel layer is off per socket (``channel_layer_alias = None``): live fan-out is per
+    worker process, not per socket. The worker's hub (``sync.hub``) holds ONE channel-layer channel,
+    joins one group per followed topic, reads each new journal range once and offers it to every
+    local socket. A channel per socket would mean one Redis subscription and one group membership
+    per socket, the same hint delivered N times to one process, and N journal reads of the same
+    rows. With the alias None, Channels creates no channel and this consumer receives only what the
+    ASGI server sends it.
 
+    Why ``__call__`` and ``dispatch`` are overridden: with no layer there is nothing to multiplex
+    with the client's messages, so the base class's ``await_many_dispatch`` (a new Task per received
+    message, and a trip through the event loop between two frames that are already buffered) is
+    replaced by a plain receive loop: a burst of frames is handled back to back, as the request
+    bound of ``Session`` assumes. And the base class turns any message type into a method name
+    (``websocket.receive`` → ``websocket_receive``) and calls ``aclose_old_connections()`` — a hop
+    to Django's single thread-sensitive executor — before every message. The socket never touches
+    Django's database connections (the lane reads through ``sync.journal``'s own pool), so that hop
+    would only serialise every frame of every socket through one thread. The three ASGI WebSocket
+    events are mapped explicitly; nothing else is reachable.
 
-class _Connection:
-    def __init__(self, params, receive, send):
-        self.params = params
-        self.receive = receive
-        self.writer = SocketWriter(send)
-        self.outbound = OutboundQueue(int(khala_setting("OUTBOUND_QUEUE_LIMIT")), int(khala_setting("OUTBOUND_QUEUE_MAX_BYTES")))
-        self.writer_task: asyncio.Task | None = None
+    Backpressure: frames reach the socket only through ``sync.transport.SocketWriter`` over the
+    server's raw ``send`` (``self.base_send``), which waits for uvicorn's transport to drain and
+    registers a Twisted producer with daphne (see ``sync.transport``). Receiving is not throttled:
+    each frame is handled synchronously and slow work is queued with a bound (``Session``).
+    """
+
+    channel_layer_alias = None
+
+    def __init__(self):
+        self.session: Session | None = None
+        self.hub = None
+        self.writer: SocketWriter | None = None
+        self.outbound: OutboundQueue | None = None
+        self.tasks: list[asyncio.Task] = []
         self.close_task: asyncio.Task | None = None
 
-    async def serve(self) -> None:
-        hub = await get_hub()
-        self.writer.attach()
-        session = Session(
-            hub,
-            params=self.params,
-            close_socket=self._close_requested,
-            outbound=self.outbound,
-            clock=hub.clock,
-            max_message_bytes=self.writer.max_message_bytes,
-        )
-        hub.add(session)
-        metrics.ACTIVE_CONNECTIONS.inc()
-        self.writer_task = asyncio.create_task(self._write())
-        command_task = asyncio.create_task(session.run())
+    async def __call__(self, scope, receive, send):
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
         try:
             while True:
-                message = await self.receive()
-                kind = message["type"]
-                if kind == "websocket.receive":
-                    session.handle_text(message.get("text"), message.get("bytes"))
-                elif kind == "websocket.disconnect":
-                    break
-        finally:
-            session.shutdown()
-            hub.remove(session)
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message):
+        handler = _HANDLERS.get(message["type"])
+        if handler is not None:
+            await handler(self, message)
+
+    async def _connect(self, message) -> None:
+        params = dict(parse_qsl(self.scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        await self.base_send({"type": "websocket.accept"})
+        if params.get("vsn", SUPPORTED_VSN) != SUPPORTED_VSN:
+            # No frame: the client's serializer is unknown. The close code says "upgrade".
+            await self.base_send({"type": "websocket.close", "code": close_code("upgrade_required")})
+            return
+        self.hub = await get_hub()
+        self.writer = SocketWriter(self.base_send)
+        self.writer.attach()
+        self.outbound = OutboundQueue(int(khala_setting("OUTBOUND_QUEUE_LIMIT")), int(khala_setting("OUTBOUND_QUEUE_MAX_BYTES")))
+        self.session = Session(
+            self.hub,
+            params=params,
+            close_socket=self._close_requested,
+            outbound=self.outbound,
+            clock=self.hub.clock,
+            max_message_bytes=self.writer.max_message_bytes,
+        )
+        self.hub.add(self.session)
+        metrics.ACTIVE_CONNECTIONS.inc()
+        self.tasks = [asyncio.create_task(self._write()), asyncio.create_task(self.session.run())]
+
+    async def _receive(self, message) -> None:
+        if self.session is not None:
+            self.session.handle_text(message.get("text"), message.get("bytes"))
+
+    async def _disconnect(self, message) -> None:
+        if self.session is not None:
+            self.session.shutdown()
+            self.hub.remove(self.session)
             metrics.ACTIVE_CONNECTIONS.dec()
-            for task in (command_task, self.writer_task, self.close_task):
+            for task in (*self.tasks, self.close_task):
                 if task is not None and not task.done():
                     task.cancel()
+            self.session = None
+        raise StopConsumer
 
     async def _write(self) -> None:
         try:
@@ -112,7 +147,7 @@ class _Connection:
                 await asyncio.wait_for(self.outbound.wait_empty(), CLOSE_FLUSH_SECONDS)
             except asyncio.TimeoutError:
                 pass
-        self.writer_task.cancel()
+        self.tasks[0].cancel()  # the writer
         self.outbound.close()
         try:
             if last_frame is not None and not self.writer.paused:
@@ -125,6 +160,9 @@ class _Connection:
             log.debug("socket close failed", exc_info=True)
 
 
-async def _drain_until_disconnect(receive) -> None:
-    while (await receive())["type"] != "websocket.disconnect":
-        pass
+# The ASGI WebSocket events this consumer handles; anything else is ignored (see ``dispatch``).
+_HANDLERS = {
+    "websocket.connect": SyncSocket._connect,
+    "websocket.receive": SyncSocket._receive,
+    "websocket.disconnect": SyncSocket._disconnect,
+}

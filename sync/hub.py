@@ -8,7 +8,7 @@ What it does:
 - on a hint for a followed topic — or when the periodic head check (every
   ``HEAD_CHECK_INTERVAL_SECONDS``, one query for all followed topics) finds a head beyond what it
   read — it reads the new journal rows ONCE per topic (topic-wide, no owner filter), encodes each
-  update ONCE, and offers the range to every local follower (``Session.offer``), which applies the
+  update ONCE, and offers the range to every local follower (``sync.follower.Follower.offer``), which applies the
   owner filter and its ``last_sent`` rule. Frames are shared between sockets that see the same
   rows (``LiveBatch``). Hints are lossy; the head check is what makes a lost hint a delay only;
 - ticks every session (heartbeats, idle timeout) and re-checks revocation of all joined sessions
@@ -27,88 +27,38 @@ import random
 import time
 import weakref
 
-from channels.layers import get_channel_layer
 
 from khala_project.conf import khala_setting
-from projector.hints import HINT_TYPE, topic_group
+from khala_project.bus import HINT_TYPE, REVOKED_TYPE, Subscription
 from sync import metrics
-from sync.journal import Journal, JournalPage, default_journal
+from sync.journal import default_journal
+from sync.journal_reader import JournalReader
 from sync.policies import RevocationCheck
 from sync.presence import WorkerPresence
-from sync.protocol import (
-    KIND_UPDATE_BATCH,
-    UPDATE_BATCH,
-    TopicState,
-    batch_payload,
-    encode_khala_frame,
-    encode_push,
-    encode_update,
-    inline_limit,
-    may_see,
-    split_batches,
-)
-from sync.session import LiveRange
+from sync.follower import LiveBatch, LiveRange
+from sync.protocol import TopicState, inline_limit
 
 log = logging.getLogger(__name__)
 
-REVOCATIONS_GROUP = "khala.revocations"
-REVOKED_TYPE = "sync.revoked"
 PUMP_READ_LIMIT = 1000
 KNOWN_TOPICS_TTL_SECONDS = 10.0
 
 
-class LiveBatch:
-    """The rows of one live range, encoded once; frames cached per distinct visible row set."""
-
-    def __init__(self, topic, start, end, rows, stream_epoch, *, inline_limit_bytes, max_count, max_bytes):
-        self.topic = topic
-        self.start = start
-        self.end = end
-        self.rows = rows
-        self.stream_epoch = stream_epoch
-        self.max_count = max_count
-        self.max_bytes = max_bytes
-        self.encoded = {row.watermark: encode_update(row, inline_limit_bytes) for row in rows}
-        self._by_org: dict = {}
-        self._by_rows: dict = {}
-
-    def frames_for(self, org_id: str, with_frames: bool) -> list:
-        """Shared frames (``join_ref`` null) for a live socket whose position is ``start``."""
-        key = (org_id, with_frames)
-        frames = self._by_org.get(key)
-        if frames is None:
-            visible = tuple(row for row in self.rows if may_see(row, org_id))
-            rows_key = (tuple(row.watermark for row in visible), with_frames)
-            frames = self._by_rows.get(rows_key)
-            if frames is None:
-                frames = self._encode(visible, with_frames, None)
-                self._by_rows[rows_key] = frames
-            self._by_org[key] = frames
-        return frames
-
-    def frames_after(self, after: int, org_id: str, with_frames: bool, join_ref) -> list:
-        """Frames for a socket already past ``start`` (rare: right after its replay)."""
-        visible = tuple(row for row in self.rows if row.watermark > after and may_see(row, org_id))
-        return self._encode(visible, with_frames, join_ref)
-
-    def _encode(self, visible, with_frames, join_ref) -> list:
-        out = []
-        pieces = split_batches([(row.watermark, self.encoded[row.watermark]) for row in visible], self.max_count, self.max_bytes)
-        committed = {row.watermark: row.inserted_at for row in visible}
-        for index, piece in enumerate(pieces):
-            through = self.end if index == len(pieces) - 1 else piece[-1][0]
-            payload = batch_payload(self.topic, [update for _, update in piece], True, through, self.stream_epoch)
-            committed_at = min(committed[wm] for wm, _ in piece)
-            out.append((encode_push(join_ref, UPDATE_BATCH, payload), committed_at))
-            if with_frames:
-                out.append((encode_khala_frame(join_ref, self.topic, piece[-1][0], KIND_UPDATE_BATCH, payload), None))
-        return out
-
-
 class TopicFeed:
+    """The worker's one reader of a topic, shared by every local follower of it.
+
+    Invariant (enforced in ``Hub._pump``): the feed's ``cursor`` only moves by offering the range
+    it moved over to every attached follower. That includes its FIRST position: when a feed learns
+    the topic head (on its first follower), it offers a marker "rows up to the head exist" before
+    reading on. A follower whose replay snapshot ended below that head — a row committed after the
+    replay read but before the feed's head read — sees the marker as a gap and reads the journal
+    for it (``sync.follower``), instead of waiting for the next write. Equivalently: every follower
+    whose ``last_sent`` is below the feed's cursor has been handed a range that makes it catch up.
+    """
+
     def __init__(self, topic: str):
         self.topic = topic
-        self.sessions: set = set()
+        self.followers: set = set()
         self.cursor: int | None = None  # everything <= cursor was read and offered
         self.stream_epoch: str | None = None
         self.state: TopicState | None = None
@@ -117,16 +67,15 @@ class TopicFeed:
 
 
 class Hub:
-    def __init__(self, *, journal: Journal | None = None, layer=None, clock=time.monotonic, rng=None):
+    def __init__(self, *, journal: JournalReader | None = None, layer=None, clock=time.monotonic, rng=None):
         self.journal = journal or default_journal()
-        self.layer = layer if layer is not None else get_channel_layer()
+        self.bus = Subscription(layer)  # the worker's one channel (``khala_project.bus``)
         self.clock = clock
         self.rng = rng or random.Random()
         self.sessions: set = set()
         self.feeds: dict[str, TopicFeed] = {}
         self.revocation = RevocationCheck(self.journal)
         self.presence = WorkerPresence.from_settings()  # best effort; never awaited by delivery
-        self.channel: str | None = None
         self._tasks: list[asyncio.Task] = []
         self._spawned: set[asyncio.Task] = set()
         self._known_topics: tuple = ()
@@ -138,9 +87,8 @@ class Hub:
 
     async def start(self) -> None:
         await self.journal.open()
-        if self.layer is not None:
-            self.channel = await self.layer.new_channel("khala.hub.")
-            await self.layer.group_add(REVOCATIONS_GROUP, self.channel)
+        if self.bus.enabled:
+            await self.bus.open()
             self._tasks.append(asyncio.create_task(self._receive_loop(), name="khala-hub-receive"))
         self._tasks.append(asyncio.create_task(self._head_check_loop(), name="khala-hub-head-check"))
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="khala-hub-tick"))
@@ -151,12 +99,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._spawned, return_exceptions=True)
         self._tasks.clear()
-        if self.layer is not None and self.channel is not None:
-            for group in [REVOCATIONS_GROUP] + [topic_group(topic) for topic in self.feeds]:
-                try:
-                    await self.layer.group_discard(group, self.channel)
-                except Exception:
-                    pass
+        await self.bus.close(list(self.feeds))
         await self.presence.stop()
         await self.journal.close()
         self.started = False
@@ -185,27 +128,27 @@ class Hub:
             self._known_at = now
         return self._known_topics
 
-    def follow(self, session, topic: str) -> None:
+    def follow(self, follower) -> None:
+        topic = follower.topic
         feed = self.feeds.get(topic)
         if feed is None:
             feed = self.feeds[topic] = TopicFeed(topic)
-            if self.layer is not None and self.channel is not None:
-                self._spawn(self.layer.group_add(topic_group(topic), self.channel), "khala-hub-group-add")
-        feed.sessions.add(session)
+            self._spawn(self.bus.follow(topic), "khala-hub-group-add")
+        feed.followers.add(follower)
         if feed.cursor is None and not feed.pumping:
             # A new feed learns the head and starts reading; a known one needs nothing: the new
             # follower catches up from the journal itself and merges what the feed offers next.
             self._spawn(self._pump(feed, "follow"), "khala-hub-pump")
 
-    def unfollow(self, session, topic: str) -> None:
+    def unfollow(self, follower) -> None:
+        topic = follower.topic
         feed = self.feeds.get(topic)
         if feed is None:
             return
-        feed.sessions.discard(session)
-        if not feed.sessions:
+        feed.followers.discard(follower)
+        if not feed.followers:
             del self.feeds[topic]
-            if self.layer is not None and self.channel is not None:
-                self._spawn(self.layer.group_discard(topic_group(topic), self.channel), "khala-hub-group-discard")
+            self._spawn(self.bus.unfollow(topic), "khala-hub-group-discard")
 
     def head(self, topic: str) -> int:
         feed = self.feeds.get(topic)
@@ -219,13 +162,6 @@ class Hub:
     def topic_state(self, topic: str) -> TopicState | None:
         feed = self.feeds.get(topic)
         return feed.state if feed is not None else None
-
-    def topic_policy(self, topic: str) -> tuple:
-        """(replay_budget_events, qos_tier, snapshot_enabled) last seen for ``topic``."""
-        state = self.topic_state(topic)
-        if state is None:
-            return (10000, "warm", False)
-        return (state.replay_budget_events, state.qos_tier, state.snapshot_enabled)
 
     # ---- reading and offering live rows ---------------------------------------------------------
 
@@ -244,6 +180,9 @@ class Hub:
                     if state is None:
                         return
                     feed.state, feed.cursor, feed.stream_epoch = state, state.head_watermark, state.stream_epoch
+                    # The feed's invariant (``TopicFeed``): its first position is offered too, as
+                    # a marker, so a follower whose replay stopped below this head reads the rest.
+                    self._offer(feed, LiveRange(0, state.head_watermark, None, state.stream_epoch, state=state))
                 metrics.HUB_JOURNAL_READS.labels(trigger=trigger).inc()
                 page = await self.journal.read_after(feed.topic, feed.cursor, PUMP_READ_LIMIT)
                 if page.stream_epoch is None:
@@ -253,20 +192,22 @@ class Hub:
                     # follower gets a range of the new epoch and reports stale_cursor.
                     feed.stream_epoch = page.stream_epoch
                     feed.cursor = page.head_watermark
-                    self._offer(feed, LiveRange(page.head_watermark, page.head_watermark, (), page.stream_epoch))
+                    feed.state = _state_of(feed, page)
+                    self._offer(feed, LiveRange(page.head_watermark, page.head_watermark, (), page.stream_epoch, state=feed.state))
                     continue
-                if page.rows:
+                if page.rows or page.pruned_through > feed.cursor:
                     # A floor above the cursor means rows were pruned before this worker read
                     # them: the range starts at the floor, so followers behind it see a gap,
-                    # read the journal, and report stale_cursor. Nothing is skipped silently.
+                    # read the journal, and report stale_cursor. Nothing is skipped silently —
+                    # also when every new row was pruned (an empty range at the floor).
                     start = max(feed.cursor, page.pruned_through)
-                    end = page.rows[-1].watermark
+                    end = page.rows[-1].watermark if page.rows else start
                     batch = LiveBatch(
                         feed.topic, start, end, tuple(page.rows), feed.stream_epoch,
                         inline_limit_bytes=inline_limit(int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), self.live_max_bytes),
                         max_count=int(khala_setting("REPLAY_BATCH_MAX_SIZE")),
                         max_bytes=self.live_max_bytes,
-                    )
+                    ) if page.rows else None
                     feed.cursor = end
                     self._offer(feed, LiveRange(start, end, tuple(page.rows), feed.stream_epoch, batch))
                 if len(page.rows) < PUMP_READ_LIMIT and not feed.again:
@@ -275,22 +216,12 @@ class Hub:
             feed.pumping = False
 
     def _offer(self, feed: TopicFeed, live: LiveRange) -> None:
-        for session in list(feed.sessions):
+        for follower in list(feed.followers):
             try:
-                session.offer(feed.topic, live)
-            except Exception:  # one broken session must not stop the fan-out
-                log.exception("offer to a session failed")
-                session.close("internal")
-
-    def page_for_epoch_change(self, topic: str):
-        """Topic state after the hub saw a new stream epoch (for the followers' stale payload)."""
-        feed = self.feeds.get(topic)
-        return JournalPage(
-            [],
-            feed.cursor if feed else 0,
-            feed.state.pruned_through if feed and feed.state else 0,
-            feed.stream_epoch if feed else None,
-        )
+                follower.offer(live)
+            except Exception:  # one broken socket must not stop the fan-out
+                log.exception("offer to a follower failed")
+                follower.writer.close("internal")
 
     # ---- hints, head checks, ticks ------------------------------------------------------------
 
@@ -317,7 +248,7 @@ class Hub:
         backoff = 0.1
         while True:
             try:
-                message = await self.layer.receive(self.channel)
+                message = await self.bus.receive()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -390,6 +321,16 @@ class Hub:
                 self._spawn(self.check_revocations(), "khala-hub-revocations")
 
 
+def _state_of(feed: TopicFeed, page) -> TopicState:
+    """The topic state a page shows, with the policy the feed read first (a feed with a cursor has
+    read the topic's state)."""
+    policy = feed.state
+    return TopicState(
+        feed.topic, page.head_watermark, page.pruned_through, page.stream_epoch,
+        policy.replay_budget_events, policy.qos_tier, policy.snapshot_enabled,
+    )
+
+
 def _log_failure(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("hub task %s failed", task.get_name(), exc_info=task.exception())
@@ -415,6 +356,14 @@ async def get_hub() -> Hub:
             raise
         future.set_result(hub)
     return await asyncio.shield(future)
+
+
+def running_hubs() -> list:
+    """The started hubs of this process (one per event loop that serves sockets), for the admin's
+    per-process figures. Read from another thread it is a racy snapshot, which is all a dashboard
+    needs."""
+    futures = list(_hubs.values())
+    return [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
 
 
 async def stop_hub() -> None:

@@ -1,28 +1,26 @@
-"""Async reads of the journal, topic state and session revocations: the ONLY database access of
-the WebSocket lane.
+"""The PostgreSQL journal reader (``sync.journal_reader.JournalReader``): the ONLY database access
+of the WebSocket lane on PostgreSQL.
 
 Why not the ORM through ``sync_to_async``: ``thread_sensitive=True`` (the default) runs every call
 on one shared thread, serialising all sockets' replays, and each executor thread would hold its own
-connection (peers.md §D). Here one bounded ``psycopg_pool.AsyncConnectionPool`` per worker process
+connection — with thousands of sockets, thousands of connections. Here one bounded ``psycopg_pool.AsyncConnectionPool`` per worker process
 (event loop) serves every socket: at most ``DB_POOL_MAX_SIZE`` connections whatever the number of
 sockets; a socket never holds a connection, it borrows one for a single statement.
 
 Every read that delivers rows returns the topic's ``pruned_through`` and ``stream_epoch`` from the
-SAME statement (one snapshot), so a reader can prove that no row after its cursor was pruned or
-replaced under it: retention raises ``pruned_through`` in the transaction that deletes the rows.
+SAME statement (one snapshot), as the interface requires.
 
 Payloads are selected as ``payload::text`` and spliced into frames unparsed (``sync.protocol``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from django.db import connections
 from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from khala_project.conf import khala_setting
+from sync.journal_reader import JournalPage, JournalReader
 from sync.protocol import JournalRow, TopicState
 
 # payload as JSON text (spliced into frames unparsed), payload_hash already in wire form (base64 of
@@ -72,18 +70,6 @@ FROM sync_topic_sequences WHERE topic = ANY(%(topics)s)
 _ALL_TOPICS = "SELECT topic FROM sync_topic_sequences ORDER BY topic"
 
 
-@dataclass(frozen=True, slots=True)
-class JournalPage:
-    """Rows read in one statement, with the topic's head, retention floor and epoch of that same
-    snapshot (all rows <= ``head_watermark`` are committed and visible in it). The three are None
-    when the topic does not exist."""
-
-    rows: list[JournalRow]
-    head_watermark: int | None
-    pruned_through: int | None
-    stream_epoch: str | None
-
-
 def django_conninfo(alias: str = "default") -> str:
     """libpq conninfo of a Django database (the test database under pytest-django)."""
     db = connections[alias].settings_dict
@@ -98,7 +84,7 @@ def django_conninfo(alias: str = "default") -> str:
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
 
-class Journal:
+class Journal(JournalReader):
     """Async reader over a bounded pool. Create one per event loop (``sync.hub`` does)."""
 
     def __init__(self, conninfo: str | None = None, *, max_size: int | None = None):
@@ -135,20 +121,15 @@ class Journal:
         }
 
     async def read_after(self, topic: str, after: int, limit: int) -> JournalPage:
-        """Topic-wide rows with ``watermark > after``, ascending, at most ``limit``. Committed rows
-        are contiguous (commit order = watermark order), so no upper bound is needed."""
         return self._page(topic, await self._fetch(_READ_AFTER, {"topic": topic, "after": after, "limit": limit}))
 
     async def read_visible(self, topic: str, after: int, through: int, owner: str, limit: int) -> JournalPage:
-        """Rows ``after < watermark <= through`` that ``owner`` may see (its own or public).
-        Pass ``through=MAX_WATERMARK`` to read up to the head of the statement's snapshot."""
         params = {"topic": topic, "after": after, "through": through, "owner": owner, "limit": limit}
         return self._page(topic, await self._fetch(_READ_VISIBLE, params))
 
     async def revocations(self, session_ids, device_ids, at) -> list[tuple]:
-        """``(kind, value, reason)`` of the unexpired revocations among the ids at ``at`` (an aware
-        datetime), newest first: the statements of ``tokens.revocation.revocation_lookups`` (one
-        source for the semantics), on this pool instead of Django's thread-sensitive executor."""
+        """The statements of ``tokens.revocation.revocation_lookups`` (one source for the semantics)
+        on this pool instead of Django's thread-sensitive executor."""
         from tokens.revocation import revocation_lookups
 
         rows: list[tuple] = []
@@ -174,7 +155,7 @@ class Journal:
         return JournalPage(out, head, pruned, epoch)
 
 
-def default_journal():
+def default_journal() -> JournalReader:
     """The worker's journal reader for the default database: ``Journal`` (a psycopg pool) on
     PostgreSQL; on the embedded SQLite of ``make run``, ``sync.journal_sqlite.SQLiteJournal``
     (same interface, one reader thread)."""

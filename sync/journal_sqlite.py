@@ -1,6 +1,6 @@
 """The WebSocket lane's journal reader on the embedded SQLite of ``make run``.
 
-Same interface and return types as ``sync.journal.Journal`` (the PostgreSQL reader, which stays
+Implements ``sync.journal_reader.JournalReader`` like ``sync.journal.Journal`` (the PostgreSQL reader, which stays
 the only one tested for multi-worker correctness); ``sync.journal.default_journal`` picks this one
 when the default database is not PostgreSQL.
 
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.db import connections
 
-from sync.journal import JournalPage
+from sync.journal_reader import JournalPage, JournalReader
 from sync.protocol import JournalRow, TopicState
 
 _SEQUENCE = "SELECT last_watermark, pruned_through, stream_epoch FROM sync_topic_sequences WHERE topic = ?"
@@ -72,7 +72,7 @@ def sqlite_path(alias: str = "default") -> str:
     return str(connections[alias].settings_dict["NAME"])
 
 
-class SQLiteJournal:
+class SQLiteJournal(JournalReader):
     """Async reader over one sqlite3 connection on one dedicated thread. One per event loop."""
 
     def __init__(self, path: str | None = None, *, timeout: float = 20.0):

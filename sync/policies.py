@@ -1,11 +1,14 @@
 """Join policies of the sync socket: one small class per decision, one hook each.
 
-- ``CompatibilityGate.check(params, claims)``: upstream §5.2, only when ``COMPAT_ENFORCED``.
+- ``CompatibilityGate.check(params, claims)``: the client build / protocol / schema window
+  (``docs/protocol/OA_SYNC_WS_MAPPING.md``, compatibility gate), only when ``COMPAT_ENFORCED``.
 - ``TokenAuthentication.authenticate(token)``: ``tokens.verifier`` (CPU only, no database).
 - ``RevocationCheck.revoked_reason(principal)`` / ``revoked_among(principals)``: the statements of
   ``tokens.revocation`` run on the worker's journal reader (its bounded async pool; never Django's
   single thread-sensitive executor, never a new connection per join); called at join and once per
   heartbeat interval per worker (one query for all its sockets), never per frame.
+
+- ``JoinPolicy.admit(params)``: the three above in order, as the session's join uses them.
 
 Each returns/raises values the session turns into frames with codes from ``sync.errors``.
 """
@@ -29,7 +32,8 @@ class JoinRefused(Exception):
 
 
 class CompatibilityGate:
-    """Refuses client builds/protocols/schemas outside the configured window (upstream §5.2)."""
+    """Refuses client builds/protocols/schemas outside the configured ``COMPAT_*`` window, so a client
+    too old (or too new) for this server hears ``upgrade_required`` with the window it must meet."""
 
     def enabled(self) -> bool:
         return bool(khala_setting("COMPAT_ENFORCED"))
@@ -137,3 +141,28 @@ class RevocationCheck:
             if reason:
                 out[(p.session_id, p.device_id)] = reason
         return out
+
+
+class JoinPolicy:
+    """The join's one decision: who is joining, or why not (``JoinRefused``). Token first, then
+    the compatibility window, then revocation. When the gate is enforced and the token is refused,
+    the gate's verdict on the connect parameters alone wins: a client too old to mint tokens
+    correctly should hear "upgrade", not "unauthorized"."""
+
+    def __init__(self, revocation: RevocationCheck):
+        self.gate = CompatibilityGate()
+        self.auth = TokenAuthentication()
+        self.revocation = revocation
+
+    async def admit(self, params: dict):
+        try:
+            principal = self.auth.authenticate(params.get("token"))
+            self.gate.check(params, principal.claims)
+            reason = await self.revocation.revoked_reason(principal)
+            if reason:
+                raise JoinRefused(reauth_payload(reason))
+            return principal
+        except JoinRefused as refused:
+            if refused.code == "unauthorized" and self.gate.enabled():
+                self.gate.check(params, {})  # raises the gate's refusal if the params fail it
+            raise

@@ -17,7 +17,9 @@ A worker that dies stops refreshing its record, which expires within a few ticks
 are exactly the records present. The admin (``read_cluster``, sync client) sums the records and the
 last ``STALE_WINDOW_MINUTES`` buckets of each topic.
 
-Presence is best effort and never touches delivery: the hub only calls ``beat`` / ``stale_cursor``,
+The key names and the Redis reads and writes are the bus's (``khala_project.bus``: ``presence_key``,
+``stale_key``, ``PresenceWriter``, ``read_presence``); this module decides what the record says and
+when it is written. Presence is best effort and never touches delivery: the hub only calls ``beat`` / ``stale_cursor``,
 which record in memory and schedule ONE flush task at a time (coalescing whatever accumulated
 meanwhile into one pipeline) on one Redis connection per worker; a failed flush is logged and the
 stale counts are kept for the next one. Without ``REDIS_URL`` (the embedded default) nothing is
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from khala_project.bus import PresenceWriter, presence_key, read_presence
 from khala_project.conf import khala_setting
 
 log = logging.getLogger(__name__)
@@ -48,14 +51,6 @@ PRESENCE_TTL_MIN_SECONDS = 2.0
 STALE_WINDOW_MINUTES = 60  # "last hour" = the current minute bucket and the 59 before it
 STALE_BUCKET_TTL_SECONDS = 2 * 3600
 REDIS_TIMEOUT_SECONDS = 1.0
-
-
-def presence_key(prefix: str, worker_id: str) -> str:
-    return f"{prefix}:presence:{worker_id}"
-
-
-def stale_key(prefix: str, topic: str, minute: int) -> str:
-    return f"{prefix}:stale:{topic}:{minute}"
 
 
 def presence_ttl_seconds() -> float:
@@ -76,7 +71,7 @@ class WorkerPresence:
         self.clock = clock
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.started_at = clock()
-        self._client = None
+        self._writer = PresenceWriter(self.redis_url, prefix, timeout=REDIS_TIMEOUT_SECONDS) if self.redis_url else None
         self._record: str | None = None  # the latest record not yet written
         self._stale: Counter = Counter()  # (topic, minute) -> increments not yet written
         self._local_stale: Counter = Counter()  # (topic, minute) -> count (this worker, pruned to the window)
@@ -95,7 +90,7 @@ class WorkerPresence:
     # ---- what the hub and sessions call (synchronous, never wait for Redis) ----------------------
 
     def record_for(self, hub) -> dict:
-        subscribers = {topic: len(feed.sessions) for topic, feed in list(hub.feeds.items())}
+        subscribers = {topic: len(feed.followers) for topic, feed in list(hub.feeds.items())}
         return {
             "worker_id": self.worker_id,
             "pid": os.getpid(),
@@ -147,18 +142,6 @@ class WorkerPresence:
         except RuntimeError:  # no running loop (e.g. called from a test's thread): nothing to do
             self._flush_task = None
 
-    def _redis(self):
-        if self._client is None:
-            import redis.asyncio as aioredis
-
-            self._client = aioredis.Redis.from_url(
-                self.redis_url,
-                single_connection_client=True,  # one connection per worker; flushes are serialised
-                socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-            )
-        return self._client
-
     async def _flush(self) -> None:
         while True:
             self._again = False
@@ -167,14 +150,7 @@ class WorkerPresence:
             if record is None and not stale:
                 return
             try:
-                pipe = self._redis().pipeline(transaction=False)
-                if record is not None:
-                    pipe.set(self.key, record, px=int(presence_ttl_seconds() * 1000))
-                for (topic, minute), n in stale.items():
-                    key = stale_key(self.prefix, topic, minute)
-                    pipe.incrby(key, n)
-                    pipe.expire(key, STALE_BUCKET_TTL_SECONDS)
-                await pipe.execute()
+                await self._writer.write(self.worker_id, record, int(presence_ttl_seconds() * 1000), stale, STALE_BUCKET_TTL_SECONDS)
                 if self.failing:
                     log.info("presence: Redis reachable again")
                 self.failing = False
@@ -196,17 +172,8 @@ class WorkerPresence:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        client, self._client = self._client, None
-        if client is None:
-            return
-        try:
-            await asyncio.wait_for(client.delete(self.key), REDIS_TIMEOUT_SECONDS)
-        except Exception:
-            pass
-        try:
-            await client.aclose()
-        except Exception:
-            pass
+        if self._writer is not None:
+            await self._writer.close(self.worker_id)
 
 
 # --- the admin's side (synchronous) --------------------------------------------------------------
@@ -223,31 +190,15 @@ class ClusterFigures:
 def read_cluster(redis_url: str, prefix: str, topics, *, now: float | None = None) -> ClusterFigures:
     """Sum the live workers' presence records and the last hour of stale-cursor buckets.
     Raises the client's error when Redis cannot be read (the caller falls back and says so)."""
-    import redis
-
     now = time.time() if now is None else now
-    client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    try:
-        keys = sorted(client.scan_iter(match=presence_key(prefix, "*"), count=1000))
-        records = []
-        for raw in client.mget(keys) if keys else []:
-            if raw is None:  # expired between SCAN and MGET
-                continue
-            try:
-                records.append(json.loads(raw))
-            except ValueError:
-                log.warning("presence: unreadable record skipped")
-        minute = int(now // 60)
-        topics = list(topics)
-        stale: dict[str, int] = {}
-        if topics:
-            pipe = client.pipeline(transaction=False)
-            for topic in topics:
-                pipe.mget([stale_key(prefix, topic, m) for m in range(minute - STALE_WINDOW_MINUTES + 1, minute + 1)])
-            for topic, values in zip(topics, pipe.execute()):
-                stale[topic] = sum(int(v) for v in values if v is not None)
-    finally:
-        client.close()
+    minute = int(now // 60)
+    raw, stale = read_presence(redis_url, prefix, topics, range(minute - STALE_WINDOW_MINUTES + 1, minute + 1))
+    records = []
+    for value in raw:
+        try:
+            records.append(json.loads(value))
+        except ValueError:
+            log.warning("presence: unreadable record skipped")
     subscribers: Counter = Counter()
     for record in records:
         subscribers.update({t: int(n) for t, n in (record.get("subscribers") or {}).items()})

@@ -268,15 +268,17 @@ def parse_unsubscribe(payload: dict, known_topics) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class TopicState:
-    """What the journal says about a topic right now (one row of ``sync_topic_sequences``)."""
+    """What the journal says about a topic right now (one row of ``sync_topic_sequences``). No
+    defaults: the policy fields always come from that row, whose column defaults
+    (``projector.models.TopicSequence``) are the one definition of a topic's default policy."""
 
     topic: str
     head_watermark: int
     pruned_through: int
     stream_epoch: str
-    replay_budget_events: int = 10000
-    qos_tier: str = "warm"
-    snapshot_enabled: bool = False
+    replay_budget_events: int
+    qos_tier: str
+    snapshot_enabled: bool
 
 
 STALE_REASONS = ("stream_epoch_mismatch", "cursor_ahead_of_head", "retention_floor_breach", "replay_budget_exceeded")
@@ -419,10 +421,24 @@ def batch_payload(topic: str, updates: list[bytes], replay_complete: bool, throu
 
 
 def encode_batch(
-    join_ref: str | None, topic: str, updates: list[bytes], replay_complete: bool, through: int, stream_epoch: str
-) -> str:
-    """A ``sync:update_batch`` push. ``through``: the socket is complete on ``topic`` up to it."""
-    return encode_push(join_ref, UPDATE_BATCH, batch_payload(topic, updates, replay_complete, through, stream_epoch))
+    join_ref: str | None,
+    topic: str,
+    updates: list[bytes],
+    replay_complete: bool,
+    through: int,
+    stream_epoch: str,
+    *,
+    seq: int | None = None,
+) -> list[str]:
+    """A ``sync:update_batch`` push (``through``: the socket is complete on ``topic`` up to it)
+    and, when ``seq`` is given (clients that asked for ``frames``), its ``sync:frame`` envelope
+    carrying the same payload with ``seq`` = the last update's watermark. The payload is built
+    once for both."""
+    payload = batch_payload(topic, updates, replay_complete, through, stream_epoch)
+    texts = [encode_push(join_ref, UPDATE_BATCH, payload)]
+    if seq is not None:
+        texts.append(encode_khala_frame(join_ref, topic, seq, KIND_UPDATE_BATCH, payload))
+    return texts
 
 
 def encode_khala_frame(join_ref: str | None, topic: str, seq: int, kind: str, payload: dict) -> str:

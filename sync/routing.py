@@ -5,6 +5,6 @@ from django.urls import path
 from sync.consumer import SyncSocket
 
 websocket_urlpatterns = [
-    path("sync/socket/websocket", SyncSocket()),
-    path("socket/websocket", SyncSocket()),
+    path("sync/socket/websocket", SyncSocket.as_asgi()),
+    path("socket/websocket", SyncSocket.as_asgi()),
 ]

@@ -21,7 +21,7 @@ import pytest
 
 from projector.payload_hash import payload_hash, to_wire
 from tests.support.servers import REPO_ROOT, start_server
-from tests.sync.wsclient import PhoenixClient, updates_of
+from tests.support.wsclient import PhoenixClient, updates_of
 
 pytestmark = pytest.mark.slow
 

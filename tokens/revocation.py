@@ -1,7 +1,8 @@
 """Session and device revocation, shared by every worker through the database.
 
 ``revoke()`` writes one row per revoked id (``RevokedSession``) in one transaction; after COMMIT it
-sends ``{"type": "sync.revoked", "session_ids", "device_ids", "reason"}`` to the channel-layer group
+sends ``{"type": "sync.revoked", "session_ids", "device_ids", "reason"}`` through the bus
+(``khala_project.bus``: names, shape and publish seam) to the channel-layer group
 ``khala.revocations``. That message is a hint: the layer may drop it, so delivery also re-checks
 ``revoked_among()`` on its heartbeat tick and ``revoked_reason()`` on every join.
 
@@ -26,18 +27,15 @@ import re
 import time
 from collections.abc import Iterable
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.db import connection, transaction
 
+from khala_project.bus import REVOCATIONS_GROUP, REVOKED_TYPE, publish_blocking, revoked_message  # noqa: F401 (re-exported names)
 from khala_project.conf import khala_setting
 from tokens.metrics import REVOCATIONS
 from tokens.models import RevokedSession
 
 log = logging.getLogger(__name__)
 
-REVOCATIONS_GROUP = "khala.revocations"
-REVOKED_TYPE = "sync.revoked"
 DEFAULT_REASON = "user_requested"
 MAX_IDS_PER_KIND = 1000
 MAX_ID_LENGTH = 128
@@ -82,10 +80,6 @@ def _normalize_ids(ids: Iterable[str] | None, kind: str) -> list[str]:
 
 def _as_datetime(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, tz=dt.timezone.utc)
-
-
-def revoked_message(session_ids: list[str], device_ids: list[str], reason: str) -> dict:
-    return {"type": REVOKED_TYPE, "session_ids": session_ids, "device_ids": device_ids, "reason": reason}
 
 
 def revoke(
@@ -133,15 +127,9 @@ def revoke(
 
 
 def _announce(session_ids: list[str], device_ids: list[str], reason: str) -> None:
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    # group_send is fire-and-forget and the layer may drop it; workers also re-check the database
-    # on their heartbeat tick, so a lost hint only delays the close.
-    try:
-        async_to_sync(layer.group_send)(REVOCATIONS_GROUP, revoked_message(session_ids, device_ids, reason))
-    except Exception:  # the revocation is committed; a failed hint must not turn it into an error
-        log.warning("could not publish sync.revoked hint", exc_info=True)
+    # The bus may drop it (and never raises: the revocation is committed); workers also re-check
+    # the database on their heartbeat tick, so a lost hint only delays the close.
+    publish_blocking(REVOCATIONS_GROUP, revoked_message(session_ids, device_ids, reason))
 
 
 # At most this many ids of each kind per statement: keeps every statement under SQLite's

@@ -9,7 +9,7 @@ import websockets
 
 from projector.models import V1_TOPICS
 from tests.support.tokens import sign, sync_claims
-from tests.sync.wsclient import PhoenixClient
+from tests.support.wsclient import PhoenixClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 

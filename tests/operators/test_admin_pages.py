@@ -318,7 +318,7 @@ def _fake_hub(loop, connections=3, subscribers=2):
     sessions = [object() for _ in range(connections)]
     hub.sessions.update(sessions)
     feed = hub_module.TopicFeed(RUN_SUMMARIES)
-    feed.sessions.update(sessions[:subscribers])
+    feed.followers.update(sessions[:subscribers])
     hub.feeds[RUN_SUMMARIES] = feed
     future = loop.create_future()
     future.set_result(hub)

@@ -11,7 +11,8 @@ It does what the Python suite's fixtures do, for a client that cannot import Dja
 5. prints ONE JSON line ``{"ready": true, "http_url", "socket_url", "token", "org_id", "topic", ...}``;
 6. then answers JSON commands, one per stdin line, with one JSON line each:
    ``{"op": "project", "doc_key", "doc_version", "payload", "owner"?, "public"?}`` writes through
-   ``projector.sink.project`` and answers ``{"ok": true, "watermark", "payload_hash"}``;
+   ``projector.sink.project`` and answers ``{"ok": true, "watermark", "payload_hash"}`` (the hash the
+   journal stored for the row);
    ``{"op": "mint", "scopes": [...]}`` answers ``{"ok": true, "token"}``.
 
 On stdin EOF (the Node process ended or closed the pipe) it stops the server and exits, so a
@@ -78,8 +79,8 @@ def main() -> None:
 
     call_command("migrate", interactive=False, verbosity=0)
 
-    from projector.models import RUN_SUMMARIES
-    from projector.payload_hash import payload_hash, to_wire
+    from projector.models import RUN_SUMMARIES, StreamEvent
+    from projector.payload_hash import to_wire
     from projector.sink import project
     from tests.support.servers import start_server
     from tokens.issuer import issue_token
@@ -118,7 +119,10 @@ def main() -> None:
                         command.get("owner", issued.claims["oa_org_id"]),
                         public=command.get("public", False),
                     )
-                    reply({"ok": True, "watermark": result.watermark, "payload_hash": to_wire(payload_hash(command["payload"]))})
+                    # The hash the journal stored for this row (what delivery sends), not one
+                    # recomputed here: the JS side checks it against its own SHA-256.
+                    stored = StreamEvent.objects.get(topic=command.get("topic", RUN_SUMMARIES), watermark=result.watermark).payload_hash
+                    reply({"ok": True, "watermark": result.watermark, "payload_hash": to_wire(bytes(stored))})
                 elif command["op"] == "mint":
                     token = issue_token(user, scopes=command.get("scopes", [RUN_SUMMARIES])).token
                     reply({"ok": True, "token": token})

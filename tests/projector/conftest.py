@@ -5,7 +5,8 @@ import asyncio
 import pytest
 from channels.layers import get_channel_layer
 
-from projector.hints import flush_hints, topic_group
+from khala_project.bus import topic_group
+from projector.hints import flush_hints
 from projector.topics import ensure_v1_topics
 
 

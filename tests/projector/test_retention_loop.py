@@ -18,6 +18,7 @@ from django.db import connection
 from projector import sink
 from projector.models import StreamEvent, TopicSequence
 from tests.support.servers import REPO_ROOT, test_database_url as database_url_of_this_test_run
+from tests.support.waiting import wait_until_blocking
 
 EVENTS = "runtime.codex_worker_events"  # 1-day window
 
@@ -35,13 +36,7 @@ def floor() -> int:
 
 
 def wait_for(predicate, what: str, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until_blocking(predicate, timeout, message=what)
 
 
 def free_port() -> int:

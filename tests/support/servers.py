@@ -145,12 +145,28 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _command(kind: str, fd: int, extra_args) -> list[str]:
+def _command(kind: str, fd: int, extra_args, root: Path = REPO_ROOT) -> list[str]:
     # The documented entry (khala_project/serve.py), so tests prove the limits production runs with.
     if kind not in SERVER_KINDS:
         raise ValueError(f"unknown server kind {kind!r}; expected one of {SERVER_KINDS}")
+    if not (Path(root) / "khala_project" / "serve.py").exists():
+        return _command_before_the_entry(kind, fd, extra_args)
     server_args = ["--", "-v", "1", *extra_args] if kind == "daphne" else ["--", "--log-level", "warning", *extra_args]
     return [str(VENV_BIN / "python"), "-m", "khala_project.serve", "--server", kind, "--fd", str(fd), *server_args]
+
+
+def _command_before_the_entry(kind: str, fd: int, extra_args) -> list[str]:
+    """How revisions older than ``khala_project.serve`` were started (benchmarks compare them)."""
+    app = "khala_project.asgi:application"
+    if kind == "daphne":
+        return [
+            str(VENV_BIN / "daphne"), "--fd", str(fd), "-v", "1", "--access-log", "/dev/null",
+            "--websocket-max-message-size", str(4 * 1024 * 1024), *extra_args, app,
+        ]
+    return [
+        str(VENV_BIN / "uvicorn"), "--fd", str(fd), "--no-access-log", "--lifespan", "off",
+        "--ws-per-message-deflate", "false", "--log-level", "warning", *extra_args, app,
+    ]
 
 
 def start_server(
@@ -165,6 +181,7 @@ def start_server(
     port: int = 0,
     extra_args: tuple | list = (),
     startup_timeout: float = 30.0,
+    root: str | Path | None = None,
 ) -> ServerProcess:
     """Start one server process and wait for ``/healthz``. See the module docstring."""
     sock = _listening_socket(host, port)
@@ -172,7 +189,9 @@ def start_server(
     bound_port = sock.getsockname()[1]
     child_env = dict(os.environ)
     child_env["DJANGO_SETTINGS_MODULE"] = "khala_project.settings"
-    child_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + child_env.get("PYTHONPATH", "")
+    # ``root``: the checkout to serve (default this one; benchmarks compare another revision).
+    root = Path(root) if root is not None else REPO_ROOT
+    child_env["PYTHONPATH"] = str(root) + os.pathsep + child_env.get("PYTHONPATH", "")
     child_env.setdefault("KHALA_LOG_LEVEL", "WARNING")
     if database_url is not None:
         child_env["DATABASE_URL"] = database_url
@@ -187,8 +206,8 @@ def start_server(
     log_file = tempfile.NamedTemporaryFile(prefix=f"khala-{kind}-{bound_port}-", suffix=".log", delete=False)
     try:
         process = subprocess.Popen(
-            _command(kind, fd, extra_args),
-            cwd=REPO_ROOT,
+            _command(kind, fd, extra_args, root),
+            cwd=root,
             env=child_env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,

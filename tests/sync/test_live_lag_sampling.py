@@ -5,6 +5,7 @@ import asyncio
 
 from sync import metrics
 from sync.outbound import LIVE_LAG_SAMPLE_EVERY, LagSampler, OutboundQueue, run_writer
+from tests.support.waiting import wait_until
 
 
 class RecordingWriter:
@@ -26,14 +27,6 @@ def lag_totals():
     return count, total
 
 
-async def wait_for(condition, timeout=5.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.001)
-
-
 async def test_lag_is_observed_for_one_pair_in_sixteen_across_the_workers_sockets():
     sockets, frames = 4, 64
     queues = [OutboundQueue(1000, 1 << 24) for _ in range(sockets)]
@@ -45,7 +38,7 @@ async def test_lag_is_observed_for_one_pair_in_sixteen_across_the_workers_socket
             for queue in queues:
                 assert queue.offer(f"live {i}", 999.75)  # a live frame: its oldest row committed 250 ms ago
                 assert queue.offer(f"reply {i}")  # not a live frame: never timed
-        await wait_for(lambda: all(len(w.sent) == 2 * frames for w in writers))
+        await wait_until(lambda: all(len(w.sent) == 2 * frames for w in writers), 5.0, interval=0.001, message="every frame written")
     finally:
         for task in tasks:
             task.cancel()

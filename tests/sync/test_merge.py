@@ -1,61 +1,102 @@
-"""The replay→live merge (``sync.session.merge_live``) as a pure, property-tested function."""
+"""The replay→live handover: ``sync.follower.merge_live`` as a pure function, and the REAL
+``Follower.go_live`` over buffered ranges, property-tested against the topic head."""
+
+import asyncio
+import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.session import LiveRange, merge_live
+from sync.follower import BatchLimits, Follower, LiveBatch, LiveRange, merge_live
+from sync.journal_reader import JournalPage
+from sync.protocol import JournalRow, TopicState
+
+TOPIC = "t"
+EPOCH = "e"
+
+
+def row(watermark: int) -> JournalRow:
+    return JournalRow(TOPIC, watermark, f"d{watermark}", 1, "o", False, '{"n":1}', "h", 7)
+
+
+def live_range(start: int, end: int, *, marker: bool = False) -> LiveRange:
+    if marker:
+        return LiveRange(start, end, None, EPOCH)
+    rows = tuple(row(wm) for wm in range(start + 1, end + 1))
+    batch = LiveBatch(TOPIC, start, end, rows, EPOCH, inline_limit_bytes=1 << 20, max_count=100, max_bytes=1 << 22)
+    return LiveRange(start, end, rows, EPOCH, batch)
 
 
 @st.composite
 def handovers(draw):
+    """A follower's position after its replay and what the hub offered meanwhile. The hub's feed
+    starts at ``feed_start`` (any head it read: before or after the replay snapshot) and offers
+    that start as a marker, then ranges up to ``head`` — its invariant (``sync.hub.TopicFeed``).
+    Offers may repeat (a range offered again) and come in any order in the buffer."""
     head = draw(st.integers(0, 60))
     last_sent = draw(st.integers(0, head))
-    hub_start = draw(st.integers(0, head))  # where the hub's cursor was when the socket registered
-    cuts = sorted(set(draw(st.lists(st.integers(hub_start + 1, max(head, hub_start + 1)), max_size=8))) | {head})
-    ranges, start = [], hub_start
+    feed_start = draw(st.integers(0, head))
+    inner = draw(st.lists(st.integers(feed_start + 1, head), max_size=8)) if feed_start < head else []
+    cuts = sorted(set(inner) | {head})
+    offered, start = [live_range(0, feed_start, marker=True)], feed_start
     for end in cuts:
         if end > start:
-            ranges.append(LiveRange(start, end, tuple(range(start + 1, end + 1))))
+            offered.append(live_range(start, end, marker=draw(st.booleans()) and draw(st.booleans())))
             start = end
-    # lossy delivery: drop some ranges, duplicate some, turn some into "buffer dropped" markers, shuffle
-    kept = []
-    for r in ranges:
-        action = draw(st.sampled_from(["keep", "keep", "drop", "dup", "marker"]))
-        if action == "keep":
-            kept.append(r)
-        elif action == "dup":
-            kept += [r, LiveRange(r.start, r.end, r.rows)]
-        elif action == "marker":
-            kept.append(LiveRange(r.start, r.end, None))
-    kept = draw(st.permutations(kept))
-    return head, last_sent, list(kept), ranges
+    buffer = []
+    for r in offered:
+        buffer += [r] * draw(st.integers(1, 2))
+    return head, last_sent, draw(st.permutations(buffer))
 
 
-def run_handover(last_sent, buffer):
-    """What ``Session._go_live`` does, with the journal as the list 1..∞."""
-    sent = []
-    while True:
-        plan = merge_live(last_sent, buffer)
-        for live, after in plan.deliver:
-            sent += [wm for wm in live.rows if wm > after]
-        last_sent = max(last_sent, plan.through)
-        if plan.gap is None:
-            return sent, last_sent
-        lo, hi = plan.gap
-        assert lo == last_sent and hi > lo
-        sent += list(range(lo + 1, hi + 1))  # the journal read of the gap
-        last_sent = hi
-        buffer = plan.pending
+class ListJournal:
+    """Rows 1..head, all visible; what a gap read returns."""
+
+    def __init__(self, head):
+        self.head = head
+
+    async def read_visible(self, topic, after, through, owner, limit):
+        rows = [row(wm) for wm in range(after + 1, min(through, self.head) + 1)][:limit]
+        return JournalPage(rows, self.head, 0, EPOCH)
 
 
-@settings(max_examples=500)
+class RecordingWriter:
+    join_ref, org_id, frames, closed = None, "o", False, False
+
+    def __init__(self):
+        self.watermarks = []
+
+    def send(self, text, committed_at=None):
+        frame = json.loads(text)
+        self.watermarks += [u["watermark"] for u in frame[4]["updates"]]
+        return True
+
+    async def wait_room(self):
+        return True
+
+    def push_error(self, payload, *, frame_topic):
+        raise AssertionError(f"unexpected error {payload}")
+
+    def schedule(self, follower):
+        raise AssertionError("go_live itself reads every gap")
+
+    def end(self, follower, reason):
+        raise AssertionError(f"unexpected end {reason}")
+
+
+@settings(max_examples=300, deadline=None)
 @given(handovers())
-def test_merge_sends_every_row_once_in_order(case):
-    head, last_sent, buffer, _ = case
-    sent, position = run_handover(last_sent, buffer)
-    top = max([r.end for r in buffer], default=last_sent)
-    assert sent == list(range(last_sent + 1, max(top, last_sent) + 1))
-    assert position == max(top, last_sent)
+def test_go_live_sends_every_row_up_to_the_topic_head_once_in_order(case):
+    head, last_sent, buffer = case
+    writer = RecordingWriter()
+    follower = Follower(
+        TOPIC, writer, ListJournal(head), position=last_sent, state=TopicState(TOPIC, head, 0, EPOCH, 10**9, "warm", False), limits=BatchLimits(1 << 20, 1 << 22, 100)
+    )
+    for r in buffer:
+        follower.offer(r)  # REPLAYING: buffered
+    asyncio.run(follower.go_live())
+    assert writer.watermarks == list(range(last_sent + 1, head + 1))
+    assert follower.last_sent == head
 
 
 def test_gap_is_reported_not_skipped():

@@ -10,7 +10,8 @@ import redis
 from django.conf import settings
 from django.urls import reverse
 
-from tests.sync.wsclient import PhoenixClient, updates_of
+from tests.support.wsclient import PhoenixClient, updates_of
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -54,15 +55,11 @@ def topics_page(user):
 
 
 async def wait_for_page(user, predicate, timeout=20.0):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
+    async def page():
         delivery, html = await asyncio.to_thread(topics_page, user)
-        if predicate(delivery):
-            return delivery, html
-        if loop.time() > deadline:
-            raise AssertionError(f"admin never showed the expected figures; last: {delivery}")
-        await asyncio.sleep(0.2)  # polling a condition with a deadline
+        return (delivery, html) if predicate(delivery) else None
+
+    return await wait_until(page, timeout, interval=0.2, message="the admin to show the expected figures")
 
 
 async def joined(server, token):
@@ -139,10 +136,7 @@ async def test_unreachable_presence_redis_never_affects_delivery(topics, mint, a
     watermark = await awrite(RUNS, "runtime/run_summary:p1", 1, {"n": 1}, "user:1")
     frames = await client.recv_until(lambda f: f[3] == "sync:update_batch")
     assert [u["watermark"] for u in updates_of(frames)] == [watermark]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not hub.presence.failing:  # its writes were tried (head-check ticks, the stale cursor) and failed
-        assert loop.time() < deadline, "presence never tried to write"
-        await asyncio.sleep(0.05)
+    # its writes were tried (head-check ticks, the stale cursor) and failed
+    await wait_until(lambda: hub.presence.failing, 10, interval=0.05, message="presence to try (and fail) a write")
     assert hub.presence.local_stale_last_hour() == {RUNS: 1}
     await client.close()

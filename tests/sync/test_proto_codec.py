@@ -12,7 +12,7 @@ from google.protobuf import json_format
 
 from openagents.sync.v1 import errors_pb2, sync_pb2
 from projector.payload_hash import canonical_json
-from tests.sync.wsclient import PhoenixClient
+from tests.support.wsclient import PhoenixClient
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("hub_cleanup")]
 

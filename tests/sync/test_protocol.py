@@ -152,7 +152,7 @@ def test_forbidden_topics_are_listed():
     assert info.value.payload()["forbidden_topics"] == ["runtime.notifications"]
 
 
-STATE = TopicState("t", head_watermark=100, pruned_through=40, stream_epoch="e1", replay_budget_events=50)
+STATE = TopicState("t", head_watermark=100, pruned_through=40, stream_epoch="e1", replay_budget_events=50, qos_tier="warm", snapshot_enabled=False)
 
 
 @pytest.mark.parametrize(

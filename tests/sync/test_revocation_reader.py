@@ -19,7 +19,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from tests.sync.conftest import SIGNING_SECRET
-from tests.sync.wsclient import PhoenixClient
+from tests.support.wsclient import PhoenixClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from sync.outbound import OutboundQueue
+from tests.support.waiting import wait_until
 from sync.session import Session, Status
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,10 +59,7 @@ async def joined_session(mint, settings_khala):
     )
     task = asyncio.create_task(session.run())
     session.handle_text(json.dumps(["1", "1", "sync:v1", "phx_join", {}]))
-    for _ in range(200):  # the join runs on the session's task; wait for its reply
-        if len(queue):
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: len(queue), 2, interval=0.01, message="the join reply (it runs on the session's task)")
     [reply] = drain(queue)
     assert reply[4]["status"] == "ok"
     return session, clock, queue, closes, task

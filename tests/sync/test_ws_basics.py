@@ -3,7 +3,7 @@ PostgreSQL and Redis."""
 
 import pytest
 
-from tests.sync.wsclient import PhoenixClient, updates_of
+from tests.support.wsclient import PhoenixClient, updates_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("hub_cleanup")]
 

@@ -11,7 +11,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from tests.sync.conftest import SIGNING_KID, SIGNING_SECRET, make_token
-from tests.sync.wsclient import PhoenixClient, updates_of
+from tests.support.wsclient import PhoenixClient, updates_of
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("hub_cleanup")]
 

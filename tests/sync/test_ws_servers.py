@@ -12,8 +12,8 @@ import pytest
 
 from khala_project.conf import khala_setting
 from tests.support.servers import SERVER_KINDS
-from tests.sync.rawws import RawWebSocket
-from tests.sync.wsclient import Closed, PhoenixClient, updates_of
+from tests.support.waiting import wait_until
+from tests.support.wsclient import Closed, PhoenixClient, updates_of
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -80,18 +80,37 @@ def metric(server, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-async def test_two_daphne_workers_deliver_each_others_writes(topics, mint, asgi_server):
-    one, two = asgi_server("daphne"), asgi_server("daphne")
+# Far longer than any wait below: within these tests only a Redis hint can trigger live delivery.
+NO_HEAD_CHECK = {"HEAD_CHECK_INTERVAL_SECONDS": 600.0}
+HINT_WINDOW_SECONDS = 10.0
+
+
+async def test_two_daphne_workers_deliver_through_redis_hints_and_a_deaf_worker_does_not(topics, mint, asgi_server):
+    """Live delivery across processes is driven by the hints: the writer (this process) publishes
+    on the run's channel prefix, both workers hear it and deliver long before their head check
+    could. A third worker on another prefix hears nothing and therefore delivers nothing in the
+    same window — the control that makes this test able to fail if hints were not used."""
+    one, two = asgi_server("daphne", khala=NO_HEAD_CHECK), asgi_server("daphne", khala=NO_HEAD_CHECK)
+    deaf = asgi_server("daphne", khala=NO_HEAD_CHECK, env={"KHALA_CHANNEL_PREFIX": "khala_hint_test_deaf"})
     a, _ = await subscribed(one, mint(1))
     b, _ = await subscribed(two, mint(1))
+    c, _ = await subscribed(deaf, mint(1))
     await in_thread(write_rows, 1, 3)
-    assert await collect_until(a, lambda s: len(s) >= 3) == [1, 2, 3]
-    assert await collect_until(b, lambda s: len(s) >= 3) == [1, 2, 3]
-    # and a write made while serving: socket b on worker two writes nothing itself, worker one's
-    # socket keeps receiving; both hubs read the journal once per topic.
+    assert await collect_until(a, lambda s: len(s) >= 3, timeout=HINT_WINDOW_SECONDS) == [1, 2, 3]
+    assert await collect_until(b, lambda s: len(s) >= 3, timeout=HINT_WINDOW_SECONDS) == [1, 2, 3]
+    # The deaf worker listens on another prefix: no hint reached it, so it has sent nothing.
+    ref = await c.push("sync:heartbeat", {})
+    reply, frames = await c.reply(ref)
+    assert updates_of(frames) == [] and reply["response"]["watermarks"][0]["watermark"] == 0
+    # and a second burst while serving: both hubs keep hearing the topic group.
     await in_thread(write_rows, 4, 2)
-    assert await collect_until(a, lambda s: len(s) >= 2) == [4, 5]
-    assert await collect_until(b, lambda s: len(s) >= 2) == [4, 5]
+    assert await collect_until(a, lambda s: len(s) >= 2, timeout=HINT_WINDOW_SECONDS) == [4, 5]
+    assert await collect_until(b, lambda s: len(s) >= 2, timeout=HINT_WINDOW_SECONDS) == [4, 5]
+    ref = await c.push("sync:heartbeat", {})
+    reply, frames = await c.reply(ref)
+    assert updates_of(frames) == [] and reply["response"]["watermarks"][0]["watermark"] == 0
+    assert metric(one, "khala_hub_head_check_catchups_total") == 0
+    assert metric(one, 'khala_hub_journal_reads_total{trigger="hint"}') >= 1
 
 
 async def test_forced_disconnect_and_resume_gives_exactly_the_journal(topics, mint, asgi_server):
@@ -151,7 +170,20 @@ async def test_bad_frames_on_real_servers(topics, mint, asgi_server, kind):
         client = await PhoenixClient.connect(server.ws_url(token=mint(1)))
         await client.join()
         await client.send_raw(text)
-        assert await client.wait_closed() in (code if isinstance(code, set) else {code}), text[:40]
+        assert await client.wait_closed() == code, text[:40]
+    # Over the transport limit itself (TRANSPORT_MAX_MESSAGE_BYTES, 16 MiB): the server refuses the
+    # message from its frame header, before Khala sees it. uvicorn closes with 1009 (message too
+    # big); daphne (autobahn's failByDrop) drops TCP without a close frame, so its client sees no
+    # close code at all (``None``, never a made-up 1006). That the worker did not crash is what the
+    # bystander below proves; that Khala never saw the frame, the metric.
+    rejected = metric(server, 'khala_ws_frames_rejected_total{code="payload_too_large"}')
+    client = await PhoenixClient.raw(server.ws_url(token=mint(1)))
+    await client.join()
+    await client.send_header_only(
+        khala_setting("TRANSPORT_MAX_MESSAGE_BYTES") + 1024, b'["1","1","sync:v1","sync:subscribe",{"pad":"xxxx'
+    )
+    assert await client.wait_closed() == (None if kind == "daphne" else 1009)
+    assert metric(server, 'khala_ws_frames_rejected_total{code="payload_too_large"}') == rejected
     for payload in ({"topics": [RUNS], "resume_after": {RUNS: -5}}, {"topics": [RUNS], "resume_after": {RUNS: "1.5"}}, {"topics": 3}):
         client = await PhoenixClient.connect(server.ws_url(token=mint(1)))
         await client.join()
@@ -168,35 +200,32 @@ async def test_bad_frames_on_real_servers(topics, mint, asgi_server, kind):
 
 @pytest.mark.parametrize("kind", SERVER_KINDS)
 async def test_slow_consumer_is_closed_and_others_keep_receiving(topics, mint, asgi_server, kind):
-    # The queue bounds (32 frames, 2 MiB = 32 updates of 64 KiB) leave the normal socket real
-    # headroom: it is read by this test process, which also runs the writer thread, and with a
-    # 512 KiB bound a scheduling hiccup of a few frames under CI load closed it as slow too.
-    server = asgi_server(kind, khala={"OUTBOUND_QUEUE_LIMIT": 32, "OUTBOUND_QUEUE_MAX_BYTES": 2 * 1024 * 1024})
+    """A socket that stops reading is closed as ``slow_consumer`` (4008) once its bounded queue is
+    full; a socket that reads is not. Load-proof by construction: each row is written only after
+    the reading socket received the previous one, so that socket's queue never holds more than
+    one live frame however slow this machine is, while the silent socket's queue only grows. The
+    writes stop as soon as the server reports the close: no timing is assumed anywhere."""
+    limit = 8
+    server = asgi_server(kind, khala={"OUTBOUND_QUEUE_LIMIT": limit, "OUTBOUND_QUEUE_MAX_BYTES": 1024 * 1024})
     normal, _ = await subscribed(server, mint(1))
-    slow = RawWebSocket(server.host, server.port, "/sync/socket/websocket?vsn=2.0.0&token=" + mint(1))
-    slow.send_json(["1", "1", "sync:v1", "phx_join", {}])
-    slow.send_json(["1", "2", "sync:v1", "sync:subscribe", {"topics": [RUNS]}])
-    # The slow client never reads from here on. ~26 MB of updates: more than the kernel buffers,
-    # the transport's buffer and the bounded queue together. The writer is paced (it sleeps 2 ms
-    # between rows, releasing the GIL) so the normal reader in this process is not starved.
-    rows = 400
-    writer = asyncio.create_task(in_thread(write_rows, 1, rows, payload_bytes=64 * 1024, pause=0.002))
+    slow = await PhoenixClient.raw(server.ws_url(token=mint(1)))
+    assert (await slow.join())["status"] == "ok"
+    reply, _ = await slow.subscribe([RUNS])
+    assert reply["status"] == "ok"
+    # From here on the slow client reads nothing. 400 rows of 64 KiB (~26 MB) is far more than
+    # the kernel buffers, the server transport's buffer and the queue hold together.
     seen = []
-    while len(seen) < rows:
-        frame = await normal.recv(60)
-        if frame[3] == "sync:update_batch":
-            seen += [u["watermark"] for u in frame[4]["updates"]]
-    await writer
-    assert seen == list(range(1, rows + 1))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while metric(server, "khala_ws_slow_consumer_closes_total") < 1:
-        assert loop.time() < deadline, "the slow consumer was never closed"
-        await asyncio.sleep(0.2)  # polling a server metric (a condition), with a deadline
-    code = await in_thread(slow.read_until_close)
-    assert code in (4008, None)  # the close frame, or a dropped connection if the server gave up on it
-    slow.close()
-    assert metric(server, "khala_ws_active_connections") == 1  # only the normal socket is left
+    for row in range(1, 401):
+        await in_thread(write_rows, row, 1, payload_bytes=64 * 1024)
+        seen += await collect_until(normal, lambda s: s and s[-1] >= row)
+        if metric(server, "khala_ws_slow_consumer_closes_total") >= 1:
+            break
+    assert metric(server, "khala_ws_slow_consumer_closes_total") == 1, "the silent socket was never closed"
+    assert seen == list(range(1, row + 1))  # the reading socket got every row, in order, and stayed open
+    assert await slow.wait_closed(timeout=30) == 4008
+    errors = [f[4] for f in slow.received if f[3] == "sync:error"]
+    assert all(e["code"] == "slow_consumer" and e["queue_limit"] == limit for e in errors)
+    await wait_until(lambda: metric(server, "khala_ws_active_connections") == 1, 10, message="only the reading socket left")
     ref = await normal.push("sync:heartbeat", {})
     reply, _ = await normal.reply(ref)
     assert reply["status"] == "ok"

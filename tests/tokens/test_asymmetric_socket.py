@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 
 from projector.models import V1_TOPICS
 from tests.support.fixtures import asgi_server  # noqa: F401  (fixture re-export)
-from tests.sync.wsclient import PhoenixClient
+from tests.support.wsclient import PhoenixClient
 from tests.tokens.crafting import valid_claims
 from tests.tokens.jwks_server import serve_jwks
 from tokens import keyring as kr

@@ -139,6 +139,7 @@ export class KhalaClient {
     this._token = null;
     this._lastSnapshotAt = new Map();
     this._subscribing = 0;
+    this._stalePushes = []; // stale_cursor pushes received while subscribing
   }
 
   // --- observation --------------------------------------------------------------------------
@@ -476,7 +477,13 @@ export class KhalaClient {
     const code = protocol.errorCode(payload);
     const message = String(payload.message ?? '');
     if (code === 'stale_cursor') {
-      if (this._subscribing) return; // the subscribe reply carries the same payload: handle it once, there
+      if (this._subscribing) {
+        // Usually the subscribe's error reply carries the same payload; but a topic can go stale
+        // after the server's check (retention pruned it before the first replay page) and then the
+        // reply is ok and this push is the only notice. _subscribe settles it once the reply is in.
+        this._stalePushes.push(payload);
+        return;
+      }
       // a live topic went stale (epoch change, pruned while behind): recover without blocking the queue
       this._recoverStale(payload)
         .then(() => this._subscribe(conn, (payload.stale_topics ?? []).map((t) => t?.topic).filter((t) => this.topics.includes(t))))
@@ -597,22 +604,46 @@ export class KhalaClient {
 
   /** Subscribe with each topic's stored cursor (0 when none); on stale_cursor snapshot and retry. */
   async _subscribe(conn, topics) {
-    if (!topics.length) return;
     for (;;) {
+      if (!topics.length) return;
       const cursors = {};
       for (const t of topics) cursors[t] = await this.cache.topicState(t);
       const payload = protocol.subscribePayload(topics, cursors, { replayBatchSize: this.replayBatchSize });
       this._subscribing += 1;
+      let pushed;
       try {
         await this._request(conn, SYNC_CHANNEL, EVENTS.SUBSCRIBE, payload, this.subscribeTimeoutMs);
-        return;
+        pushed = this._takeStalePushes(topics);
       } catch (err) {
         if (err.code !== 'stale_cursor') throw err;
+        this._takeStalePushes(topics); // the push that came with this error reply
         await this._recoverStale(err.details ?? {});
+        continue; // resubscribe from the snapshot's head
       } finally {
         this._subscribing -= 1;
       }
+      if (!pushed.length) return;
+      // ok reply, then (or just before it) a stale_cursor push: recover those topics from a
+      // snapshot and resubscribe them; the others are live already.
+      const stale = [];
+      for (const stalePayload of pushed) {
+        await this._recoverStale(stalePayload);
+        for (const t of stalePayload.stale_topics ?? []) if (topics.includes(t?.topic) && !stale.includes(t.topic)) stale.push(t.topic);
+      }
+      topics = stale;
     }
+  }
+
+  /** Remove and return the stale_cursor pushes (received while subscribing) about `topics`. */
+  _takeStalePushes(topics) {
+    const mine = [];
+    const others = [];
+    for (const payload of this._stalePushes) {
+      const named = (payload.stale_topics ?? []).map((t) => t?.topic);
+      (named.some((t) => topics.includes(t)) ? mine : others).push(payload);
+    }
+    this._stalePushes = others;
+    return mine;
   }
 
   async _recoverStale(payload) {

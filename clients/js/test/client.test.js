@@ -78,3 +78,37 @@ test('reauth_required at join stops the client with a FatalError', async () => {
   await client.close();
   await p.close();
 });
+
+test('an ok subscribe reply followed by a stale_cursor push is recovered (snapshot, then resubscribe from its head)', async () => {
+  // Retention pruned the topic between the server's stale check and its first replay page: the
+  // server pushes stale_cursor and replies ok. The ok must not be taken for a live subscription.
+  const stale = {
+    code: 'stale_cursor', message: 'old', full_resync_required: true, reason_codes: ['retention_floor_breach'],
+    stale_topics: [{ topic: TOPIC, reason: 'retention_floor_breach', resume_after: 3, retention_floor: 6, head_watermark: 10 }],
+  };
+  const subscribes = [];
+  const p = await peer((ws, frame) => {
+    if (frame[3] === 'sync:subscribe') {
+      subscribes.push(frame[4]);
+      if (subscribes.length === 1) ws.send(JSON.stringify([frame[0], null, 'sync:v1', 'sync:error', stale]));
+    }
+    ws.send(reply(frame, 'ok', { topics: [TOPIC], current_watermarks: [] }));
+  });
+  let snapshots = 0;
+  const http = {
+    async snapshot(topic) {
+      snapshots += 1;
+      return { topic, documents: [{ doc_key: 'd', doc_version: 1, payload: null, payload_hash: null, watermark: 10 }], headWatermark: 10, streamEpoch: 'epoch' };
+    },
+  };
+  const client = new KhalaClient({ url: p.url, WebSocket, tokenProvider: counter(), topics: [TOPIC], http });
+  client.start();
+  await client.waitLive({ timeoutMs: 10000 });
+  const deadline = Date.now() + 10000;
+  while (subscribes.length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  await client.close();
+  await p.close();
+  assert.equal(snapshots, 1);
+  assert.equal(subscribes.length, 2);
+  assert.deepEqual(subscribes[1].resume_after, [{ topic: TOPIC, watermark: 10, stream_epoch: 'epoch' }]);
+});

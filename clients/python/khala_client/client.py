@@ -267,6 +267,7 @@ class KhalaClient:
         self._token: str | None = None
         self._last_snapshot_at: dict[str, float] = {}
         self._subscribing = 0  # subscribe requests in flight (their reply carries any stale_cursor)
+        self._stale_pushes: list[dict] = []  # stale_cursor pushes received while subscribing
         self._state_changed = asyncio.Event()
 
     # --- observation ------------------------------------------------------------------------------
@@ -594,7 +595,12 @@ class KhalaClient:
         message = str(payload.get("message", ""))
         if code == "stale_cursor":
             if self._subscribing:
-                return  # the subscribe reply carries the same payload; handle it once, there
+                # Usually the subscribe's error reply carries the same payload; but a topic can go
+                # stale after the server's check (retention pruned it before the first replay
+                # page) and then the reply is ok and this push is the only notice. ``_subscribe``
+                # settles it once the reply is in.
+                self._stale_pushes.append(payload)
+                return
             # A stale push outside a subscribe (e.g. the topic's epoch changed): recover, then
             # resubscribe the stale topics, without blocking the ordered queue.
             asyncio.ensure_future(self._recover_and_resubscribe(conn, payload))
@@ -708,7 +714,7 @@ class KhalaClient:
     async def _subscribe(self, conn: _Connection, topics: list[str]) -> None:
         """Subscribe with each topic's stored cursor (0 when none: the server then says whether
         history was pruned, instead of silently replaying only the retained window)."""
-        while True:
+        while topics:
             states = {t: self.cache.topic_state(t) for t in topics}
             payload = protocol.subscribe_payload(
                 topics,
@@ -722,11 +728,30 @@ class KhalaClient:
             except TransientError as exc:
                 if exc.code != "stale_cursor":
                     raise
+                self._take_stale_pushes(topics)  # the push that came with this error reply
                 await self._recover_stale(_as_dict(exc.details))
                 continue  # resubscribe from the snapshot's head
             finally:
                 self._subscribing -= 1
-            return
+            pushed = self._take_stale_pushes(topics)
+            if not pushed:
+                return
+            # ok reply, then (or just before it) a stale_cursor push: recover those topics from a
+            # snapshot and resubscribe them; the others are live already.
+            stale_topics: list[str] = []
+            for stale_payload in pushed:
+                await self._recover_stale(stale_payload)
+                stale_topics += [t["topic"] for t in stale_payload.get("stale_topics") or [] if isinstance(t, dict) and t.get("topic") in topics]
+            topics = list(dict.fromkeys(stale_topics))
+
+    def _take_stale_pushes(self, topics: list[str]) -> list[dict]:
+        """Remove and return the stale_cursor pushes (received while subscribing) about ``topics``."""
+        mine, others = [], []
+        for payload in self._stale_pushes:
+            named = {t.get("topic") for t in payload.get("stale_topics") or [] if isinstance(t, dict)}
+            (mine if named & set(topics) else others).append(payload)
+        self._stale_pushes = others
+        return mine
 
     async def _recover_and_resubscribe(self, conn: _Connection, payload: dict) -> None:
         try:

@@ -18,23 +18,10 @@ if str(REPO) not in sys.path:  # the server's apps and the shared process harnes
 
 from tests.support.fixtures import asgi_server  # noqa: E402,F401  (fixture re-export)
 from tests.support.servers import start_server, test_database_url  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402,F401  (the suite's one wait helper, re-exported)
 
 SIGNING_KEYS = "kclient1:khala-client-tests-signing-secret-0123456789"
 V1_TOPICS = ["runtime.run_summaries", "runtime.codex_worker_summaries", "runtime.codex_worker_events", "runtime.notifications"]
-
-
-async def wait_until(predicate, timeout: float = 30.0, interval: float = 0.02, message: str = "condition"):
-    """Poll ``predicate`` (sync or async) until it is truthy; fail with ``message`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        await asyncio.sleep(interval)
 
 
 class KhalaEnv:

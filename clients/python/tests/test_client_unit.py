@@ -167,6 +167,37 @@ async def test_a_second_stale_cursor_within_the_window_backs_off_instead_of_loop
     assert client.documents(TOPIC)["d"].payload == {"n": 3}
 
 
+async def test_an_ok_reply_followed_by_a_stale_cursor_push_is_recovered():
+    """Retention pruned the topic between the server's stale check and its first replay page: the
+    server pushes ``stale_cursor`` and then replies ``ok``. The client must not take the ok for a
+    live subscription: it loads a snapshot and resubscribes from its head."""
+    stale = {"code": "stale_cursor", "message": "old", "full_resync_required": True, "reason_codes": ["retention_floor_breach"],
+             "stale_topics": [{"topic": TOPIC, "reason": "retention_floor_breach", "resume_after": 3, "retention_floor": 6, "head_watermark": 10}]}
+    subscribes = []
+
+    async def on_frame(ws, frame):
+        if frame[3] == "sync:subscribe":
+            subscribes.append(frame[4])
+            if len(subscribes) == 1:
+                await ws.send(json.dumps([frame[0], None, "sync:v1", "sync:error", stale]))
+                await ws.send(reply(frame, "ok", {"topics": [TOPIC], "current_watermarks": []}))
+                return
+        await ws.send(reply(frame, "ok", {"topics": [TOPIC], "current_watermarks": []}))
+
+    async with Peer(on_frame) as peer:
+        http = FakeSnapshots()
+        client = KhalaClient(peer.url, tokens([]), topics=[TOPIC], http=http)
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+            await wait_until(lambda: len(subscribes) == 2, timeout=10, message="the resubscribe after the snapshot")
+        finally:
+            await client.close()
+    assert http.calls == 1
+    assert subscribes[1]["resume_after"] == [{"topic": TOPIC, "watermark": 10, "stream_epoch": "epoch"}]
+    assert client.documents(TOPIC)["d"].payload == {"n": 1}
+
+
 async def test_a_corrupt_payload_is_reported_and_refetched():
     good = {"ok": True}
 

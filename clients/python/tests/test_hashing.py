@@ -1,7 +1,13 @@
-"""Hash parity: this client, the server (``projector.payload_hash``) and the shared fixture agree."""
+"""Hash parity against INDEPENDENT oracles: the shared fixture file, and for generated values the
+JavaScript canonicalisation of ``static/live/canonicalize.js`` (a separate implementation of RFC
+8785, run by node). The server's ``projector.payload_hash`` wraps the same Python library as this
+client, so comparing the two would prove nothing; the server is checked against the fixture in
+``tests/test_payload_hash.py``."""
 
+import hashlib
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -45,17 +51,52 @@ json_values = st.recursive(
 )
 
 
-@given(json_values)
-def test_client_and_server_hash_the_same(value):
-    from projector import payload_hash as server
+JS_ORACLE = """
+import { createInterface } from "node:readline";
+import canonicalize from "%s";
+for await (const line of createInterface({ input: process.stdin })) {
+  process.stdout.write(JSON.stringify(canonicalize(JSON.parse(line))) + "\\n");
+}
+""" % (REPO / "static" / "live" / "canonicalize.js").as_uri()
 
-    try:
-        expected = server.payload_hash(value)
-    except server.PayloadHashError:
-        with pytest.raises(hashing.PayloadHashError):
-            hashing.payload_hash(value)
-        return
-    assert hashing.payload_hash(value) == expected
+
+class JavaScriptCanonicalizer:
+    """One node process answering one JSON value per line with its canonical text."""
+
+    def __init__(self):
+        self.process = subprocess.Popen(
+            ["node", "--no-warnings", "--input-type=module", "-e", JS_ORACLE], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8"
+        )
+
+    def canonical(self, value) -> str:
+        self.process.stdin.write(json.dumps(value) + "\n")
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def javascript():
+    oracle = JavaScriptCanonicalizer()
+    yield oracle
+    oracle.close()
+
+
+def test_client_and_javascript_canonicalise_the_same(javascript):
+    @given(json_values)
+    def check(value):
+        try:
+            digest = hashing.payload_hash(value)
+        except hashing.PayloadHashError:
+            return  # refusals are checked against the fixture's error vectors
+        text = javascript.canonical(value)
+        assert hashing.canonical_json(value).decode("utf-8") == text
+        assert digest == hashlib.sha256(text.encode("utf-8")).digest()
+
+    check()
 
 
 def test_verify_rejects_tampering_and_bad_base64():

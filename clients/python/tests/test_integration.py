@@ -14,7 +14,6 @@ import random
 import time
 
 import pytest
-import websockets
 
 from khala_client import (
     BatchApplied,
@@ -22,6 +21,7 @@ from khala_client import (
     FatalError,
     KhalaClient,
     MemoryStore,
+    Reconnecting,
     SnapshotLoaded,
     SQLiteStore,
     StaleCursor,
@@ -29,6 +29,7 @@ from khala_client import (
 )
 
 from conftest import cache_state, converged, db, wait_until
+from tests.support.wsclient import PhoenixClient
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +70,11 @@ async def test_replay_then_live_equals_read_models(khala_env):
 
 
 async def test_reconnect_storm_is_spread_by_jitter_and_converges(khala_env):
-    """200 clients dropped at once (the worker is killed) reconnect with full jitter."""
+    """200 clients dropped at once (the worker is killed) reconnect with full jitter and converge.
+
+    The spread is asserted on the delays the clients CHOSE (their ``Reconnecting`` events, drawn
+    from each client's injected, seeded rng), never on wall-clock times: a loaded machine cannot
+    move these figures. The wall-clock spread is measured by ``bench/reconnect_jitter.py``."""
     khala_env.start()
     _, api_token, owner = await db(khala_env.make_user, "storm")
     await db(khala_env.write_many, [(WORKERS, f"w/{i}", 1, {"i": i}, owner) for i in range(50)])
@@ -84,14 +89,16 @@ async def test_reconnect_storm_is_spread_by_jitter_and_converges(khala_env):
         KhalaClient(khala_env.url, shared_token, topics=[WORKERS], rng=random.Random(seed).random, heartbeat_interval=5)
         for seed in range(200)
     ]
+    chosen: dict[int, list] = {index: [] for index in range(len(clients))}
+    for index, c in enumerate(clients):
+        c.on_event = lambda event, index=index: chosen[index].append(event) if isinstance(event, Reconnecting) else None
     try:
         for c in clients:
             c.start()
         await asyncio.gather(*(c.wait_live(timeout=60) for c in clients))
         assert all([await converged(c, khala_env, WORKERS, owner) for c in clients])
 
-        before = [len(c.connect_attempts) for c in clients]
-        dropped_at = time.monotonic()
+        before = [len(chosen[i]) for i in range(len(clients))]
         await asyncio.to_thread(khala_env.restart)  # SIGKILL: every socket drops at once; a new worker on the same port
         token = await provider()
         await db(khala_env.write_many, [(WORKERS, f"w/{i}", 2, {"i": i, "after": True}, owner) for i in range(0, 50, 5)])
@@ -102,14 +109,16 @@ async def test_reconnect_storm_is_spread_by_jitter_and_converges(khala_env):
 
         await wait_until(all_converged, timeout=240, interval=0.1, message="all 200 clients live and equal to the read models")
 
-        first_retry = sorted(c.connect_attempts[n] - dropped_at for c, n in zip(clients, before))
-        spread = first_retry[-1] - first_retry[0]
-        buckets = {int(t * 100) for t in first_retry}  # 10 ms buckets
-        print(f"reconnect storm: first retries spread over {spread * 1000:.0f} ms in {len(buckets)} 10-ms buckets")
-        # full jitter over [0, 0.5 s): not a thundering herd of simultaneous retries
-        assert spread > 0.2
-        assert len(buckets) >= 15
-        assert max(sum(1 for t in first_retry if int(t * 100) == b) for b in buckets) < 100
+        first = [chosen[i][n] for i, n in zip(range(len(clients)), before)]
+        # a client whose earlier connect had failed may be on a later attempt (larger ceiling)
+        delays = sorted(e.delay for e in first if e.attempt == 1)
+        assert len(delays) >= 150
+        # full jitter over [0, base = 0.5 s): uniform draws, not a thundering herd at one instant
+        assert 0 <= delays[0] and delays[-1] < 0.5
+        assert delays[-1] - delays[0] > 0.4
+        buckets = {int(d * 100) for d in delays}  # 10 ms buckets
+        assert len(buckets) >= 40
+        assert max(sum(1 for d in delays if int(d * 100) == b) for b in buckets) < 20
     finally:
         await asyncio.gather(*(c.close() for c in clients))
 
@@ -372,8 +381,9 @@ def _jwt_exp(token: str) -> int:
 
 
 async def _join_error(env, token):
-    async with websockets.connect(env.server.ws_url(token=token)) as ws:
-        await ws.send(json.dumps(["1", "1", "sync:v1", "phx_join", {}]))
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
-    response = reply[4]["response"]
+    client = await PhoenixClient.connect(env.server.ws_url(token=token))
+    try:
+        response = (await client.join())["response"]
+    finally:
+        await client.close()
     return response["code"], response.get("reason")

@@ -4,7 +4,7 @@ Scope, said on every page that shows these figures (``DeliveryStatus.source``):
 
 - **With Redis** (``REDIS_URL``; every multi-worker deployment): connections and subscribers are
   summed over the live workers' presence records, and the per-topic stale-cursor count of the last
-  hour over the per-minute buckets every worker increments (``sync.presence``). Cluster-wide.
+  hour over the per-minute buckets every worker increments (``sync.presence``, over the bus's keys). Cluster-wide.
 - **Without Redis** (the embedded default of ``make run``: one process) or when Redis cannot be
   read: the figures of the process serving the admin page (its fan-out hubs and their in-memory
   stale-cursor buckets), and the page says so.
@@ -22,6 +22,10 @@ import os
 from dataclasses import dataclass, field
 
 from django.conf import settings
+
+from sync import metrics
+from sync.hub import running_hubs
+from sync.presence import read_cluster
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +48,6 @@ class DeliveryStatus:
     delivery_lag: dict[str, float] = field(default_factory=dict)  # this process: {"p50_ms", "p99_ms", "count"}
     cluster: bool = False  # True: connections/subscribers/stale last hour are summed over all workers
     workers: list = field(default_factory=list)  # cluster: the live workers' presence records
-
-
-def _hubs():
-    try:
-        from sync import hub as hub_module
-    except ImportError:  # delivery not installed in this build
-        return []
-    futures = list(getattr(hub_module, "_hubs", {}).values())
-    return [f.result() for f in futures if f.done() and not f.cancelled() and f.exception() is None]
 
 
 def _snapshot(collection):
@@ -102,14 +97,8 @@ def _topics() -> list[str]:
     return list(TopicSequence.objects.order_by("topic").values_list("topic", flat=True))
 
 
-def delivery_status() -> DeliveryStatus | None:
-    """Cluster-wide figures when Redis is configured and readable, else this process's; None when
-    delivery is not importable."""
-    try:
-        from sync import metrics
-        from sync.presence import read_cluster
-    except ImportError:
-        return None
+def delivery_status() -> DeliveryStatus:
+    """Cluster-wide figures when Redis is configured and readable, else this process's."""
     per_process = {
         "stale_cursors_by_reason": _counter_values(metrics.STALE_CURSORS, "reason"),
         "delivery_lag": _histogram_quantiles(metrics.LIVE_DELIVERY_LAG),
@@ -140,10 +129,10 @@ def delivery_status() -> DeliveryStatus | None:
     connections = 0
     subscribers: dict[str, int] = {}
     stale: dict[str, int] = {}
-    for hub in _hubs():
+    for hub in running_hubs():
         connections += len(_snapshot(hub.sessions))
         for topic, feed in _snapshot(hub.feeds.items()):
-            subscribers[topic] = subscribers.get(topic, 0) + len(_snapshot(feed.sessions))
+            subscribers[topic] = subscribers.get(topic, 0) + len(_snapshot(feed.followers))
         presence = getattr(hub, "presence", None)
         if presence is not None:
             for topic, n in presence.local_stale_last_hour().items():
