@@ -81,7 +81,6 @@ class KhalaAdminSite(admin.AdminSite):
         """Per-topic head, lag and throughput of the last hour, and this process's live delivery."""
         # Imported here: this module is loaded while apps are still being registered.
         from projector import journal_stats
-        from projector.delivery_status import delivery_status
 
         now = timezone.now()
         stats = journal_stats.topic_stats()
