@@ -35,8 +35,12 @@ V1_TOPIC_POLICIES: dict[str, TopicPolicy] = {
     CODEX_WORKER_EVENTS: TopicPolicy("high_churn_events", "hot", 3000, 86400, False),
     NOTIFICATIONS: TopicPolicy("ephemeral_notifications", "cold", 500, 43200, False),
 }
-# Upstream's fallback for topics without a policy.
-DEFAULT_POLICY = TopicPolicy("unspecified", "warm", 10000, 86400, False)
+# The policy of a topic declared without one: the sequence row's own column defaults, so the
+# defaults have one definition (projector.models.TopicSequence) and a row created any other way
+# (the admin, raw SQL through the ORM) gets the same policy.
+DEFAULT_POLICY = TopicPolicy(
+    *(TopicSequence._meta.get_field(name).default for name in TopicPolicy.__dataclass_fields__)
+)
 
 
 def declare_topic(topic: str, policy: TopicPolicy | None = None, *, force_pointer_mode: bool = False) -> TopicSequence:
