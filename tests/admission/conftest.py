@@ -6,17 +6,8 @@ import pytest
 
 from tests.admission.private_redis import PrivateRedis
 from tests.support.fixtures import asgi_server  # noqa: F401  (fixture re-export)
+from tests.support.clock import FakeClock
 
-
-class FakeClock:
-    def __init__(self, start=1_000_000.0):
-        self.now = start
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
 
 
 @pytest.fixture

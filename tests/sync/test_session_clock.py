@@ -9,16 +9,10 @@ import pytest
 from sync.outbound import OutboundQueue
 from tests.support.waiting import wait_until
 from sync.session import Session, Status
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-
-class FakeClock:
-    def __init__(self, now=1000.0):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 class NothingRevoked:

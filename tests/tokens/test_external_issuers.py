@@ -15,21 +15,12 @@ from tests.tokens.jwks_server import serve_jwks
 from tokens import external_issuers
 from tokens import keyring as kr
 from tokens.verifier import TokenRejected, averify_sync_token, verify_sync_token
+from tests.support.clock import FakeClock
 
 ISSUER = "https://id.example.test"
 AUDIENCE = "khala-from-id"
 MIN_REFRESH = 30.0
 
-
-class FakeClock:
-    def __init__(self, start=1000.0):
-        self.now = start
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
 
 
 @pytest.fixture
