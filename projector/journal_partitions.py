@@ -1,0 +1,255 @@
+"""The partition layout of the stream journal on PostgreSQL: naming, creating ahead, draining the
+DEFAULT partitions, dropping whole partitions below a floor.
+
+Layout (measured choice: docs/sync/SCHEMA.md, "Partitioned journal")::
+
+    sync_stream_events                      PARTITION BY LIST (topic)
+    ├── sync_se_<h>                         one per topic, PARTITION BY RANGE (watermark)
+    │   ├── sync_se_<h>_w1                  watermarks [1, 1 + size)
+    │   ├── sync_se_<h>_w20001              [20001, 40001) …, created AHEAD of the head
+    │   └── sync_se_<h>_default             safety net: a watermark no range covers yet
+    └── sync_stream_events_default          safety net: a topic without its own partition yet
+
+``<h>`` is a hash of the topic name (topic names are free text; identifiers are 63 bytes).
+
+Why by topic first: each topic has its own retention window and write rate, so its floor moves on
+its own; a watermark range shared by all topics could only be dropped once the slowest topic's
+floor passed it. Dropping a range partition locks its topic's partition (ACCESS EXCLUSIVE, for
+milliseconds), never the other topics.
+
+Nothing here runs on the write hot path. Writers never create partitions: the retention pass
+(and the migration, and ``declare_topic``) keep ``JOURNAL_PARTITIONS_AHEAD`` ranges above each
+head. If a writer outruns them anyway, its rows land in the topic's DEFAULT partition (the sink
+never fails for lack of a partition); the next pass moves them into proper ranges
+(``ensure_ahead``) and ``khala_journal_default_partition_rows`` reports them meanwhile.
+
+Every DDL runs in a short transaction with ``lock_timeout`` (``JOURNAL_DDL_LOCK_TIMEOUT_MS``), so
+a DDL waiting behind a long reader never queues the topic's readers and writers behind it for long:
+it gives up and the next pass retries.
+
+Lock order: the sequence row first, then the topic's partitions, as writers do (a writer locks the
+sequence row, then its insert is routed into the partition). Dropping a partition in the other
+order would deadlock with a writer that holds the row lock and waits for the partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from django.db import OperationalError, connection, transaction
+
+from khala_project.conf import khala_setting
+
+ROOT = "sync_stream_events"
+ROOT_DEFAULT = "sync_stream_events_default"
+_BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
+
+
+@dataclass(frozen=True, slots=True)
+class RangePartition:
+    name: str
+    first: int  # lowest watermark it holds
+    last: int  # highest watermark it holds (inclusive: the partition's end)
+
+
+def topic_partition(topic: str) -> str:
+    return "sync_se_" + hashlib.sha256(topic.encode()).hexdigest()[:16]
+
+
+def topic_default(topic: str) -> str:
+    return topic_partition(topic) + "_default"
+
+
+def is_partitioned(cursor) -> bool:
+    """True when the journal is a partitioned table (PostgreSQL after the migration)."""
+    if connection.vendor != "postgresql":
+        return False
+    cursor.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", [ROOT])
+    row = cursor.fetchone()
+    return row is not None and row[0] == "p"
+
+
+def range_partitions(cursor, topic: str) -> list[RangePartition]:
+    """The topic's range partitions in watermark order (the DEFAULT one excluded)."""
+    cursor.execute(
+        """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
+             FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = to_regclass(%s)""",
+        [topic_partition(topic)],
+    )
+    out = []
+    for name, bound in cursor.fetchall():
+        match = _BOUND.search(bound or "")
+        if match:
+            out.append(RangePartition(name, int(match[1]), int(match[2]) - 1))
+    return sorted(out, key=lambda p: p.first)
+
+
+def _lock_timeout(cursor) -> None:
+    cursor.execute(f"SET LOCAL lock_timeout = {int(khala_setting('JOURNAL_DDL_LOCK_TIMEOUT_MS'))}")
+
+
+def _exists(cursor, name: str) -> bool:
+    cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+    return cursor.fetchone()[0]
+
+
+def ensure_topic(topic: str) -> bool:
+    """Give ``topic`` its LIST partition (with its DEFAULT and its first ranges) if it has none.
+
+    The partition is built detached, filled with the topic's rows from the root DEFAULT partition,
+    then attached: ATTACH takes only SHARE UPDATE EXCLUSIVE on the root, so other topics' readers
+    and writers go on (CREATE TABLE … PARTITION OF would lock the whole journal). Returns True if
+    it created the partition."""
+    parent = topic_partition(topic)
+    with connection.cursor() as cursor:
+        if not is_partitioned(cursor) or _exists(cursor, parent):
+            return False
+        size = int(khala_setting("JOURNAL_PARTITION_WATERMARKS"))
+        with transaction.atomic():
+            _lock_timeout(cursor)
+            # Hold off every writer of the journal (readers go on) until COMMIT: see ensure_ahead.
+            # Once per new topic, for milliseconds.
+            cursor.execute(f"LOCK TABLE {ROOT} IN SHARE ROW EXCLUSIVE MODE")
+            cursor.execute(
+                f"CREATE TABLE {parent} (LIKE {ROOT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) PARTITION BY RANGE (watermark)"
+            )
+            cursor.execute(f"CREATE TABLE {topic_default(topic)} PARTITION OF {parent} DEFAULT")
+            cursor.execute(
+                "SELECT pruned_through, last_watermark FROM sync_topic_sequences WHERE topic = %s", [topic]
+            )
+            floor, head = cursor.fetchone() or (0, 0)
+            cursor.execute(f"SELECT min(watermark), max(watermark) FROM {ROOT_DEFAULT} WHERE topic = %s", [topic])
+            low, high = cursor.fetchone()
+            start = (min(floor, (low or 1) - 1) // size) * size + 1
+            through = max(head, high or 0) + int(khala_setting("JOURNAL_PARTITIONS_AHEAD")) * size
+            while start <= through:
+                cursor.execute(
+                    f"CREATE TABLE {parent}_w{start} PARTITION OF {parent} FOR VALUES FROM (%s) TO (%s)",
+                    [start, start + size],
+                )
+                start += size
+            cursor.execute(
+                f"WITH moved AS (DELETE FROM {ROOT_DEFAULT} WHERE topic = %s RETURNING *) INSERT INTO {parent} SELECT * FROM moved",
+                [topic],
+            )
+            cursor.execute(f"ALTER TABLE {ROOT} ATTACH PARTITION {parent} FOR VALUES IN (%s)", [topic])
+    return True
+
+
+def ensure_ahead(topic: str) -> int:
+    """Create range partitions until ``JOURNAL_PARTITIONS_AHEAD`` empty ranges lie above the
+    topic's head (and above any row in its DEFAULT partition, whose rows move into the new ranges).
+    Each range is its own short transaction. Returns the number created."""
+    created = 0
+    size = int(khala_setting("JOURNAL_PARTITION_WATERMARKS"))
+    ahead = int(khala_setting("JOURNAL_PARTITIONS_AHEAD"))
+    with connection.cursor() as cursor:
+        if not is_partitioned(cursor):
+            return 0
+        if not _exists(cursor, topic_partition(topic)):
+            ensure_topic(topic)
+        parent, default = topic_partition(topic), topic_default(topic)
+        cursor.execute("SELECT last_watermark, pruned_through FROM sync_topic_sequences WHERE topic = %s", [topic])
+        head, floor = cursor.fetchone() or (0, 0)
+        cursor.execute(f"SELECT max(watermark) FROM {default}")
+        stray = cursor.fetchone()[0] or 0
+        ranges = range_partitions(cursor, topic)
+        start = ranges[-1].last + 1 if ranges else (floor // size) * size + 1
+        through = max(head, stray) + ahead * size
+        while start <= through:
+            name = f"{parent}_w{start}"
+            with transaction.atomic():
+                _lock_timeout(cursor)
+                # Writers of the topic wait (readers go on) until COMMIT. Without this lock a writer
+                # that routed its row with the partition list of before the ATTACH would insert it
+                # into the DEFAULT afterwards and fail its partition constraint (the concurrent
+                # writers test caught exactly that); a writer that opens the topic's partition after
+                # the lock sees the new list. Rows of the new range already in the DEFAULT move in
+                # this same transaction, so every snapshot sees each row exactly once. ATTACH then
+                # needs ACCESS EXCLUSIVE on the DEFAULT only (readers of the topic scan it).
+                cursor.execute(f"LOCK TABLE {parent} IN SHARE ROW EXCLUSIVE MODE")
+                cursor.execute(f"CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
+                cursor.execute(
+                    f"ALTER TABLE {name} ADD CONSTRAINT {name}_range CHECK (watermark >= %s AND watermark < %s)",
+                    [start, start + size],
+                )
+                cursor.execute(
+                    f"WITH moved AS (DELETE FROM {default} WHERE watermark >= %s AND watermark < %s RETURNING *) "
+                    f"INSERT INTO {name} SELECT * FROM moved",
+                    [start, start + size],
+                )
+                # The CHECK proves the new table fits the range, so ATTACH skips scanning it.
+                cursor.execute(f"ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [start, start + size])
+            created += 1
+            start += size
+    return created
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """True for the error ``lock_timeout`` raises (SQLSTATE 55P03, lock_not_available)."""
+    return getattr(getattr(exc, "__cause__", None), "sqlstate", None) == "55P03"
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    partitions: int
+    rows: int
+    lock_timeout: bool  # stopped at a partition it could not lock in time
+
+
+def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
+    """Drop, oldest first, every range partition of ``topic`` whose end is at or below
+    ``cutoff_watermark``; raise ``pruned_through`` to the highest watermark each held, in the
+    transaction that drops it (so in every snapshot the rows at or below the floor are gone and
+    those above it are all there).
+
+    Stops at the first partition it cannot lock in time (``lock_timeout``): retention only ever
+    removes a prefix, so the caller must then touch nothing above it in this pass."""
+    dropped = rows = 0
+    with connection.cursor() as cursor:
+        if not is_partitioned(cursor):
+            return Dropped(0, 0, False)
+        for part in range_partitions(cursor, topic):
+            if part.last > cutoff_watermark:
+                break
+            try:
+                with transaction.atomic():
+                    _lock_timeout(cursor)
+                    # Sequence row first (the writers' order), then the partition.
+                    cursor.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [topic])
+                    cursor.execute(f"SELECT count(*), max(watermark) FROM {part.name}")
+                    count, highest = cursor.fetchone()
+                    cursor.execute(
+                        """UPDATE sync_topic_sequences
+                              SET pruned_through = GREATEST(pruned_through, %(highest)s), updated_at = now()
+                            WHERE topic = %(topic)s AND %(highest)s::bigint IS NOT NULL""",
+                        {"highest": highest, "topic": topic},
+                    )
+                    # DETACH then DROP: each needs ACCESS EXCLUSIVE on the topic's partition for a
+                    # catalog change only; nothing is written per row (the point: no per-row WAL).
+                    cursor.execute(f"ALTER TABLE {topic_partition(topic)} DETACH PARTITION {part.name}")
+                    cursor.execute(f"DROP TABLE {part.name}")
+            except OperationalError as exc:
+                if not is_lock_timeout(exc):
+                    raise
+                return Dropped(dropped, rows, True)
+            dropped += 1
+            rows += count
+    return Dropped(dropped, rows, False)
+
+
+def default_rows(topic: str, *, limit: int = 1_000_000) -> int:
+    """Rows of ``topic`` waiting in a DEFAULT partition (capped at ``limit``: the gauge only needs
+    to tell "none" from "some"; a normal pass finds none)."""
+    with connection.cursor() as cursor:
+        if not is_partitioned(cursor):
+            return 0
+        total = 0
+        for table in (topic_default(topic), ROOT_DEFAULT):
+            if _exists(cursor, table):
+                cursor.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE topic = %s LIMIT %s) t", [topic, limit])
+                total += cursor.fetchone()[0]
+        return total
