@@ -219,9 +219,14 @@ def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
                 with transaction.atomic():
                     _lock_timeout(cursor)
                     # Sequence row first (the writers' order), then the partition.
-                    cursor.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [topic])
-                    cursor.execute(f"SELECT count(*), max(watermark) FROM {part.name}")
-                    count, highest = cursor.fetchone()
+                    cursor.execute("SELECT pruned_through FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [topic])
+                    (floor,) = cursor.fetchone()
+                    # Committed rows are contiguous (commit order = watermark order) and those at or
+                    # below the floor are gone, so the partition holds (max(floor, first-1), highest]:
+                    # one index probe instead of counting its rows.
+                    cursor.execute(f"SELECT max(watermark) FROM {part.name}")
+                    (highest,) = cursor.fetchone()
+                    count = highest - max(floor, part.first - 1) if highest is not None else 0
                     cursor.execute(
                         """UPDATE sync_topic_sequences
                               SET pruned_through = GREATEST(pruned_through, %(highest)s), updated_at = now()
