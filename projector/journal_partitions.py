@@ -44,6 +44,7 @@ from khala_project.conf import khala_setting
 
 ROOT = "sync_stream_events"
 ROOT_DEFAULT = "sync_stream_events_default"
+DETACH_PER_TRANSACTION = 16
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 
 
@@ -201,49 +202,72 @@ class Dropped:
 
 
 def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
-    """Drop, oldest first, every range partition of ``topic`` whose end is at or below
-    ``cutoff_watermark``; raise ``pruned_through`` to the highest watermark each held, in the
-    transaction that drops it (so in every snapshot the rows at or below the floor are gone and
+    """Remove, oldest first, every range partition of ``topic`` whose end is at or below
+    ``cutoff_watermark``; raise ``pruned_through`` to the highest watermark they held in the
+    transaction that detaches them (so in every snapshot the rows at or below the floor are gone and
     those above it are all there).
 
-    Stops at the first partition it cannot lock in time (``lock_timeout``): retention only ever
-    removes a prefix, so the caller must then touch nothing above it in this pass."""
+    Detaching is the part readers see: it needs ACCESS EXCLUSIVE on the topic's partition and on its
+    DEFAULT until COMMIT, and COMMIT waits for the WAL flush. So up to ``DETACH_PER_TRANSACTION``
+    partitions are detached per transaction (one flush for all: measured ~3 ms of DDL per partition
+    against ~30 ms per commit), and the detached tables are dropped afterwards, each in its own
+    transaction that no reader waits for (dropping unlinks files at commit). A table left detached
+    by a crash in between is dropped by the next call.
+
+    Stops at the first batch it cannot lock in time (``lock_timeout``): retention only ever removes
+    a prefix, so the caller must then touch nothing above it in this pass."""
     dropped = rows = 0
     with connection.cursor() as cursor:
         if not is_partitioned(cursor):
             return Dropped(0, 0, False)
-        for part in range_partitions(cursor, topic):
-            if part.last > cutoff_watermark:
-                break
+        _drop_detached(cursor, topic)
+        doomed = [part for part in range_partitions(cursor, topic) if part.last <= cutoff_watermark]
+        for at in range(0, len(doomed), DETACH_PER_TRANSACTION):
+            batch = doomed[at : at + DETACH_PER_TRANSACTION]
             try:
                 with transaction.atomic():
                     _lock_timeout(cursor)
-                    # Sequence row first (the writers' order), then the partition.
+                    # Sequence row first (the writers' order), then the partitions.
                     cursor.execute("SELECT pruned_through FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [topic])
                     (floor,) = cursor.fetchone()
-                    # Committed rows are contiguous (commit order = watermark order) and those at or
-                    # below the floor are gone, so the partition holds (max(floor, first-1), highest]:
-                    # one index probe instead of counting its rows.
-                    cursor.execute(f"SELECT max(watermark) FROM {part.name}")
-                    (highest,) = cursor.fetchone()
-                    count = highest - max(floor, part.first - 1) if highest is not None else 0
+                    removed = 0
+                    for part in batch:
+                        # Committed rows are contiguous (commit order = watermark order) and those at
+                        # or below the floor are gone, so the partition holds (max(floor, first-1),
+                        # highest]: one index probe instead of counting its rows.
+                        cursor.execute(f"SELECT max(watermark) FROM {part.name}")
+                        (highest,) = cursor.fetchone()
+                        if highest is not None and highest > floor:
+                            removed += highest - max(floor, part.first - 1)
+                            floor = highest
                     cursor.execute(
                         """UPDATE sync_topic_sequences
-                              SET pruned_through = GREATEST(pruned_through, %(highest)s), updated_at = now()
-                            WHERE topic = %(topic)s AND %(highest)s::bigint IS NOT NULL""",
-                        {"highest": highest, "topic": topic},
+                              SET pruned_through = GREATEST(pruned_through, %s), updated_at = now()
+                            WHERE topic = %s""",
+                        [floor, topic],
                     )
-                    # DETACH then DROP: each needs ACCESS EXCLUSIVE on the topic's partition for a
-                    # catalog change only; nothing is written per row (the point: no per-row WAL).
-                    cursor.execute(f"ALTER TABLE {topic_partition(topic)} DETACH PARTITION {part.name}")
-                    cursor.execute(f"DROP TABLE {part.name}")
+                    for part in batch:
+                        cursor.execute(f"ALTER TABLE {topic_partition(topic)} DETACH PARTITION {part.name}")
             except OperationalError as exc:
                 if not is_lock_timeout(exc):
                     raise
                 return Dropped(dropped, rows, True)
-            dropped += 1
-            rows += count
+            dropped += len(batch)
+            rows += removed
+            _drop_detached(cursor, topic)
     return Dropped(dropped, rows, False)
+
+
+def _drop_detached(cursor, topic: str) -> None:
+    """Drop the topic's range tables that are no longer partitions (detached by ``drop_through``)."""
+    cursor.execute(
+        """SELECT relname FROM pg_class
+            WHERE relkind = 'r' AND NOT relispartition AND relname LIKE %s
+              AND pg_table_is_visible(oid)""",
+        [topic_partition(topic) + "\\_w%"],
+    )
+    for (name,) in cursor.fetchall():
+        cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def default_rows(topic: str, *, limit: int = 1_000_000) -> int:
