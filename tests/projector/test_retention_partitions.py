@@ -241,3 +241,31 @@ def test_dropping_partitions_under_concurrent_writers_loses_nothing(small_partit
     assert sink.project(EVENTS, "after", 1, {}, "user:1").watermark == head + 1
     assert watermarks() == [head + 1]
     assert journal_partitions.default_rows(EVENTS) == 0
+
+
+@pytest.mark.django_db
+def test_table_stats_of_the_partitioned_journal_sum_its_partitions(topics):
+    """The admin's journal size: a partitioned table has no storage of its own (size 0), its leaves do."""
+    from projector.journal_stats import table_stats
+
+    write(30, age_hours=1)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_total_relation_size('sync_stream_events')")
+        assert cursor.fetchone()[0] == 0
+        cursor.execute(f"SELECT pg_total_relation_size('{journal_partitions.topic_partition(EVENTS)}_w1')")
+        leaf_bytes = cursor.fetchone()[0]
+    stats = table_stats("sync_stream_events")
+    assert stats.total_bytes >= leaf_bytes > 0 and stats.rows_estimate >= 1
+    assert table_stats("sync_read_models").total_bytes > 0  # a plain table still works
+
+
+@pytest.mark.django_db
+def test_a_declared_topic_gets_its_own_partition(topics):
+    from projector.topics import declare_topic
+
+    declare_topic("custom.partitioned")
+    sink.project("custom.partitioned", "d", 1, {}, "user:1")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tableoid::regclass::text FROM sync_stream_events WHERE topic = 'custom.partitioned'")
+        assert cursor.fetchone()[0] == journal_partitions.topic_partition("custom.partitioned") + "_w1"
+    assert journal_partitions.default_rows("custom.partitioned") == 0
