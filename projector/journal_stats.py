@@ -59,7 +59,7 @@ def table_stats(table: str) -> TableStats:
         cursor.execute(
             """SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples >= 0), 0)::bigint,
                       coalesce(sum(pg_total_relation_size(c.oid)), 0),
-                      count(*) FILTER (WHERE c.reltuples < 0)
+                      coalesce(bool_or(c.reltuples < 0), false)
                  FROM pg_class c
                 WHERE c.oid = %(table)s::regclass AND c.relkind <> 'p'
                    OR c.oid IN (SELECT relid FROM pg_partition_tree(%(table)s::regclass) WHERE isleaf)""",
