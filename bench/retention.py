@@ -3,7 +3,7 @@ before partitioning) and by dropping whole partitions (the partitioned journal),
 the other work of the server sees meanwhile.
 
     .venv/bin/python bench/retention.py [--rows 2000000] [--tail 50000] [--partition-watermarks 20000]
-                                        [--modes delete,partitions] [--idle-seconds 5]
+                                        [--modes delete,partitions] [--passes 1] [--idle-seconds 5]
 
 Runs on a PostgreSQL cluster of its own (initdb of the machine's binaries, default durability:
 fsync, synchronous_commit and full_page_writes on), because WAL is counted cluster-wide with
@@ -13,10 +13,13 @@ fsync, synchronous_commit and full_page_writes on), because WAL is counted clust
    plain table, retention = ``projector.retention``'s DELETE batches, exactly as before
    partitioning); ``partitions`` migrates forward and rebuilds the topic's partitions with
    ``--partition-watermarks`` each (retention = the same ``retention.run_once``, which now drops
-   whole partitions and deletes only in the boundary one);
+   whole partitions and deletes only in the boundary one); ``partitions-whole`` is the same with
+   ``RETENTION_BOUNDARY_DELETES`` off (whole partitions only, the floor stops at a partition end);
 2. N old rows (2 days old, ~300-byte payloads, made by the server) and ``--tail`` recent ones are
    written to ``runtime.codex_worker_events`` (1-day window), then ``CHECKPOINT`` (both modes pay
    the first-touch full-page images alike);
+   ``--passes K`` > 1 makes the floor cross the old rows in K passes (steady state: a pass every
+   interval advances the cutoff a little) and writes ``bench/results/retention_steady.json``;
 3. a replay reader (``sync.journal.Journal.read_after``, pages of 200, the lane's own statement)
    loops over the recent tail for ``--idle-seconds`` (idle), then while ``retention.run_once`` runs;
 4. reported: retention wall time, WAL bytes (LSN delta over the retention call), rows removed,
@@ -53,7 +56,8 @@ TARGET_REPLAY_RATIO = 0.9
 FILL_SQL = """
 INSERT INTO sync_stream_events (topic, watermark, doc_key, doc_version, owner, public, payload, payload_hash, payload_bytes, inserted_at)
 SELECT %(topic)s, g, 'doc:' || (g %% 10000), g, 'user:' || (g %% 50), g %% 10 = 0,
-       jsonb_build_object('i', g, 'pad', repeat('x', 270)), sha256(g::text::bytea), 300, %(at)s
+       jsonb_build_object('i', g, 'pad', repeat('x', 270)), sha256(g::text::bytea), 300,
+       %(at)s + (g - %(lo)s) * interval '1 microsecond'  -- inserted_at grows with the watermark
   FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS g
 """
 
@@ -80,7 +84,7 @@ def shape(mode: str, partition_watermarks: int) -> None:
         journal_partitions.ensure_topic(TOPIC)
 
 
-def fill(rows: int, tail: int, partition_watermarks: int) -> None:
+def fill(rows: int, tail: int, partition_watermarks: int) -> dt.datetime:
     from django.db import connection
     from django.test import override_settings
 
@@ -95,13 +99,19 @@ def fill(rows: int, tail: int, partition_watermarks: int) -> None:
     with connection.cursor() as cur:
         for lo in range(1, head + 1, FILL_CHUNK):
             hi = min(head, lo + FILL_CHUNK - 1)
-            at = now - dt.timedelta(days=2) if hi <= rows else now
             if lo <= rows < hi:  # a chunk straddling old and recent rows: split it
-                cur.execute(FILL_SQL, {"topic": TOPIC, "lo": lo, "hi": rows, "at": now - dt.timedelta(days=2)})
+                cur.execute(FILL_SQL, {"topic": TOPIC, "lo": lo, "hi": rows, "at": old_at(lo, now)})
                 lo = rows + 1
-            cur.execute(FILL_SQL, {"topic": TOPIC, "lo": lo, "hi": hi, "at": at})
+            cur.execute(FILL_SQL, {"topic": TOPIC, "lo": lo, "hi": hi, "at": old_at(lo, now) if hi <= rows else now})
         cur.execute("ANALYZE sync_stream_events")
         cur.execute("CHECKPOINT")
+    return now
+
+
+def old_at(watermark: int, now: dt.datetime) -> dt.datetime:
+    """inserted_at of old row ``watermark``: 3 days ago plus one microsecond per watermark, so a pass
+    can put its cutoff after any given old row."""
+    return now - dt.timedelta(days=3) + dt.timedelta(microseconds=watermark - 1)
 
 
 class Reader(threading.Thread):
@@ -168,7 +178,7 @@ def run_mode(mode: str, args) -> dict:
 
     shape(mode, args.partition_watermarks)
     started = time.perf_counter()
-    fill(args.rows, args.tail, args.partition_watermarks)
+    fill_now_of_this_run = fill(args.rows, args.tail, args.partition_watermarks)
     fill_seconds = time.perf_counter() - started
     head = args.rows + args.tail
     reader = Reader(django_conninfo(), args.rows, head)
@@ -177,8 +187,18 @@ def run_mode(mode: str, args) -> dict:
     idle_end = time.perf_counter()
     lsn0 = wal_lsn()
     t0 = time.perf_counter()
-    with override_settings(KHALA={"JOURNAL_PARTITION_WATERMARKS": args.partition_watermarks}):
-        [report] = retention.run_once(topic=TOPIC)
+    khala = {"JOURNAL_PARTITION_WATERMARKS": args.partition_watermarks, "RETENTION_BOUNDARY_DELETES": mode != "partitions-whole"}
+    deleted = dropped = 0
+    with override_settings(KHALA=khala):
+        if args.passes == 1:
+            [report] = retention.run_once(topic=TOPIC)
+            deleted, dropped = report.deleted, report.dropped_partitions
+        else:  # steady state: the cutoff moves up by rows/passes old rows per pass
+            for i in range(1, args.passes + 1):
+                through = args.rows * i // args.passes
+                now = old_at(through, fill_now_of_this_run) + dt.timedelta(days=1, microseconds=1)  # 1-day window
+                [report] = retention.run_once(topic=TOPIC, now=now)
+                deleted, dropped = deleted + report.deleted, dropped + report.dropped_partitions
     t1 = time.perf_counter()
     lsn1 = wal_lsn()
     while time.perf_counter() < t0 + args.idle_seconds:  # the window "as long as the idle one, from the pass start"
@@ -188,16 +208,17 @@ def run_mode(mode: str, args) -> dict:
     with connection.cursor() as cur:
         cur.execute("SELECT pruned_through FROM sync_topic_sequences WHERE topic = %s", [TOPIC])
         floor = cur.fetchone()[0]
-    assert floor == args.rows and report.deleted == args.rows, (floor, report)
+    expected = args.rows if mode != "partitions-whole" else args.rows // args.partition_watermarks * args.partition_watermarks
+    assert floor == expected and deleted == expected, (floor, deleted, report)
     idle = reader.window(idle_end - args.idle_seconds, idle_end)
     during = reader.window(t0, t1)
     from_start = reader.window(t0, t0 + args.idle_seconds)
     return {
         "mode": mode,
-        "rows_removed": report.deleted,
-        "partitions_dropped": report.dropped_partitions,
+        "rows_removed": deleted,
+        "partitions_dropped": dropped,
         # the partitions start at watermark 1 and hold partition_watermarks rows each
-        "rows_deleted_one_by_one": report.deleted - report.dropped_partitions * args.partition_watermarks,
+        "rows_deleted_one_by_one": deleted - dropped * args.partition_watermarks if args.passes == 1 else None,
         "pruned_through": floor,
         "retention_seconds": round(t1 - t0, 3),
         "wal_bytes": wal_delta(lsn0, lsn1),
@@ -217,11 +238,13 @@ def main() -> None:
     parser.add_argument("--tail", type=int, default=50_000, help="Recent rows kept (the replay reader reads them).")
     parser.add_argument("--partition-watermarks", type=int, default=20_000, help="Watermarks per range partition.")
     parser.add_argument("--modes", default="delete,partitions", help="Comma-separated: delete, partitions.")
+    parser.add_argument("--passes", type=int, default=1,
+                        help="Retention passes the floor takes to cross the old rows (1: one catch-up pass; more: steady state).")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="Length of the idle replay window.")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
-    if not set(modes) <= {"delete", "partitions"}:
-        parser.error("--modes takes delete and/or partitions")
+    if not set(modes) <= {"delete", "partitions", "partitions-whole"}:
+        parser.error("--modes takes delete, partitions, partitions-whole")
 
     with PostgresCluster(settings={"max_wal_size": "4GB"}) as cluster:
         os.environ["DATABASE_URL"] = cluster.url("khala")
@@ -243,18 +266,17 @@ def main() -> None:
         from django.db import connection
 
         connection.close()
-    summary = {}
-    if {"delete", "partitions"} <= results.keys():
-        summary = {
-            "wal_ratio_delete_to_partitions": round(results["delete"]["wal_bytes"] / max(results["partitions"]["wal_bytes"], 1), 1),
-            "time_ratio_delete_to_partitions": round(results["delete"]["retention_seconds"] / max(results["partitions"]["retention_seconds"], 1e-6), 1),
-            "target_wal_ratio": TARGET_WAL_RATIO,
-            "target_replay_ratio": TARGET_REPLAY_RATIO,
-        }
-        print(f"WAL ratio {summary['wal_ratio_delete_to_partitions']}x (target >= {TARGET_WAL_RATIO}x), "
-              f"time ratio {summary['time_ratio_delete_to_partitions']}x")
+    summary = {"target_wal_ratio": TARGET_WAL_RATIO, "target_replay_ratio": TARGET_REPLAY_RATIO}
+    for mode in ("partitions", "partitions-whole"):
+        if {"delete", mode} <= results.keys():
+            summary[f"wal_ratio_delete_to_{mode}"] = round(results["delete"]["wal_bytes"] / max(results[mode]["wal_bytes"], 1), 1)
+            summary[f"time_ratio_delete_to_{mode}"] = round(
+                results["delete"]["retention_seconds"] / max(results[mode]["retention_seconds"], 1e-6), 1
+            )
+            print(f"{mode}: WAL ratio {summary[f'wal_ratio_delete_to_{mode}']}x (target >= {TARGET_WAL_RATIO}x), "
+                  f"time ratio {summary[f'time_ratio_delete_to_{mode}']}x")
     path = harness.write_result(
-        "retention",
+        "retention" if args.passes == 1 else "retention_steady",
         {"parameters": vars(args), "postgres": settings, "results": results, "summary": summary},
     )
     print(f"wrote {path}")

@@ -24,6 +24,13 @@ DEFAULTS: dict = {
     "JOURNAL_PARTITION_WATERMARKS": 20000,
     "JOURNAL_PARTITIONS_AHEAD": 4,
     "JOURNAL_DDL_LOCK_TIMEOUT_MS": 500,
+    # On the partitioned journal, also delete (row by row) the rows below the cutoff in the boundary
+    # partition: the floor follows the window exactly. False: whole partitions only; the floor stops
+    # at the last partition end below the cutoff, keeping at most one partition of rows past the
+    # window, and a pass writes no per-row WAL at all. With passes every minute the floor crawls
+    # through the boundary partition, so with True nearly every row is still deleted one by one
+    # before its partition goes (bench/README.md, "Retention": steady state).
+    "RETENTION_BOUNDARY_DELETES": True,
     # The hint publisher waits this long after a commit before publishing, so a busy topic sends
     # one hint (the highest watermark) per period instead of one per commit. 0 = publish at once.
     "HINT_LINGER_SECONDS": 0.002,

@@ -109,7 +109,10 @@ def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_s
             if dropped:
                 metrics.RETENTION_DELETED.labels(topic=topic).inc(deleted)
                 metrics.RETENTION_DROPPED_PARTITIONS.labels(topic=topic).inc(dropped)
-            while not timed_out:
+            # Whole partitions only: the floor stops at the last partition end below the cutoff,
+            # keeping up to one partition of rows past the window (see RETENTION_BOUNDARY_DELETES).
+            boundary = khala_setting("RETENTION_BOUNDARY_DELETES") or not journal_partitions.is_partitioned(cursor)
+            while boundary and not timed_out:
                 cursor.execute(DELETE_BATCH_SQL, {"topic": topic, "cutoff": cutoff_watermark, "batch": batch_size})
                 count, _floor = cursor.fetchone()
                 if count:

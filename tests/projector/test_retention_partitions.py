@@ -140,6 +140,19 @@ def test_floor_and_stale_cursor_at_every_boundary(small_partitions, old, recent,
 
 
 @pytest.mark.django_db(transaction=True)
+def test_whole_partitions_only_stops_the_floor_at_a_partition_end(small_partitions):
+    write(6, age_hours=30)
+    write(4, age_hours=2)
+    with override_settings(KHALA={**SMALL, "RETENTION_BOUNDARY_DELETES": False}):
+        [report] = retention.run_once(now=NOW, topic=EVENTS)
+    assert (report.deleted, report.dropped_partitions, report.batches, report.pruned_through) == (4, 1, 0, 4)
+    assert watermarks() == list(range(5, 11))  # 5 and 6 are past the window, kept with their partition
+    _state, seen = delivery_view([3, 4])
+    assert seen[3][0] == "retention_floor_breach"
+    assert seen[4] == (None, list(range(5, 11)), list(range(5, 11)))
+
+
+@pytest.mark.django_db(transaction=True)
 def test_replay_across_many_partitions_is_gapless(small_partitions):
     write(12, age_hours=1)
     with override_settings(KHALA=SMALL):
