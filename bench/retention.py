@@ -37,6 +37,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import shutil
 import sys
 import threading
 import time
@@ -240,13 +241,19 @@ def main() -> None:
     parser.add_argument("--modes", default="delete,partitions", help="Comma-separated: delete, partitions.")
     parser.add_argument("--passes", type=int, default=1,
                         help="Retention passes the floor takes to cross the old rows (1: one catch-up pass; more: steady state).")
+    parser.add_argument("--server-log", help="Copy the private cluster's server log to this path at the end.")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="Length of the idle replay window.")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     if not set(modes) <= {"delete", "partitions", "partitions-whole"}:
         parser.error("--modes takes delete, partitions, partitions-whole")
 
-    with PostgresCluster(settings={"max_wal_size": "4GB"}) as cluster:
+    # Slow statements, lock waits and autovacuum runs go to the cluster's log (--server-log keeps it).
+    logging = {"log_min_duration_statement": "100", "log_lock_waits": "on", "log_autovacuum_min_duration": "0"}
+    # No WAL- or time-triggered checkpoint inside a measurement: each mode starts right after its own
+    # CHECKPOINT, so both pay the same first-touch full-page images.
+    wal = {"max_wal_size": "16GB", "checkpoint_timeout": "30min"}
+    with PostgresCluster(settings={**wal, **logging}) as cluster:
         os.environ["DATABASE_URL"] = cluster.url("khala")
         harness.setup("retention")
         settings = harness.postgres_settings()
@@ -266,6 +273,8 @@ def main() -> None:
         from django.db import connection
 
         connection.close()
+        if args.server_log:
+            shutil.copy(cluster.log, args.server_log)
     summary = {"target_wal_ratio": TARGET_WAL_RATIO, "target_replay_ratio": TARGET_REPLAY_RATIO}
     for mode in ("partitions", "partitions-whole"):
         if {"delete", mode} <= results.keys():
