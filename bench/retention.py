@@ -287,6 +287,7 @@ def main() -> None:
     path = harness.write_result(
         "retention" if args.passes == 1 else "retention_steady",
         {"parameters": vars(args), "postgres": settings, "results": results, "summary": summary},
+        script="retention",
     )
     print(f"wrote {path}")
 
