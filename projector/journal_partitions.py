@@ -1,13 +1,14 @@
-"""The partition layout of the stream journal on PostgreSQL: naming, creating ahead, draining the
-DEFAULT partitions, dropping whole partitions below a floor.
+"""The partition layout of the stream journal on PostgreSQL: naming, creating ahead, dropping
+whole partitions below a floor.
 
 Layout (measured choice: docs/sync/SCHEMA.md, "Partitioned journal")::
 
     sync_stream_events                      PARTITION BY LIST (topic)
     ├── sync_se_<h>                         one per topic, PARTITION BY RANGE (watermark)
+    │   ├── sync_se_<h>_below               [MINVALUE, first range): the safety net below
     │   ├── sync_se_<h>_w1                  watermarks [1, 1 + size)
     │   ├── sync_se_<h>_w20001              [20001, 40001) …, created AHEAD of the head
-    │   └── sync_se_<h>_default             safety net: a watermark no range covers yet
+    │   └── sync_se_<h>_above               [end of the last range, MAXVALUE): the safety net above
     └── sync_stream_events_default          safety net: a topic without its own partition yet
 
 ``<h>`` is a hash of the topic name (topic names are free text; identifiers are 63 bytes).
@@ -17,19 +18,22 @@ its own; a watermark range shared by all topics could only be dropped once the s
 floor passed it. Dropping a range partition locks its topic's partition (ACCESS EXCLUSIVE, for
 milliseconds), never the other topics.
 
-Nothing here runs on the write hot path. Writers never create partitions: the retention pass
-(and the migration, and ``declare_topic``) keep ``JOURNAL_PARTITIONS_AHEAD`` ranges above each
-head. If a writer outruns them anyway, its rows land in the topic's DEFAULT partition (the sink
-never fails for lack of a partition); the next pass moves them into proper ranges
-(``ensure_ahead``) and ``khala_journal_default_partition_rows`` reports them meanwhile.
+Why edge ranges and not a DEFAULT partition per topic: a DEFAULT may hold any watermark, so the
+planner could no longer read the ranges in order and merged one index scan per partition above a
+replay's cursor (measured ~10× slower pages from old cursors). The two edge ranges leave no
+watermark uncovered, so a writer never fails for lack of a partition, and the ranges stay ordered.
+
+Nothing here runs on the write hot path. Writers never create partitions: the retention pass (and
+the migration, and ``declare_topic``) keep ``JOURNAL_PARTITIONS_AHEAD`` ranges above each head. If
+a writer outruns them anyway, its rows land in ``_above``; the next pass moves them into proper
+ranges (``ensure_ahead``) and ``khala_journal_overflow_rows`` reports them meanwhile.
 
 Every DDL runs in a short transaction with ``lock_timeout`` (``JOURNAL_DDL_LOCK_TIMEOUT_MS``), so
 a DDL waiting behind a long reader never queues the topic's readers and writers behind it for long:
 it gives up and the next pass retries.
 
-Lock order: the sequence row first, then the topic's partitions, as writers do (a writer locks the
-sequence row, then its insert is routed into the partition). Dropping a partition in the other
-order would deadlock with a writer that holds the row lock and waits for the partition.
+Lock order: the sequence row first, then the topic's partition, as writers do (a writer locks the
+sequence row, then its insert is routed into the partition).
 """
 
 from __future__ import annotations
@@ -60,8 +64,12 @@ def topic_partition(topic: str) -> str:
     return "sync_se_" + hashlib.sha256(topic.encode()).hexdigest()[:16]
 
 
-def topic_default(topic: str) -> str:
-    return topic_partition(topic) + "_default"
+def below_edge(topic: str) -> str:
+    return topic_partition(topic) + "_below"
+
+
+def above_edge(topic: str) -> str:
+    return topic_partition(topic) + "_above"
 
 
 def is_partitioned(cursor) -> bool:
@@ -74,7 +82,7 @@ def is_partitioned(cursor) -> bool:
 
 
 def range_partitions(cursor, topic: str) -> list[RangePartition]:
-    """The topic's range partitions in watermark order (the DEFAULT one excluded)."""
+    """The topic's range partitions in watermark order (the two unbounded edges excluded)."""
     cursor.execute(
         """SELECT c.relname, pg_get_expr(c.relpartbound, c.oid)
              FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
@@ -99,12 +107,12 @@ def _exists(cursor, name: str) -> bool:
 
 
 def ensure_topic(topic: str) -> bool:
-    """Give ``topic`` its LIST partition (with its DEFAULT and its first ranges) if it has none.
+    """Give ``topic`` its LIST partition (its edges and first ranges) if it has none.
 
     The partition is built detached, filled with the topic's rows from the root DEFAULT partition,
     then attached: ATTACH takes only SHARE UPDATE EXCLUSIVE on the root, so other topics' readers
-    and writers go on (CREATE TABLE … PARTITION OF would lock the whole journal). Returns True if
-    it created the partition."""
+    go on (CREATE TABLE … PARTITION OF would lock the whole journal). Returns True if it created
+    the partition."""
     parent = topic_partition(topic)
     with connection.cursor() as cursor:
         if not is_partitioned(cursor) or _exists(cursor, parent):
@@ -118,14 +126,13 @@ def ensure_topic(topic: str) -> bool:
             cursor.execute(
                 f"CREATE TABLE {parent} (LIKE {ROOT} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) PARTITION BY RANGE (watermark)"
             )
-            cursor.execute(f"CREATE TABLE {topic_default(topic)} PARTITION OF {parent} DEFAULT")
             cursor.execute(
                 "SELECT pruned_through, last_watermark FROM sync_topic_sequences WHERE topic = %s", [topic]
             )
             floor, head = cursor.fetchone() or (0, 0)
             cursor.execute(f"SELECT min(watermark), max(watermark) FROM {ROOT_DEFAULT} WHERE topic = %s", [topic])
             low, high = cursor.fetchone()
-            start = (min(floor, (low or 1) - 1) // size) * size + 1
+            first = start = (min(floor, (low or 1) - 1) // size) * size + 1
             through = max(head, high or 0) + int(khala_setting("JOURNAL_PARTITIONS_AHEAD")) * size
             while start <= through:
                 cursor.execute(
@@ -133,6 +140,8 @@ def ensure_topic(topic: str) -> bool:
                     [start, start + size],
                 )
                 start += size
+            cursor.execute(f"CREATE TABLE {below_edge(topic)} PARTITION OF {parent} FOR VALUES FROM (MINVALUE) TO (%s)", [first])
+            cursor.execute(f"CREATE TABLE {above_edge(topic)} PARTITION OF {parent} FOR VALUES FROM (%s) TO (MAXVALUE)", [start])
             cursor.execute(
                 f"WITH moved AS (DELETE FROM {ROOT_DEFAULT} WHERE topic = %s RETURNING *) INSERT INTO {parent} SELECT * FROM moved",
                 [topic],
@@ -141,11 +150,22 @@ def ensure_topic(topic: str) -> bool:
     return True
 
 
+def _move_edge(cursor, topic: str, edge: str, bound_sql: str, bound: list) -> None:
+    """Re-attach an edge partition with a new bound (it was detached in this transaction). Its rows
+    outside the new bound were moved out before; the CHECK proves the rest fit, so no scan."""
+    parent = topic_partition(topic)
+    cursor.execute(f"ALTER TABLE {edge} DROP CONSTRAINT IF EXISTS {edge}_bound")
+    if edge.endswith("_above"):
+        cursor.execute(f"ALTER TABLE {edge} ADD CONSTRAINT {edge}_bound CHECK (watermark >= %s)", bound)
+    else:
+        cursor.execute(f"ALTER TABLE {edge} ADD CONSTRAINT {edge}_bound CHECK (watermark < %s)", bound)
+    cursor.execute(f"ALTER TABLE {parent} ATTACH PARTITION {edge} {bound_sql}", bound)
+
+
 def ensure_ahead(topic: str) -> int:
     """Create range partitions until ``JOURNAL_PARTITIONS_AHEAD`` empty ranges lie above the
-    topic's head (and above any row in its DEFAULT partition, whose rows move into the new ranges).
-    Each range is its own short transaction. Returns the number created."""
-    created = 0
+    topic's head (and above any row that overflowed into ``_above``: those rows move into the new
+    ranges). One transaction for all of them. Returns the number created."""
     size = int(khala_setting("JOURNAL_PARTITION_WATERMARKS"))
     ahead = int(khala_setting("JOURNAL_PARTITIONS_AHEAD"))
     with connection.cursor() as cursor:
@@ -153,41 +173,47 @@ def ensure_ahead(topic: str) -> int:
             return 0
         if not _exists(cursor, topic_partition(topic)):
             ensure_topic(topic)
-        parent, default = topic_partition(topic), topic_default(topic)
-        cursor.execute("SELECT last_watermark, pruned_through FROM sync_topic_sequences WHERE topic = %s", [topic])
-        head, floor = cursor.fetchone() or (0, 0)
-        cursor.execute(f"SELECT max(watermark) FROM {default}")
+        parent, above = topic_partition(topic), above_edge(topic)
+        cursor.execute("SELECT last_watermark FROM sync_topic_sequences WHERE topic = %s", [topic])
+        (head,) = cursor.fetchone() or (0,)
+        cursor.execute(f"SELECT max(watermark) FROM {above}")
         stray = cursor.fetchone()[0] or 0
         ranges = range_partitions(cursor, topic)
-        start = ranges[-1].last + 1 if ranges else (floor // size) * size + 1
+        if not ranges:
+            return 0  # ensure_topic always creates ranges; a hand-made layout is left alone
+        start = first_new = ranges[-1].last + 1
         through = max(head, stray) + ahead * size
-        while start <= through:
-            name = f"{parent}_w{start}"
-            with transaction.atomic():
-                _lock_timeout(cursor)
-                # Writers of the topic wait (readers go on) until COMMIT. Without this lock a writer
-                # that routed its row with the partition list of before the ATTACH would insert it
-                # into the DEFAULT afterwards and fail its partition constraint (the concurrent
-                # writers test caught exactly that); a writer that opens the topic's partition after
-                # the lock sees the new list. Rows of the new range already in the DEFAULT move in
-                # this same transaction, so every snapshot sees each row exactly once. ATTACH then
-                # needs ACCESS EXCLUSIVE on the DEFAULT only (readers of the topic scan it).
-                cursor.execute(f"LOCK TABLE {parent} IN SHARE ROW EXCLUSIVE MODE")
+        if start > through:
+            return 0
+        with transaction.atomic():
+            _lock_timeout(cursor)
+            # Writers of the topic wait until COMMIT. Without this lock a writer that routed its
+            # row with the partition list of before this change would insert it afterwards into a
+            # table that no longer covers it and fail (the concurrent writers test caught exactly
+            # that with the ATTACH below); a writer that opens the topic's partition after the lock
+            # sees the new list. DETACH of the upper edge then takes ACCESS EXCLUSIVE (readers wait
+            # too) until COMMIT: milliseconds, once per AHEAD ranges of writes.
+            cursor.execute(f"LOCK TABLE {parent} IN SHARE ROW EXCLUSIVE MODE")
+            cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {above}")
+            while start <= through:
+                name = f"{parent}_w{start}"
                 cursor.execute(f"CREATE TABLE {name} (LIKE {parent} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
                 cursor.execute(
                     f"ALTER TABLE {name} ADD CONSTRAINT {name}_range CHECK (watermark >= %s AND watermark < %s)",
                     [start, start + size],
                 )
+                # Rows that overflowed into the upper edge move in this same transaction, so every
+                # snapshot sees each row exactly once.
                 cursor.execute(
-                    f"WITH moved AS (DELETE FROM {default} WHERE watermark >= %s AND watermark < %s RETURNING *) "
+                    f"WITH moved AS (DELETE FROM {above} WHERE watermark >= %s AND watermark < %s RETURNING *) "
                     f"INSERT INTO {name} SELECT * FROM moved",
                     [start, start + size],
                 )
                 # The CHECK proves the new table fits the range, so ATTACH skips scanning it.
                 cursor.execute(f"ALTER TABLE {parent} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [start, start + size])
-            created += 1
-            start += size
-    return created
+                start += size
+            _move_edge(cursor, topic, above, "FOR VALUES FROM (%s) TO (MAXVALUE)", [start])
+    return (start - first_new) // size
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
@@ -208,8 +234,8 @@ def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
     transaction that detaches them (so in every snapshot the rows at or below the floor are gone and
     those above it are all there).
 
-    Detaching is the part readers see: it needs ACCESS EXCLUSIVE on the topic's partition and on its
-    DEFAULT until COMMIT, and COMMIT waits for the WAL flush. So up to ``DETACH_PER_TRANSACTION``
+    Detaching is the part readers see: it needs ACCESS EXCLUSIVE on the topic's partition until
+    COMMIT, and COMMIT waits for the WAL flush. So up to ``DETACH_PER_TRANSACTION``
     partitions are detached per transaction (one flush for all: measured ~3 ms of DDL per partition
     against ~30 ms per commit), and the detached tables are dropped afterwards, each in its own
     transaction that no reader waits for (dropping unlinks files at commit). A table left detached
@@ -259,6 +285,11 @@ def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
                     )
                     for part in batch:
                         cursor.execute(f"ALTER TABLE {topic_partition(topic)} DETACH PARTITION {part.name}")
+                    # The lower edge now reaches the first range left, so no watermark is uncovered
+                    # (only a reset sequence would write there; rows at or below the floor are gone).
+                    below = below_edge(topic)
+                    cursor.execute(f"ALTER TABLE {topic_partition(topic)} DETACH PARTITION {below}")
+                    _move_edge(cursor, topic, below, "FOR VALUES FROM (MINVALUE) TO (%s)", [batch[-1].last + 1])
             except OperationalError as exc:
                 if not is_lock_timeout(exc):
                     raise
@@ -281,14 +312,14 @@ def _drop_detached(cursor, topic: str) -> None:
         cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
-def default_rows(topic: str, *, limit: int = 1_000_000) -> int:
-    """Rows of ``topic`` waiting in a DEFAULT partition (capped at ``limit``: the gauge only needs
-    to tell "none" from "some"; a normal pass finds none)."""
+def overflow_rows(topic: str, *, limit: int = 1_000_000) -> int:
+    """Rows of ``topic`` outside its ranges: in its edge partitions, or in the root DEFAULT
+    (capped at ``limit``: the gauge only needs to tell "none" from "some"; a normal pass finds none)."""
     with connection.cursor() as cursor:
         if not is_partitioned(cursor):
             return 0
         total = 0
-        for table in (topic_default(topic), ROOT_DEFAULT):
+        for table in (below_edge(topic), above_edge(topic), ROOT_DEFAULT):
             if _exists(cursor, table):
                 cursor.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE topic = %s LIMIT %s) t", [topic, limit])
                 total += cursor.fetchone()[0]

@@ -94,10 +94,10 @@ RETENTION_DROPPED_PARTITIONS = Counter(
     "Journal range partitions retention dropped whole (their rows also count in khala_retention_deleted_total).",
     ["topic"],
 )
-JOURNAL_DEFAULT_PARTITION_ROWS = Gauge(
-    "khala_journal_default_partition_rows",
-    "Journal rows of a topic in a DEFAULT partition at the last retention pass (0 normally: writes "
-    "outran the partitions created ahead; the next pass moves them).",
+JOURNAL_OVERFLOW_ROWS = Gauge(
+    "khala_journal_overflow_rows",
+    "Journal rows of a topic outside its watermark ranges (edge partitions, root DEFAULT) at the last "
+    "retention pass (0 normally: writes outran the partitions created ahead; the next pass moves them).",
     ["topic"],
 )
 RETENTION_LAST_RUN = Gauge(

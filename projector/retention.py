@@ -22,7 +22,7 @@ Only journal rows are deleted; read models and checkpoints are never compacted.
 On the partitioned journal (PostgreSQL, ``projector.journal_partitions``) the same prefix goes in
 two steps: every range partition whose end is at or below the cutoff is dropped whole (one catalog
 change, no per-row WAL, the floor raised in the same transaction), then the batches above delete
-the rest of the prefix, which now lies only in the boundary partition (and in a DEFAULT partition,
+the rest of the prefix, which now lies only in the boundary partition (and in an edge partition,
 if a writer outran the partitions created ahead). The final floor and the rows left are exactly
 those of deleting row by row. A partition that cannot be locked in time stops the pass for that
 topic before any row above it is touched (a prefix only), and the next pass retries. Each pass
@@ -126,14 +126,14 @@ def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_s
     except OperationalError as exc:
         if not journal_partitions.is_lock_timeout(exc):
             raise
-        timed_out = True  # the DEFAULT partition takes the rows meanwhile; the gauge below shows them
+        timed_out = True  # the upper edge partition takes the rows meanwhile; the gauge below shows them
     with connection.cursor() as cursor:
         cursor.execute(_STATS_SQL, [topic, topic])
         oldest, head, pruned_through = cursor.fetchone()
     metrics.JOURNAL_OLDEST_WATERMARK.labels(topic=topic).set(oldest or 0)
     metrics.JOURNAL_HEAD_WATERMARK.labels(topic=topic).set(head)
     metrics.JOURNAL_PRUNED_THROUGH.labels(topic=topic).set(pruned_through)
-    metrics.JOURNAL_DEFAULT_PARTITION_ROWS.labels(topic=topic).set(journal_partitions.default_rows(topic))
+    metrics.JOURNAL_OVERFLOW_ROWS.labels(topic=topic).set(journal_partitions.overflow_rows(topic))
     return TopicRetention(
         topic, retention_seconds, cutoff, deleted, batches, pruned_through, oldest, head, dropped, timed_out
     )
