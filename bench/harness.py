@@ -255,16 +255,16 @@ def percentile(sorted_values, q: float) -> float:
     return sorted_values[index]
 
 
-def write_result(name: str, result: dict, argv=None) -> Path:
-    """``bench/results/<name>.json``: what ran (``bench/<name>.py`` with ``argv``, default the
-    process's arguments), where and on which revision, then ``result``."""
+def write_result(name: str, result: dict, argv=None, script: str | None = None) -> Path:
+    """``bench/results/<name>.json``: what ran (``bench/<script or name>.py`` with ``argv``, default
+    the process's arguments), where and on which revision, then ``result``."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     result = {
         "benchmark": name,
         "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine(),
-        "command": f"python bench/{name}.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": f"python bench/{script or name}.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "git_revision": git_revision(),
         **result,
     }

@@ -16,6 +16,21 @@ DEFAULTS: dict = {
     "SERVICE_TOKEN": "",
     "RETENTION_BATCH_SIZE": 5000,
     "RETENTION_INTERVAL_SECONDS": 60.0,
+    # The partitioned journal (PostgreSQL; projector.journal_partitions): watermarks per range
+    # partition, empty ranges kept above each topic's head (created by the retention pass), and how
+    # long a partition DDL may wait for a lock before it gives up until the next pass. Size a
+    # partition so a topic's window spans tens of them: rows below the floor in the boundary
+    # partition are deleted one by one, whole partitions are dropped (docs/sync/SCHEMA.md).
+    "JOURNAL_PARTITION_WATERMARKS": 20000,
+    "JOURNAL_PARTITIONS_AHEAD": 4,
+    "JOURNAL_DDL_LOCK_TIMEOUT_MS": 500,
+    # On the partitioned journal, also delete (row by row) the rows below the cutoff in the boundary
+    # partition: the floor follows the window exactly. False: whole partitions only; the floor stops
+    # at the last partition end below the cutoff, keeping at most one partition of rows past the
+    # window, and a pass writes no per-row WAL at all. With passes every minute the floor crawls
+    # through the boundary partition, so with True nearly every row is still deleted one by one
+    # before its partition goes (bench/README.md, "Retention": steady state).
+    "RETENTION_BOUNDARY_DELETES": True,
     # The hint publisher waits this long after a commit before publishing, so a busy topic sends
     # one hint (the highest watermark) per period instead of one per commit. 0 = publish at once.
     "HINT_LINGER_SECONDS": 0.002,

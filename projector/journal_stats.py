@@ -54,12 +54,19 @@ def table_stats(table: str) -> TableStats:
     if connection.vendor != "postgresql":
         return TableStats(table, None, None)
     with connection.cursor() as cursor:
+        # A partitioned table (the journal on PostgreSQL) has no storage of its own: its size and
+        # row estimate are those of its leaf partitions. Unanalysed tables report reltuples -1.
         cursor.execute(
-            "SELECT c.reltuples::bigint, pg_total_relation_size(c.oid) FROM pg_class c WHERE c.oid = %s::regclass",
-            [table],
+            """SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples >= 0), 0)::bigint,
+                      coalesce(sum(pg_total_relation_size(c.oid)), 0),
+                      coalesce(bool_or(c.reltuples < 0), false)
+                 FROM pg_class c
+                WHERE c.oid = %(table)s::regclass AND c.relkind <> 'p'
+                   OR c.oid IN (SELECT relid FROM pg_partition_tree(%(table)s::regclass) WHERE isleaf)""",
+            {"table": table},
         )
-        reltuples, total_bytes = cursor.fetchone()
-        if reltuples < 0:
+        reltuples, total_bytes, unanalysed = cursor.fetchone()
+        if unanalysed:
             # Never analysed yet: the planner still estimates from the table's pages.
             cursor.execute(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {connection.ops.quote_name(table)}")
             raw = cursor.fetchone()[0]

@@ -89,6 +89,17 @@ JOURNAL_PRUNED_THROUGH = Gauge(
     "Retention floor per topic: the highest watermark retention has deleted.",
     ["topic"],
 )
+RETENTION_DROPPED_PARTITIONS = Counter(
+    "khala_retention_dropped_partitions_total",
+    "Journal range partitions retention dropped whole (their rows also count in khala_retention_deleted_total).",
+    ["topic"],
+)
+JOURNAL_OVERFLOW_ROWS = Gauge(
+    "khala_journal_overflow_rows",
+    "Journal rows of a topic outside its watermark ranges (edge partitions, root DEFAULT) at the last "
+    "retention pass (0 normally: writes outran the partitions created ahead; the next pass moves them).",
+    ["topic"],
+)
 RETENTION_LAST_RUN = Gauge(
     "khala_retention_last_run_timestamp_seconds",
     "Unix time at which the last retention pass finished.",

@@ -18,19 +18,28 @@ commit order equals watermark order (``projector.allocator``) any transaction st
 commit a watermark above every committed one, hence above the cutoff.
 
 Only journal rows are deleted; read models and checkpoints are never compacted.
+
+On the partitioned journal (PostgreSQL, ``projector.journal_partitions``) the same prefix goes in
+two steps: every range partition whose end is at or below the cutoff is dropped whole (one catalog
+change, no per-row WAL, the floor raised in the same transaction), then the batches above delete
+the rest of the prefix, which now lies only in the boundary partition (and in an edge partition,
+if a writer outran the partitions created ahead). The final floor and the rows left are exactly
+those of deleting row by row. A partition that cannot be locked in time stops the pass for that
+topic before any row above it is touched (a prefix only), and the next pass retries. Each pass
+also creates the partitions ahead of the head.
 """
 
 import datetime as dt
 import time
 from dataclasses import dataclass
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from khala_project.conf import khala_setting
-from projector import metrics
+from projector import journal_partitions, metrics
 from projector.models import StreamEvent, TopicSequence
 
 _CUTOFF_SQL = """
@@ -40,15 +49,20 @@ SELECT watermark FROM sync_stream_events
  LIMIT 1
 """
 
-_DELETE_BATCH_SQL = """
+# Rows are matched on (topic, watermark) with the cutoff repeated, so that on the partitioned journal
+# the planner keeps only the partitions at or below the cutoff (an ``id`` join would visit them all).
+# Also the whole of retention before partitioning: bench/retention.py runs it as the baseline.
+DELETE_BATCH_SQL = """
 WITH doomed AS (
-    SELECT id FROM sync_stream_events
+    SELECT watermark FROM sync_stream_events
      WHERE topic = %(topic)s AND watermark <= %(cutoff)s
      ORDER BY watermark
      LIMIT %(batch)s
 ),
 deleted AS (
-    DELETE FROM sync_stream_events AS e USING doomed AS d WHERE e.id = d.id RETURNING e.watermark
+    DELETE FROM sync_stream_events AS e USING doomed AS d
+     WHERE e.topic = %(topic)s AND e.watermark <= %(cutoff)s AND e.watermark = d.watermark
+    RETURNING e.watermark
 ),
 floor AS (
     UPDATE sync_topic_sequences
@@ -75,20 +89,31 @@ class TopicRetention:
     pruned_through: int
     oldest_watermark: int | None  # None: the journal of this topic is empty
     head_watermark: int
+    dropped_partitions: int = 0  # of the ``deleted`` rows, those that went with whole partitions
+    partition_lock_timeout: bool = False  # a partition could not be dropped in time: retried next pass
 
 
 def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_size: int) -> TopicRetention:
     cutoff = now - dt.timedelta(seconds=retention_seconds)
     if connection.vendor != "postgresql":  # the embedded SQLite of `make run`
         return _prune_topic_portable(topic, cutoff, retention_seconds, batch_size)
-    deleted = batches = 0
+    deleted = batches = dropped = 0
+    timed_out = False
     with connection.cursor() as cursor:  # autocommit: each statement below is its own transaction
         cursor.execute(_CUTOFF_SQL, [topic, cutoff])
         row = cursor.fetchone()
         if row is not None:
             cutoff_watermark = row[0]
-            while True:
-                cursor.execute(_DELETE_BATCH_SQL, {"topic": topic, "cutoff": cutoff_watermark, "batch": batch_size})
+            whole = journal_partitions.drop_through(topic, cutoff_watermark)
+            dropped, deleted, timed_out = whole.partitions, whole.rows, whole.lock_timeout
+            if dropped:
+                metrics.RETENTION_DELETED.labels(topic=topic).inc(deleted)
+                metrics.RETENTION_DROPPED_PARTITIONS.labels(topic=topic).inc(dropped)
+            # Whole partitions only: the floor stops at the last partition end below the cutoff,
+            # keeping up to one partition of rows past the window (see RETENTION_BOUNDARY_DELETES).
+            boundary = khala_setting("RETENTION_BOUNDARY_DELETES") or not journal_partitions.is_partitioned(cursor)
+            while boundary and not timed_out:
+                cursor.execute(DELETE_BATCH_SQL, {"topic": topic, "cutoff": cutoff_watermark, "batch": batch_size})
                 count, _floor = cursor.fetchone()
                 if count:
                     batches += 1
@@ -96,12 +121,22 @@ def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_s
                     metrics.RETENTION_DELETED.labels(topic=topic).inc(count)
                 if count < batch_size:
                     break
+    try:
+        journal_partitions.ensure_ahead(topic)
+    except OperationalError as exc:
+        if not journal_partitions.is_lock_timeout(exc):
+            raise
+        timed_out = True  # the upper edge partition takes the rows meanwhile; the gauge below shows them
+    with connection.cursor() as cursor:
         cursor.execute(_STATS_SQL, [topic, topic])
         oldest, head, pruned_through = cursor.fetchone()
     metrics.JOURNAL_OLDEST_WATERMARK.labels(topic=topic).set(oldest or 0)
     metrics.JOURNAL_HEAD_WATERMARK.labels(topic=topic).set(head)
     metrics.JOURNAL_PRUNED_THROUGH.labels(topic=topic).set(pruned_through)
-    return TopicRetention(topic, retention_seconds, cutoff, deleted, batches, pruned_through, oldest, head)
+    metrics.JOURNAL_OVERFLOW_ROWS.labels(topic=topic).set(journal_partitions.overflow_rows(topic))
+    return TopicRetention(
+        topic, retention_seconds, cutoff, deleted, batches, pruned_through, oldest, head, dropped, timed_out
+    )
 
 
 def _prune_topic_portable(topic: str, cutoff: dt.datetime, retention_seconds: int, batch_size: int) -> TopicRetention:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from django.db import transaction
 
+from projector import journal_partitions
 from projector.models import (
     CODEX_WORKER_EVENTS,
     CODEX_WORKER_SUMMARIES,
@@ -46,7 +47,7 @@ DEFAULT_POLICY = TopicPolicy(
 def declare_topic(topic: str, policy: TopicPolicy | None = None, *, force_pointer_mode: bool = False) -> TopicSequence:
     """Create the topic row if missing (an existing row, and its policy, are left alone)."""
     policy = policy or V1_TOPIC_POLICIES.get(topic, DEFAULT_POLICY)
-    row, _ = TopicSequence.objects.get_or_create(
+    row, created = TopicSequence.objects.get_or_create(
         topic=topic,
         defaults={
             "stream_epoch": new_stream_epoch(),
@@ -58,6 +59,8 @@ def declare_topic(topic: str, policy: TopicPolicy | None = None, *, force_pointe
             "force_pointer_mode": force_pointer_mode,
         },
     )
+    if created:  # its own journal partition now, not on the first write (no-op on SQLite)
+        journal_partitions.ensure_topic(topic)
     return row
 
 
