@@ -149,6 +149,7 @@ class Subscription:
         """Attach, serve, and re-attach after any failure, until cancelled."""
         delays = self.retry_delays()
         while True:
+            _raise_if_cancelling()
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
                 # races with the inner await's completion, and this loop would then outlive stop().
@@ -197,6 +198,7 @@ class Subscription:
         step = max(min(self.probe_interval, self.probe_timeout) / 4, 0.01)
         try:
             while not self._broken:
+                _raise_if_cancelling()
                 if receiving is None:
                     receiving = asyncio.ensure_future(self.layer.receive(self.channel))
                 done, _ = await asyncio.wait({receiving}, timeout=step)
@@ -261,6 +263,14 @@ class Subscription:
                 pass
         self.attached = False
         self.channel = None
+
+
+def _raise_if_cancelling() -> None:
+    """Re-raise a cancellation some awaited library call swallowed (the Redis client can, when
+    a cancel lands inside a command), so that ``run`` ends when its task is cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _brief(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from khala_project.conf import khala_setting
+from khala_project.storable_text import UnstorableText, find_unstorable
 from sync import metrics
 from sync.errors import close_code, error_payload
 from sync.follower import BatchLimits, Follower, TopicStatus
@@ -232,6 +233,14 @@ class Session:
             frame = decode_frame(text, max_bytes=self.max_frame_bytes, binary=binary)
         except ProtocolError as exc:
             self._refuse(None, exc.payload(), close=True)
+            return
+        unstorable = find_unstorable([frame.join_ref, frame.ref, frame.topic, frame.event, frame.payload], "frame")
+        if unstorable is not None:
+            # No frame text reaches PostgreSQL today (topics are matched against the journal's
+            # known topics in Python before any query; cursors are integers), but text PostgreSQL
+            # cannot hold (NUL, lone surrogates) is refused here, with the HTTP boundary's check,
+            # so no future field can carry it into a query: such a frame is malformed.
+            self._refuse(None, error_payload("malformed_frame", UnstorableText(*unstorable).message, field=unstorable[0]), close=True)
             return
         if frame.topic not in (PHOENIX_TOPIC, CHANNEL_TOPIC):
             self._refuse(frame, error_payload("bad_topic", f"unknown topic {frame.topic[:64]!r}; join sync:v1"), at_once=True)
