@@ -25,7 +25,10 @@ file only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
@@ -89,46 +92,189 @@ def publish_blocking(group: str, message: dict) -> None:
 
 # ---- subscribing (one per worker: the hub) ------------------------------------------------------
 
+PROBE_TYPE = "khala.bus_probe"
+
 
 class Subscription:
-    """A worker's ONE channel on the bus: the revocation group from the start, plus one topic
-    group per followed topic. ``receive`` returns the next hint; errors propagate so the caller
-    can back off (hints missed meanwhile are covered by its database re-checks)."""
+    """A worker's ONE channel on the bus: the revocation group, plus one topic group per followed
+    topic (``follow``/``unfollow`` keep that set whether or not the bus is reachable).
 
-    def __init__(self, layer=None):
+    Attachment is ``run``'s job, for as long as the worker lives, because Redis may be down when
+    the worker starts and may die or restart at any time after:
+
+    1. attach: a new channel, the revocation group, then every followed topic's group (topics
+       followed meanwhile are added before the subscription counts as attached);
+    2. serve: hand every message to ``on_message``; every ``probe_interval`` send a probe to the
+       channel itself. A probe not back within ``probe_timeout`` (or any layer error) means the
+       subscription is dead — Redis stopped, or restarted and forgot the subscriptions — even
+       when the layer's own receiver swallows the error;
+    3. detached: reset the layer's connections (``flush``), wait with capped, jittered exponential
+       backoff, and attach again.
+
+    Nothing waits on the bus: while detached, hints and revocation messages are simply missed, and
+    the hub's database re-checks (journal head check, revocation check on the heartbeat tick) cover
+    them; ``on_attached`` lets the hub run those checks at once after each (re)attach.
+    """
+
+    def __init__(self, layer=None, *, clock=time.monotonic, rng=None, sleep=asyncio.sleep, probe_interval: float = 1.0,
+                 probe_timeout: float = 3.0, retry_initial: float = 0.2, retry_max: float = 5.0, attach_timeout: float = 3.0):
         self.layer = layer if layer is not None else get_channel_layer()
         self.channel: str | None = None
+        self.topics: set[str] = set()
+        self.attached = False
+        self.attachments = 0  # successful attaches so far (the first one included)
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.sleep = sleep
+        self.probe_interval = probe_interval
+        self.probe_timeout = probe_timeout
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.attach_timeout = attach_timeout
+        self._broken = False  # a group change failed while attached: re-attach
 
     @property
     def enabled(self) -> bool:
         return self.layer is not None
 
-    async def open(self) -> None:
-        if self.layer is None:
-            return
+    def retry_delays(self):
+        """The waits between attach attempts: doubling from ``retry_initial`` up to ``retry_max``,
+        each jittered to 50–150 % so that workers cut off together do not retry together."""
+        delay = self.retry_initial
+        while True:
+            yield delay * (0.5 + self.rng.random())
+            delay = min(delay * 2, self.retry_max)
+
+    async def run(self, on_message, on_attached=None) -> None:
+        """Attach, serve, and re-attach after any failure, until cancelled."""
+        delays = self.retry_delays()
+        while True:
+            _raise_if_cancelling()
+            try:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+                # races with the inner await's completion, and this loop would then outlive stop().
+                async with asyncio.timeout(self.attach_timeout):
+                    await self._attach()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("bus: cannot attach (%s); delivery goes on through the database checks", _brief(exc))
+                await self._reset()
+                await self.sleep(next(delays))
+                continue
+            delays = self.retry_delays()
+            self.attachments += 1
+            log.info("bus: attached (%d topic groups)", len(self.topics))
+            if on_attached is not None:
+                on_attached()
+            try:
+                await self._serve(on_message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("bus: subscription failed (%s); re-attaching", _brief(exc))
+            self.attached = False
+            await self._reset()
+            await self.sleep(next(delays))
+
+    async def _attach(self) -> None:
+        self._broken = False
         self.channel = await self.layer.new_channel(HUB_CHANNEL_PREFIX)
         await self.layer.group_add(REVOCATIONS_GROUP, self.channel)
+        added: set[str] = set()
+        while pending := self.topics - added:  # topics followed while this ran are added too
+            for topic in pending:
+                await self.layer.group_add(topic_group(topic), self.channel)
+            added |= pending
+        self.attached = True  # no await since the last check: no followed topic is missing
+
+    async def _serve(self, on_message) -> None:
+        """Returns when the subscription is found dead; raises what the layer raised."""
+        # One receive at a time, never cancelled while attached: cancelling a pending receive
+        # makes the Redis pub/sub layer unsubscribe the channel.
+        receiving: asyncio.Task | None = None
+        probe_sent: float | None = None
+        next_probe = self.clock() + self.probe_interval
+        step = max(min(self.probe_interval, self.probe_timeout) / 4, 0.01)
+        try:
+            while not self._broken:
+                _raise_if_cancelling()
+                if receiving is None:
+                    receiving = asyncio.ensure_future(self.layer.receive(self.channel))
+                done, _ = await asyncio.wait({receiving}, timeout=step)
+                if done:
+                    message, receiving = receiving.result(), None
+                    if message.get("type") == PROBE_TYPE:
+                        probe_sent = None
+                    else:
+                        on_message(message)
+                now = self.clock()
+                if probe_sent is not None and now - probe_sent > self.probe_timeout:
+                    log.warning("bus: probe not back after %.1fs", now - probe_sent)
+                    return
+                if probe_sent is None and now >= next_probe:
+                    probe_sent, next_probe = now, now + self.probe_interval
+                    async with asyncio.timeout(self.probe_timeout):
+                        await self.layer.send(self.channel, {"type": PROBE_TYPE})
+        finally:
+            if receiving is not None and not receiving.done():
+                receiving.cancel()
+
+    async def _reset(self) -> None:
+        """Drop the dead subscription and the layer's connections (the next attach opens new ones)."""
+        self.attached = False
+        self.channel = None
+        flush = getattr(self.layer, "flush", None)
+        if flush is None:
+            return
+        try:
+            async with asyncio.timeout(self.attach_timeout):
+                await flush()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.debug("bus: flush failed", exc_info=True)
 
     async def follow(self, topic: str) -> None:
-        if self.channel is not None:
-            await self.layer.group_add(topic_group(topic), self.channel)
+        self.topics.add(topic)
+        if self.attached:
+            try:
+                await self.layer.group_add(topic_group(topic), self.channel)
+            except Exception as exc:
+                log.warning("bus: group add failed (%s); re-attaching", _brief(exc))
+                self._broken = True
 
     async def unfollow(self, topic: str) -> None:
-        if self.channel is not None:
-            await self.layer.group_discard(topic_group(topic), self.channel)
+        self.topics.discard(topic)
+        if self.attached:
+            try:
+                await self.layer.group_discard(topic_group(topic), self.channel)
+            except Exception:  # a stale group only brings hints the hub ignores
+                log.debug("bus: group discard failed", exc_info=True)
 
-    async def receive(self) -> dict:
-        return await self.layer.receive(self.channel)
-
-    async def close(self, topics) -> None:
+    async def close(self) -> None:
         if self.channel is None:
             return
-        for group in [REVOCATIONS_GROUP] + [topic_group(topic) for topic in topics]:
+        for group in [REVOCATIONS_GROUP] + [topic_group(topic) for topic in self.topics]:
             try:
-                await self.layer.group_discard(group, self.channel)
+                async with asyncio.timeout(self.attach_timeout):
+                    await self.layer.group_discard(group, self.channel)
             except Exception:
                 pass
+        self.attached = False
         self.channel = None
+
+
+def _raise_if_cancelling() -> None:
+    """Re-raise a cancellation some awaited library call swallowed (the Redis client can, when
+    a cancel lands inside a command), so that ``run`` ends when its task is cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _brief(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 # ---- presence records (plain Redis keys, best effort) -------------------------------------------

@@ -132,6 +132,13 @@ DEFAULTS: dict = {
     "TRANSPORT_MAX_MESSAGE_BYTES": 16 * 1024 * 1024,
     # Each worker re-reads its topics' heads this often, so a lost hint only delays delivery.
     "HEAD_CHECK_INTERVAL_SECONDS": 1.0,
+    # The hub's Redis subscription (khala_project/bus.py ``Subscription``): a probe goes round it
+    # this often, and one not back within the timeout means Redis is gone: the hub re-attaches,
+    # retrying with jittered backoff doubling up to BUS_RETRY_MAX_SECONDS. Meanwhile the head
+    # check above delivers.
+    "BUS_PROBE_INTERVAL_SECONDS": 2.0,
+    "BUS_PROBE_TIMEOUT_SECONDS": 5.0,
+    "BUS_RETRY_MAX_SECONDS": 5.0,
     # Database connections one worker process may open for replay and fan-out reads.
     "DB_POOL_MAX_SIZE": 4,
     # Compatibility gate at join (docs/protocol/OA_SYNC_WS_MAPPING.md §6.3).

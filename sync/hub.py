@@ -69,9 +69,15 @@ class TopicFeed:
 class Hub:
     def __init__(self, *, journal: JournalReader | None = None, layer=None, clock=time.monotonic, rng=None):
         self.journal = journal or default_journal()
-        self.bus = Subscription(layer)  # the worker's one channel (``khala_project.bus``)
-        self.clock = clock
         self.rng = rng or random.Random()
+        # The worker's one channel (``khala_project.bus``); it attaches whenever Redis is there.
+        self.bus = Subscription(
+            layer, clock=clock, rng=self.rng,
+            probe_interval=float(khala_setting("BUS_PROBE_INTERVAL_SECONDS")),
+            probe_timeout=float(khala_setting("BUS_PROBE_TIMEOUT_SECONDS")),
+            retry_max=float(khala_setting("BUS_RETRY_MAX_SECONDS")),
+        )
+        self.clock = clock
         self.sessions: set = set()
         self.feeds: dict[str, TopicFeed] = {}
         self.revocation = RevocationCheck(self.journal)
@@ -88,8 +94,9 @@ class Hub:
     async def start(self) -> None:
         await self.journal.open()
         if self.bus.enabled:
-            await self.bus.open()
-            self._tasks.append(asyncio.create_task(self._receive_loop(), name="khala-hub-receive"))
+            # Never awaited here: a worker started during a Redis outage serves sockets at once
+            # (the head check delivers) and the bus attaches when Redis is back.
+            self._tasks.append(asyncio.create_task(self.bus.run(self.on_bus_message, self._on_bus_attached), name="khala-hub-bus"))
         self._tasks.append(asyncio.create_task(self._head_check_loop(), name="khala-hub-head-check"))
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="khala-hub-tick"))
         self.started = True
@@ -99,7 +106,7 @@ class Hub:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._spawned, return_exceptions=True)
         self._tasks.clear()
-        await self.bus.close(list(self.feeds))
+        await self.bus.close()
         await self.presence.stop()
         await self.journal.close()
         self.started = False
@@ -244,25 +251,18 @@ class Hub:
             if principal is not None and (principal.session_id in sessions or principal.device_id in devices):
                 session.revoke(reason)
 
-    async def _receive_loop(self) -> None:
-        backoff = 0.1
-        while True:
-            try:
-                message = await self.bus.receive()
-                backoff = 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # The layer lost Redis: hints are lost meanwhile, the head check covers them.
-                log.warning("hub: channel layer receive failed; retrying", exc_info=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            kind = message.get("type")
-            if kind == HINT_TYPE:
-                self.on_hint(message)
-            elif kind == REVOKED_TYPE:
-                self.on_revoked(message)
+    def on_bus_message(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == HINT_TYPE:
+            self.on_hint(message)
+        elif kind == REVOKED_TYPE:
+            self.on_revoked(message)
+
+    def _on_bus_attached(self) -> None:
+        # Hints and revocations sent while the bus was away are lost: re-check both now rather
+        # than at the next tick.
+        self._spawn(self.head_check(), "khala-hub-head-check-attach")
+        self._spawn(self.check_revocations(), "khala-hub-revocations-attach")
 
     async def head_check(self) -> None:
         """One query for all followed topics; pump every topic whose head is past its cursor."""

@@ -57,6 +57,10 @@ FRAMES_REJECTED = Counter(
     "Client frames answered with an error, by error code (sync.errors codes).",
     ["code"],
 )
+REPLIES_DROPPED = Counter(
+    "khala_ws_replies_dropped_total",
+    "Replies to heartbeats and refusals not sent because the socket's outbound queue was over half full.",
+)
 HUB_JOURNAL_READS = Counter(
     "khala_hub_journal_reads_total",
     "Topic-wide journal reads by a worker's hub, by trigger (hint | head_check).",

@@ -54,6 +54,11 @@ class OutboundQueue:
             self._room.clear()
         return True
 
+    @property
+    def has_room(self) -> bool:
+        """At most half full (the mark replay waits for, and below which replies are sent)."""
+        return self._has_room()
+
     def _has_room(self) -> bool:
         return len(self._items) <= self.max_items // 2 and self._size <= self.max_bytes // 2
 

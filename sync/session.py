@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 from khala_project.conf import khala_setting
+from khala_project.storable_text import UnstorableText, find_unstorable
 from sync import metrics
 from sync.errors import close_code, error_payload
 from sync.follower import BatchLimits, Follower, TopicStatus
@@ -182,6 +183,20 @@ class Session:
         self.hub.unfollow(follower)
         self.hub.presence.stale_cursor(follower.topic)  # the admin's per-topic last hour
 
+    def answer(self, text: str) -> bool:
+        """Send a reply the frame handler gives at once (a heartbeat's, or a refusal's), unless the
+        outbound queue is more than half full: then the reply is dropped (the frame still counted
+        as client activity). A client that pipelines requests faster than the server drains its
+        socket thus loses replies, never its socket: a burst of requests cannot fill the queue and
+        close a reading client as ``slow_consumer``. The upper half of the queue stays for updates
+        and for the replies of accepted requests (at most ``MAX_PENDING_REQUESTS`` in flight)."""
+        if self.closed:
+            return False
+        if not self.outbound.has_room:
+            metrics.REPLIES_DROPPED.inc()
+            return False
+        return self.send(text)
+
     # ---- closing ----------------------------------------------------------------------------
 
     def close(self, code: str, payload: dict | None = None, *, channel: str = CHANNEL_TOPIC, flush: bool = True) -> None:
@@ -193,12 +208,15 @@ class Session:
         self.closed = True
         self._close_socket(close_code(code), flush)
 
-    def _refuse(self, frame: Frame | None, payload: dict, *, close: bool = False) -> None:
+    def _refuse(self, frame: Frame | None, payload: dict, *, close: bool = False, at_once: bool = False) -> None:
         """An error reply to ``frame`` (a bare ``sync:error`` when it could not be decoded);
-        ``close``: then close the socket with the code's close code."""
+        ``close``: then close the socket with the code's close code; ``at_once``: a refusal by the
+        frame handler itself, sent under the ``answer`` rule."""
         metrics.FRAMES_REJECTED.labels(code=payload["code"]).inc()
         if frame is None:
             self.send(encode_frame(None, None, PHOENIX_TOPIC, SYNC_ERROR, payload))
+        elif at_once and not close:
+            self.answer(encode_error_reply(frame, payload))
         else:
             self.send(encode_error_reply(frame, payload))
         if close:
@@ -216,17 +234,25 @@ class Session:
         except ProtocolError as exc:
             self._refuse(None, exc.payload(), close=True)
             return
+        unstorable = find_unstorable([frame.join_ref, frame.ref, frame.topic, frame.event, frame.payload], "frame")
+        if unstorable is not None:
+            # No frame text reaches PostgreSQL today (topics are matched against the journal's
+            # known topics in Python before any query; cursors are integers), but text PostgreSQL
+            # cannot hold (NUL, lone surrogates) is refused here, with the HTTP boundary's check,
+            # so no future field can carry it into a query: such a frame is malformed.
+            self._refuse(None, error_payload("malformed_frame", UnstorableText(*unstorable).message, field=unstorable[0]), close=True)
+            return
         if frame.topic not in (PHOENIX_TOPIC, CHANNEL_TOPIC):
-            self._refuse(frame, error_payload("bad_topic", f"unknown topic {frame.topic[:64]!r}; join sync:v1"))
+            self._refuse(frame, error_payload("bad_topic", f"unknown topic {frame.topic[:64]!r}; join sync:v1"), at_once=True)
             return
         route = ROUTES.get((frame.topic, frame.event))
         if frame.topic == CHANNEL_TOPIC and (route is None or route.needs_join) and not (self.joined or self._join_pending):
-            self._refuse(frame, error_payload("bad_topic", "join sync:v1 first"))
+            self._refuse(frame, error_payload("bad_topic", "join sync:v1 first"), at_once=True)
         elif route is None:
-            self._refuse(frame, error_payload("unknown_event", f"unknown event {frame.event[:64]!r}", event=frame.event[:64]))
+            self._refuse(frame, error_payload("unknown_event", f"unknown event {frame.event[:64]!r}", event=frame.event[:64]), at_once=True)
         elif route.queued or (self._join_pending and frame.topic == CHANNEL_TOPIC):
             if self._commands.qsize() >= MAX_PENDING_REQUESTS:
-                self._refuse(frame, error_payload("rate_limited", retry_after_ms=RATE_LIMIT_RETRY_AFTER_MS))
+                self._refuse(frame, error_payload("rate_limited", retry_after_ms=RATE_LIMIT_RETRY_AFTER_MS), at_once=True)
                 return
             self._commands.put_nowait((route, frame))
             if route.handler == "_join":
@@ -239,9 +265,7 @@ class Session:
         while not self.closed:
             route, arg = await self._commands.get()
             try:
-                if route.handler == "_join":
-                    self._join_pending -= 1
-                elif route.needs_join and not self.joined:
+                if route.needs_join and not self.joined:
                     if route is not CATCHUP:
                         self._refuse(arg, error_payload("bad_topic", "join sync:v1 first"))
                     continue
@@ -253,14 +277,20 @@ class Session:
             except Exception:
                 log.exception("sync session command %s failed", route.handler)
                 self.close("internal", error_payload("internal"))
+            finally:
+                # Only once the join has run: a frame that arrives while it awaits (the token and
+                # revocation checks) must queue behind it, not be refused as "join first"
+                # (per-socket ordering, as in Phoenix).
+                if route.handler == "_join":
+                    self._join_pending -= 1
 
     # ---- handlers -------------------------------------------------------------------------
 
     def _phoenix_heartbeat(self, frame: Frame) -> None:
-        self.send(encode_ok(frame))
+        self.answer(encode_ok(frame))
 
     def _heartbeat(self, frame: Frame) -> None:
-        self.send(encode_ok(frame, {"subscription_id": self.subscription_id, "watermarks": self._watermarks()}))
+        self.answer(encode_ok(frame, {"subscription_id": self.subscription_id, "watermarks": self._watermarks()}))
 
     def _leave(self, frame: Frame) -> None:
         self._drop_all()

@@ -321,7 +321,7 @@ async def test_a_worker_started_during_a_redis_outage_serves_and_attaches_later(
         client.start()
         try:
             await client.wait_live(timeout=30)
-            before = max(drill.journal())
+            before = max(drill.journal(), default=0)
             writer = Writer([late.http_url])
             assert await in_thread(writer.write_once, "late/doc", 1, 0)
             # No Redis, so no hint: the head check delivers it.

@@ -151,6 +151,25 @@ async def test_malformed_frames_close_with_4400_and_others_keep_working(topics, 
     assert reply["status"] == "ok"
 
 
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ('["1","2","sync:v1","sync:subscribe",{"topics":["runtime.run_summaries\\u0000"]}]', "frame[4].topics[0]"),
+        ('["1","2","sync:v1","sync:subscribe",{"topics":["runtime.run_summaries"],"request_id":"a\\u0000"}]', "frame[4].request_id"),
+        ('["1","2\\u0000","phoenix","heartbeat",{}]', "frame[1]"),
+        ('["1","2","sync:v1","sync:subscribe",{"k\\u0000":1}]', "frame[4] (a key)"),
+    ],
+)
+async def test_unstorable_text_in_a_frame_is_malformed(topics, mint, text, field):
+    """The HTTP boundary's unstorable-text check (khala_project.storable_text) also guards frames."""
+    client = await joined(mint(1))
+    await client.send_raw(text)
+    frames = await client.recv_until(lambda f: f[3] == "sync:error")
+    assert frames[-1][4]["code"] == "malformed_frame" and frames[-1][4]["field"] == field, frames[-1]
+    assert "NUL" in frames[-1][4]["message"]
+    assert await client.wait_closed() == 4400
+
+
 async def test_oversized_frame_is_refused(topics, mint, khala):
     khala(MAX_FRAME_BYTES=4096)
     client = await joined(mint(1))
