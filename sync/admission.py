@@ -73,7 +73,8 @@ class SocketAdmission:
         decision = await ratelimit.aacquire_socket(subject, self.socket_id, limiter=self.limiter)
         if not decision.allowed:
             return rate_limited_payload(decision, ratelimit.SOCKETS_PER_USER)
-        self.holder_of = subject
+        if decision is not ratelimit.ALLOWED_OFF:  # the cap is off: no place held, none to renew or release
+            self.holder_of = subject
         return None
 
     async def renew(self) -> None:
