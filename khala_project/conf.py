@@ -84,6 +84,10 @@ DEFAULTS: dict = {
     "TOKEN_TTL_MIN_SECONDS": 60,
     "TOKEN_TTL_MAX_SECONDS": 900,
     "TOKEN_CLOCK_SKEW_SECONDS": 30,
+    # A socket's session ends at its token's `exp` plus this grace unless the client sends
+    # `sync:refresh` with a fresh token first (docs/protocol/OA_SYNC_WS_MAPPING.md §6.5). The grace
+    # absorbs a refresh in flight and small clock differences, nothing more.
+    "SESSION_EXPIRY_GRACE_SECONDS": 5.0,
     "TOKEN_DEFAULT_SCOPES": ["runtime.codex_worker_summaries"],
     "TOKEN_ALLOWED_SCOPES": [
         "runtime.run_summaries",

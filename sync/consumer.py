@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from urllib.parse import parse_qsl
 
 from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 
 from khala_project.conf import khala_setting
-from sync import metrics
-from sync.errors import close_code
+from sync import admission, metrics
+from sync.errors import CONNECT_RATE_LIMITED_CLOSE_CODE, close_code
 from sync.hub import get_hub
 from sync.outbound import OutboundQueue, run_writer
 from sync.protocol import SUPPORTED_VSN
@@ -89,6 +90,11 @@ class SyncSocket(AsyncConsumer):
             # No frame: the client's serializer is unknown. The close code says "upgrade".
             await self.base_send({"type": "websocket.close", "code": close_code("upgrade_required")})
             return
+        refusal = await admission.connect_refusal(self.scope)
+        if refusal is not None:  # a connection flood: refused before the hub (and its pool) is touched
+            await self.base_send({"type": "websocket.send", "text": refusal})
+            await self.base_send({"type": "websocket.close", "code": CONNECT_RATE_LIMITED_CLOSE_CODE})
+            return
         self.hub = await get_hub()
         self.writer = SocketWriter(self.base_send)
         self.writer.attach()
@@ -100,6 +106,7 @@ class SyncSocket(AsyncConsumer):
             outbound=self.outbound,
             clock=self.hub.clock,
             max_message_bytes=self.writer.max_message_bytes,
+            admission=admission.SocketAdmission(secrets.token_hex(12)),
         )
         self.hub.add(self.session)
         metrics.ACTIVE_CONNECTIONS.inc()
@@ -111,13 +118,18 @@ class SyncSocket(AsyncConsumer):
 
     async def _disconnect(self, message) -> None:
         if self.session is not None:
-            self.session.shutdown()
-            self.hub.remove(self.session)
+            session = self.session
+            session.shutdown()
+            self.hub.remove(session)
             metrics.ACTIVE_CONNECTIONS.dec()
             for task in (*self.tasks, self.close_task):
                 if task is not None and not task.done():
                     task.cancel()
             self.session = None
+            try:  # give the user's socket place back now (else its lease lapses on its own)
+                await session.admission.release()
+            except Exception:
+                log.warning("releasing the socket's place failed; its lease will lapse", exc_info=True)
         raise StopConsumer
 
     async def _write(self) -> None:

@@ -48,9 +48,16 @@ _SPECS = (
               "reconnect with backoff and resume from stored cursors (hydrate first if `full_resync_required`)"),
     ErrorSpec("rate_limited", "too many requests in flight", None,
               "wait `retry_after_ms`, then retry; do not send requests before their replies"),
+    ErrorSpec("token_expired", "the socket's token expired and was not refreshed", 4419,
+              "mint a fresh token, reconnect and resume; send `sync:refresh` before `exp` next time"),
     ErrorSpec("internal", "internal server error", 4500,
               "reconnect with backoff and resume"),
 )
+
+# A connection flood: the socket is refused before any database work with a `rate_limited` push and
+# this close code (`rate_limited` itself is a reply that leaves the socket open, hence no close code
+# in its row). Reconnect after `retry_after_ms`, with jitter.
+CONNECT_RATE_LIMITED_CLOSE_CODE = 4429
 
 ERRORS: dict[str, ErrorSpec] = {spec.code: spec for spec in _SPECS}
 

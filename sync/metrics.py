@@ -51,6 +51,15 @@ STALE_CURSORS = Counter(
 )
 SLOW_CONSUMER_CLOSES = Counter("khala_ws_slow_consumer_closes_total", "Sockets closed because their outbound queue overflowed.")
 HEARTBEAT_TIMEOUTS = Counter("khala_ws_heartbeat_timeouts_total", "Sockets closed after the idle timeout.")
+TOKEN_EXPIRY_CLOSES = Counter(
+    "khala_ws_token_expiry_closes_total", "Sockets closed because their token expired (plus the grace) without a refresh."
+)
+REFRESHES = Counter(
+    "khala_ws_refreshes_total",
+    "sync:refresh requests by result (ok, or the refusal's reason: a verifier reason, subject_mismatch, "
+    "session_mismatch, or the error code).",
+    ["result"],
+)
 REVOCATION_CLOSES = Counter("khala_ws_revocation_closes_total", "Sockets closed because their session or device was revoked.")
 FRAMES_REJECTED = Counter(
     "khala_ws_frames_rejected_total",

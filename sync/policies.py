@@ -8,7 +8,11 @@
   single thread-sensitive executor, never a new connection per join); called at join and once per
   heartbeat interval per worker (one query for all its sockets), never per frame.
 
-- ``JoinPolicy.admit(params)``: the three above in order, as the session's join uses them.
+- ``JoinPolicy.admit(params)``: the three above in order, as the session's join uses them, with the
+  per-user admission limits (``sync.admission``) between the token and the revocation read.
+- ``RefreshPolicy.refresh(current, token)``: ``sync:refresh``, the same token verification and
+  revocation read as a join, for the same subject and session only.
+- ``session_deadline(principal, now)``: when a session on that token ends (``exp`` + grace).
 
 Each returns/raises values the session turns into frames with codes from ``sync.errors``.
 """
@@ -18,17 +22,19 @@ from __future__ import annotations
 import datetime as dt
 
 from khala_project.conf import khala_setting
-from sync.errors import error_payload
+from sync.errors import close_code, error_payload
 from sync.protocol import PROTOCOL_VERSION
 
 
 class JoinRefused(Exception):
-    """The join is refused with ``payload`` (an error-table payload); the socket then closes."""
+    """The join (or refresh) is refused with ``payload`` (an error-table payload); ``close``: the
+    socket then closes with the code's close code (by default when the code has one)."""
 
-    def __init__(self, payload: dict):
+    def __init__(self, payload: dict, *, close: bool | None = None):
         super().__init__(payload["code"])
         self.payload = payload
         self.code = payload["code"]
+        self.close = close_code(self.code) is not None if close is None else close
 
 
 class CompatibilityGate:
@@ -149,15 +155,22 @@ class JoinPolicy:
     the gate's verdict on the connect parameters alone wins: a client too old to mint tokens
     correctly should hear "upgrade", not "unauthorized"."""
 
-    def __init__(self, revocation: RevocationCheck):
+    def __init__(self, revocation: RevocationCheck, admission=None):
         self.gate = CompatibilityGate()
         self.auth = TokenAuthentication()
         self.revocation = revocation
+        self.admission = admission  # sync.admission.SocketAdmission, or None: no per-user limits
 
     async def admit(self, params: dict):
         try:
             principal = self.auth.authenticate(params.get("token"))
             self.gate.check(params, principal.claims)
+            if self.admission is not None:
+                # After the token (CPU only) and before the revocation read (the join's first
+                # database work): a flood of joins costs Redis round trips, never pool time.
+                refusal = await self.admission.admit_user(principal.subject)
+                if refusal is not None:
+                    raise JoinRefused(refusal)
             reason = await self.revocation.revoked_reason(principal)
             if reason:
                 raise JoinRefused(reauth_payload(reason))
@@ -166,3 +179,45 @@ class JoinPolicy:
             if refused.code == "unauthorized" and self.gate.enabled():
                 self.gate.check(params, {})  # raises the gate's refusal if the params fail it
             raise
+
+
+class RefreshPolicy:
+    """``sync:refresh {token}``: the new token is verified exactly like a join token (the same
+    ``TokenAuthentication``, then the same revocation read) and must speak for the same subject AND
+    the same session (``oa_session_id``) as the socket's current one.
+
+    Refusals: a token the verifier refuses (expired, forged, unknown kid …) → ``unauthorized`` with
+    the verifier's ``reason``; the socket stays open on its current token until that one's deadline,
+    so the client may try again. Another subject or session → ``unauthorized``
+    (``subject_mismatch`` / ``session_mismatch``) and the socket closes: a socket never changes
+    hands. A revoked session or device → ``reauth_required`` and the socket closes, as revocation
+    would close it anyway."""
+
+    def __init__(self, revocation: RevocationCheck):
+        self.auth = TokenAuthentication()
+        self.revocation = revocation
+
+    async def refresh(self, current, token):
+        try:
+            principal = self.auth.authenticate(token)
+        except JoinRefused as refused:
+            raise JoinRefused(refused.payload, close=False) from None
+        if principal.subject != current.subject:
+            raise JoinRefused(error_payload("unauthorized", "the refresh token is for another subject", reason="subject_mismatch"))
+        if principal.session_id != current.session_id:
+            raise JoinRefused(error_payload("unauthorized", "the refresh token is for another session", reason="session_mismatch"))
+        reason = await self.revocation.revoked_reason(principal)
+        if reason:
+            raise JoinRefused(reauth_payload(reason))
+        return principal
+
+
+def session_deadline(principal, now: float) -> float:
+    """When a session on ``principal``'s token ends, on the session's clock (``now`` = that clock's
+    reading): ``exp`` is wall-clock time, so the remaining lifetime is measured once against the
+    verifier's wall clock (``tokens.verifier.clock``) and carried onto the session's monotonic
+    clock, which no wall-clock step can move afterwards."""
+    from tokens import verifier
+
+    remaining = principal.expires_at - verifier.clock()
+    return now + remaining + float(khala_setting("SESSION_EXPIRY_GRACE_SECONDS"))

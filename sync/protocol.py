@@ -34,6 +34,7 @@ HEARTBEAT = "heartbeat"
 SUBSCRIBE = "sync:subscribe"
 UNSUBSCRIBE = "sync:unsubscribe"
 SYNC_HEARTBEAT = "sync:heartbeat"
+REFRESH = "sync:refresh"
 # Server events
 PHX_REPLY = "phx_reply"
 UPDATE_BATCH = "sync:update_batch"

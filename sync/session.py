@@ -31,7 +31,8 @@ from khala_project.storable_text import UnstorableText, find_unstorable
 from sync import metrics
 from sync.errors import close_code, error_payload
 from sync.follower import BatchLimits, Follower, TopicStatus
-from sync.policies import JoinPolicy, JoinRefused, reauth_payload
+from sync.admission import SocketAdmission
+from sync.policies import JoinPolicy, JoinRefused, RefreshPolicy, reauth_payload, session_deadline
 from sync.protocol import (
     AUTH_FRAME_TOPIC,
     CHANNEL_TOPIC,
@@ -41,6 +42,7 @@ from sync.protocol import (
     PHX_JOIN,
     PHX_LEAVE,
     PROTOCOL_VERSION,
+    REFRESH,
     SUBSCRIBE,
     SYNC_ERROR,
     SYNC_HEARTBEAT,
@@ -91,14 +93,17 @@ ROUTES = {
     (CHANNEL_TOPIC, SUBSCRIBE): Route("_subscribe", needs_join=True, queued=True),
     (CHANNEL_TOPIC, UNSUBSCRIBE): Route("_unsubscribe", needs_join=True, queued=True),
     (CHANNEL_TOPIC, PHX_LEAVE): Route("_leave", needs_join=True, queued=True),
+    (CHANNEL_TOPIC, REFRESH): Route("_refresh", needs_join=True, queued=True),
     # answered at once, except behind a pending join (it must see the join's outcome)
     (CHANNEL_TOPIC, SYNC_HEARTBEAT): Route("_heartbeat", needs_join=True, queued=False),
 }
 CATCHUP = Route("_catchup", needs_join=True, queued=True)  # a follower's gap, queued by the session itself
+RENEW = Route("_renew_socket_place", needs_join=True, queued=True)  # the heartbeat tick's lease renewal
 
 
 class Session:
-    def __init__(self, hub, *, params: dict, close_socket, outbound, clock=time.monotonic, rng=None, max_message_bytes=None):
+    def __init__(self, hub, *, params: dict, close_socket, outbound, clock=time.monotonic, rng=None, max_message_bytes=None,
+                 admission: SocketAdmission | None = None):
         self.hub = hub
         self.params = params
         self.outbound = outbound
@@ -126,7 +131,12 @@ class Session:
         self.limits = BatchLimits(
             inline_limit(int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), self.batch_max_bytes), self.batch_max_bytes, self.batch_max
         )
-        self.join_policy = JoinPolicy(hub.revocation)  # revocation reads go through the hub's pool
+        # Rate limits and this socket's place among its user's sockets (None: no limits, e.g. tests).
+        self.admission = admission
+        self.join_policy = JoinPolicy(hub.revocation, admission)  # revocation reads go through the hub's pool
+        self.refresh_policy = RefreshPolicy(hub.revocation)
+        # When the session ends unless refreshed (token exp + grace, on ``clock``); set at join.
+        self.expires_at: float | None = None
 
     # ---- status ---------------------------------------------------------------------------
 
@@ -266,7 +276,7 @@ class Session:
             route, arg = await self._commands.get()
             try:
                 if route.needs_join and not self.joined:
-                    if route is not CATCHUP:
+                    if route is not CATCHUP and route is not RENEW:
                         self._refuse(arg, error_payload("bad_topic", "join sync:v1 first"))
                     continue
                 result = getattr(self, route.handler)(arg)
@@ -292,9 +302,12 @@ class Session:
     def _heartbeat(self, frame: Frame) -> None:
         self.answer(encode_ok(frame, {"subscription_id": self.subscription_id, "watermarks": self._watermarks()}))
 
-    def _leave(self, frame: Frame) -> None:
+    async def _leave(self, frame: Frame) -> None:
         self._drop_all()
         self.principal = None
+        self.expires_at = None
+        if self.admission is not None:
+            await self.admission.release()
         self.send(encode_ok(frame))
 
     async def _catchup(self, follower: Follower) -> None:
@@ -302,16 +315,24 @@ class Session:
             await follower.go_live()
 
     async def _join(self, frame: Frame) -> None:
+        if self.admission is not None:  # before anything else, the token's verification included
+            refusal = await self.admission.per_socket("joins_per_socket")
+            if refusal is not None:
+                metrics.JOINS.labels(result="rate_limited").inc()
+                self._refuse(frame, refusal)
+                return
         if self.joined:  # a rejoin (Phoenix clients rejoin after a join timeout): start over
             self._drop_all()
             self.principal = None
+            self.expires_at = None
         try:
             principal = await self.join_policy.admit(self.params)
         except JoinRefused as refused:
             metrics.JOINS.labels(result=refused.code).inc()
-            self._refuse(frame, refused.payload, close=True)
+            self._refuse(frame, refused.payload, close=refused.close)
             return
         self.principal = principal
+        self.expires_at = session_deadline(principal, self.clock())
         self.join_ref = frame.join_ref
         self.subscription_id = "sub_" + secrets.token_hex(8)
         self.frames = frame.payload.get("frames") is True
@@ -324,6 +345,12 @@ class Session:
         }))
 
     async def _subscribe(self, frame: Frame) -> None:
+        if self.admission is not None:  # before the topic list and journal reads
+            refusal = await self.admission.per_socket("subscribes_per_socket")
+            if refusal is not None:
+                metrics.SUBSCRIBES.labels(result="rate_limited").inc()
+                self._refuse(frame, refusal)
+                return
         started = self.clock()
         try:
             request = parse_subscribe(
@@ -380,6 +407,28 @@ class Session:
             if self.followers.get(follower.topic) is follower:
                 await follower.go_live()
 
+    async def _refresh(self, frame: Frame) -> None:
+        """``sync:refresh {token}``: the session continues on the new token (``RefreshPolicy`` says
+        which tokens qualify). Only the principal and the deadline change: followers, cursors and the
+        outbound queue are not touched, so no update is replayed or lost across a refresh."""
+        token = frame.payload.get("token") if isinstance(frame.payload, dict) else None
+        try:
+            principal = await self.refresh_policy.refresh(self.principal, token)
+        except JoinRefused as refused:
+            metrics.REFRESHES.labels(result=refused.payload.get("reason") or refused.code).inc()
+            self._refuse(frame, refused.payload, close=refused.close)
+            return
+        if self.closed or not self.joined:
+            return
+        self.principal = principal
+        self.expires_at = session_deadline(principal, self.clock())
+        metrics.REFRESHES.labels(result="ok").inc()
+        self.send(encode_ok(frame, {"expires_at": principal.expires_at}))
+
+    async def _renew_socket_place(self, _arg) -> None:
+        if self.admission is not None:
+            await self.admission.renew()
+
     def _unsubscribe(self, frame: Frame) -> None:
         try:
             topics = parse_unsubscribe(frame.payload, self.followers.keys())
@@ -417,9 +466,15 @@ class Session:
             metrics.HEARTBEAT_TIMEOUTS.inc()
             self.close("heartbeat_timeout", error_payload("heartbeat_timeout", action="disconnect"))
             return
+        if self.joined and self.expires_at is not None and now >= self.expires_at:
+            metrics.TOKEN_EXPIRY_CLOSES.inc()
+            self.close("token_expired", error_payload("token_expired", action="disconnect"))
+            return
         if self.joined and self.next_heartbeat is not None and now >= self.next_heartbeat:
             self.next_heartbeat = now + self.heartbeat_interval
             self.send(encode_push(self.join_ref, SYNC_HEARTBEAT, {"watermarks": self._watermarks()}))
+            if self.admission is not None and self.admission.holder_of is not None:
+                self._commands.put_nowait((RENEW, None))  # keeps this socket's place among its user's
 
     def revoke(self, reason: str) -> None:
         metrics.REVOCATION_CLOSES.inc()

@@ -16,3 +16,20 @@ def pytest_configure(config):
             "the Khala test suite runs on the Redis channel layer only: set REDIS_URL "
             "(make test defaults it to redis://127.0.0.1:6379/0)"
         )
+
+
+# The socket's admission limits are off by default in the suite: its tests open hundreds of sockets
+# per second from one address as a handful of users, which is exactly what the limits refuse.
+# tests/admission turns each one on where it is the subject (servers started by a test inherit it).
+SOCKET_LIMITS_OFF = {
+    "LIMIT_CONNECTS_PER_IP": None,
+    "LIMIT_CONNECTS_PER_USER": None,
+    "LIMIT_SOCKETS_PER_USER": None,
+    "LIMIT_JOINS_PER_SOCKET": None,
+    "LIMIT_SUBSCRIBES_PER_SOCKET": None,
+}
+
+
+@pytest.fixture(autouse=True)
+def _socket_limits_off(settings):
+    settings.KHALA = {**SOCKET_LIMITS_OFF, **getattr(settings, "KHALA", {})}

@@ -264,7 +264,7 @@ def mint_sync_token(user, *, scopes=None, ttl_seconds=None, device_id=None, sess
     }
 
 
-def mint_legacy_token(user, *, scope=None, workspace_id=None, role=None, now=None) -> dict:
+def mint_legacy_token(user, *, scope=None, workspace_id=None, role=None, session_id=None, now=None) -> dict:
     """Mint for the legacy ``POST /api/khala/token``; return its flat response object."""
     role = role or "member"
     if role not in LEGACY_ROLES:
@@ -272,7 +272,7 @@ def mint_legacy_token(user, *, scope=None, workspace_id=None, role=None, now=Non
     extra = {"oa_role": role}
     if workspace_id is not None:
         extra["oa_workspace_id"] = _checked_id(workspace_id, "workspace_id")
-    issued = issue_token(user, scopes=scope, extra_claims=extra, now=now)
+    issued = issue_token(user, scopes=scope, extra_claims=extra, session_id=session_id, now=now)
     claims = issued.claims
     TOKENS_ISSUED.labels(endpoint="legacy").inc()
     return {

@@ -50,12 +50,15 @@ class SyncTokenRequestSerializer(serializers.Serializer):
     scopes = _scope_list()
     ttl_seconds = StrictIntegerField(required=False)
     device_id = _id_field(required=False)
+    # Continue this session (a `sync:refresh` token must name the socket's session); default: a new one.
+    session_id = _id_field(required=False)
 
 
 class LegacyTokenRequestSerializer(serializers.Serializer):
     scope = _scope_list()
     workspace_id = _id_field(required=False, allow_null=True)
     role = serializers.ChoiceField(choices=LEGACY_ROLES, required=False, allow_null=True)
+    session_id = _id_field(required=False)
 
 
 class RevokeRequestSerializer(serializers.Serializer):

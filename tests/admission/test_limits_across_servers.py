@@ -7,7 +7,6 @@ import urllib.request
 import uuid
 
 import pytest
-import redis
 from django.contrib.auth import get_user_model
 from django.test import override_settings
 from rest_framework.authtoken.models import Token
@@ -38,16 +37,6 @@ def mint(server, api_key) -> tuple[int, dict, dict]:
 def api_key(transactional_db):
     user = get_user_model().objects.create_user(username=f"adm-{uuid.uuid4().hex[:6]}", password="pw-admission-1")
     return Token.objects.create(user=user).key
-
-
-@pytest.fixture
-def prefix(settings):
-    """A key space of this test only (a sub-prefix of the run's); its keys are deleted after."""
-    value = f"{settings.KHALA_CHANNEL_PREFIX}_t{uuid.uuid4().hex[:8]}"
-    yield value
-    client = redis.Redis.from_url(settings.REDIS_URL)
-    for key in client.scan_iter(f"{value}:*"):
-        client.delete(key)
 
 
 def test_two_workers_sharing_redis_enforce_one_budget(asgi_server, api_key, prefix):

@@ -55,12 +55,15 @@ class PhoenixClient:
         return cls(await asyncio.to_thread(_RawSocket, url, rcvbuf))
 
     @classmethod
-    async def communicator(cls, query: str = "", path: str = "/sync/socket/websocket") -> "PhoenixClient":
+    async def communicator(cls, query: str = "", path: str = "/sync/socket/websocket", *, client=None) -> "PhoenixClient":
+        """In process (no server); ``client``: the scope's ``(host, port)`` peer address."""
         from channels.testing import WebsocketCommunicator
 
         from khala_project.asgi import application
 
         communicator = WebsocketCommunicator(application, f"{path}?{query}" if query else path)
+        if client is not None:
+            communicator.scope["client"] = client  # read by the application once it runs, i.e. on connect
         connected, _ = await communicator.connect(timeout=10)
         assert connected
         return cls(_Communicator(communicator))

@@ -136,6 +136,16 @@ def test_requested_ttl_is_exact(api_client, frozen, ttl):
     assert claims["iat"] == NOW
 
 
+def test_both_endpoints_continue_a_given_session_for_sync_refresh(api_client):
+    """A ``sync:refresh`` token must carry the socket's session: both endpoints take ``session_id``."""
+    sync = post(api_client, SYNC, {"session_id": "sess_keep"}).json()["data"]
+    legacy = post(api_client, LEGACY, {"session_id": "sess_keep"}).json()
+    decode = lambda d: jwt.decode(d["token"], options={"verify_signature": False})  # noqa: E731
+    assert sync["session_id"] == legacy["session_id"] == "sess_keep"
+    assert decode(sync)["oa_session_id"] == decode(legacy)["oa_session_id"] == "sess_keep"
+    assert post(api_client, SYNC, {"session_id": "bad id!"}).status_code == 400
+
+
 def test_each_mint_is_a_fresh_session_and_jti(api_client):
     first, second = (post(api_client, SYNC).json()["data"] for _ in range(2))
     assert first["session_id"] != second["session_id"]

@@ -43,6 +43,7 @@ export const State = Object.freeze({
 const CLOSE_CODES = {
   4401: 'unauthorized', 4403: 'reauth_required', 4426: 'upgrade_required', 4400: 'malformed_frame',
   4413: 'payload_too_large', 4408: 'heartbeat_timeout', 4008: 'slow_consumer', 4500: 'internal',
+  4419: 'token_expired', 4429: 'rate_limited', // 4429: a connection flood refused at connect (outside the table)
 };
 
 function closeError(code, reason) {

@@ -841,6 +841,8 @@ _CLOSE_CODES = {
     4413: "payload_too_large",
     4408: "heartbeat_timeout",
     4008: "slow_consumer",
+    4419: "token_expired",
+    4429: "rate_limited",  # a connection flood refused at connect (outside the table)
     4500: "internal",
 }
 

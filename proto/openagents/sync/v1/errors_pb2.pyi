@@ -22,6 +22,7 @@ class SyncErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SYNC_ERROR_CODE_MALFORMED_FRAME: _ClassVar[SyncErrorCode]
     SYNC_ERROR_CODE_UNKNOWN_EVENT: _ClassVar[SyncErrorCode]
     SYNC_ERROR_CODE_HEARTBEAT_TIMEOUT: _ClassVar[SyncErrorCode]
+    SYNC_ERROR_CODE_TOKEN_EXPIRED: _ClassVar[SyncErrorCode]
 SYNC_ERROR_CODE_UNSPECIFIED: SyncErrorCode
 SYNC_ERROR_CODE_UNAUTHORIZED: SyncErrorCode
 SYNC_ERROR_CODE_FORBIDDEN_TOPIC: SyncErrorCode
@@ -37,5 +38,6 @@ SYNC_ERROR_CODE_BAD_TOPIC: SyncErrorCode
 SYNC_ERROR_CODE_MALFORMED_FRAME: SyncErrorCode
 SYNC_ERROR_CODE_UNKNOWN_EVENT: SyncErrorCode
 SYNC_ERROR_CODE_HEARTBEAT_TIMEOUT: SyncErrorCode
+SYNC_ERROR_CODE_TOKEN_EXPIRED: SyncErrorCode
 ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
 error_code: _descriptor.FieldDescriptor
