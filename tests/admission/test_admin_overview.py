@@ -18,7 +18,15 @@ def row_of(html, name):
 
 
 def test_overview_lists_limits_with_their_settings_and_counts(admin_client, settings, clock):
-    settings.KHALA = {**getattr(settings, "KHALA", {}), "LIMIT_CONNECTS_PER_USER": [1, 10.0], "LIMIT_JOINS_PER_SOCKET": None}
+    # The suite turns the socket limits off (tests/conftest.py); this page shows the defaults.
+    from khala_project.conf import DEFAULTS
+
+    settings.KHALA = {
+        **getattr(settings, "KHALA", {}),
+        "LIMIT_SOCKETS_PER_USER": DEFAULTS["LIMIT_SOCKETS_PER_USER"],
+        "LIMIT_CONNECTS_PER_USER": [1, 10.0],
+        "LIMIT_JOINS_PER_SOCKET": None,
+    }
     before = row_of(admin_client.get(reverse("admin:khala_overview")).content.decode(), "connects_per_user")
     local = Limiter(None, "t", clock=clock)
     for _ in range(3):
