@@ -21,13 +21,7 @@ def pytest_configure(config):
 # The socket's admission limits are off by default in the suite: its tests open hundreds of sockets
 # per second from one address as a handful of users, which is exactly what the limits refuse.
 # tests/admission turns each one on where it is the subject (servers started by a test inherit it).
-SOCKET_LIMITS_OFF = {
-    "LIMIT_CONNECTS_PER_IP": None,
-    "LIMIT_CONNECTS_PER_USER": None,
-    "LIMIT_SOCKETS_PER_USER": None,
-    "LIMIT_JOINS_PER_SOCKET": None,
-    "LIMIT_SUBSCRIBES_PER_SOCKET": None,
-}
+from tests.support.servers import SOCKET_LIMITS_OFF  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -169,6 +169,19 @@ def _command_before_the_entry(kind: str, fd: int, extra_args) -> list[str]:
     ]
 
 
+# The socket admission limits (per IP, per user, per socket) are off in every server this harness
+# starts, unless the caller's ``khala`` sets them: tests and benchmarks open hundreds of sockets per
+# second from one address as a handful of users, which is exactly what the limits refuse.
+# tests/admission turns each one on where it is the subject.
+SOCKET_LIMITS_OFF = {
+    "LIMIT_CONNECTS_PER_IP": None,
+    "LIMIT_CONNECTS_PER_USER": None,
+    "LIMIT_SOCKETS_PER_USER": None,
+    "LIMIT_JOINS_PER_SOCKET": None,
+    "LIMIT_SUBSCRIBES_PER_SOCKET": None,
+}
+
+
 def start_server(
     kind: str = "daphne",
     *,
@@ -199,8 +212,7 @@ def start_server(
         child_env["REDIS_URL"] = redis_url
     if channel_prefix is not None:
         child_env["KHALA_CHANNEL_PREFIX"] = channel_prefix
-    if khala:
-        child_env["KHALA_SETTINGS_JSON"] = json.dumps(khala)
+    child_env["KHALA_SETTINGS_JSON"] = json.dumps({**SOCKET_LIMITS_OFF, **(khala or {})})
     child_env.update(env or {})
 
     log_file = tempfile.NamedTemporaryFile(prefix=f"khala-{kind}-{bound_port}-", suffix=".log", delete=False)
