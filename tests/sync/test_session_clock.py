@@ -40,20 +40,21 @@ def drain(queue: OutboundQueue) -> list:
     return frames
 
 
-async def joined_session(mint, settings_khala):
+async def joined_session(mint, settings_khala, *, hub=None, token=None, join_timeout=2.0):
+    """A session joined on a fake clock: ``(session, clock, queue, closes, task)``."""
     clock = FakeClock()
     closes = []
     queue = OutboundQueue(100, 1 << 20)
     session = Session(
-        FakeHub(),
-        params={"token": mint(1)},
+        hub or FakeHub(),
+        params={"token": token or mint(1)},
         close_socket=lambda code, flush, last=None: closes.append(code),
         outbound=queue,
         clock=clock,
     )
     task = asyncio.create_task(session.run())
     session.handle_text(json.dumps(["1", "1", "sync:v1", "phx_join", {}]))
-    await wait_until(lambda: len(queue), 2, interval=0.01, message="the join reply (it runs on the session's task)")
+    await wait_until(lambda: len(queue), join_timeout, interval=0.01, message="the join reply (it runs on the session's task)")
     [reply] = drain(queue)
     assert reply[4]["status"] == "ok"
     return session, clock, queue, closes, task

@@ -10,7 +10,8 @@ import pytest
 
 from sync.outbound import OutboundQueue
 from tests.support.waiting import wait_until
-from tests.sync.test_session_clock import FakeClock, FakeHub, drain
+from tests.support.clock import FakeClock
+from tests.sync.test_session_clock import FakeHub, drain, joined_session
 from sync.session import Session, Status
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -52,18 +53,8 @@ async def joined(mint, khala, **claims):
     khala(SESSION_EXPIRY_GRACE_SECONDS=GRACE, HEARTBEAT_TIMEOUT_SECONDS=10_000.0)
     hub = FakeHub()
     hub.revocation = RevokedSessions()
-    clock = FakeClock()
-    closes = []
-    queue = OutboundQueue(100, 1 << 20)
     token = mint(1, now=WALL, ttl=TTL, oa_session_id="sess_a", **claims)
-    session = Session(hub, params={"token": token}, close_socket=lambda code, flush, last=None: closes.append(code),
-                      outbound=queue, clock=clock)
-    task = asyncio.create_task(session.run())
-    session.handle_text(json.dumps(["1", "1", "sync:v1", "phx_join", {}]))
-    await wait_until(lambda: len(queue), 5, interval=0.01, message="the join reply")
-    [reply] = drain(queue)
-    assert reply[4]["status"] == "ok"
-    return session, clock, queue, closes, task
+    return await joined_session(mint, khala, hub=hub, token=token, join_timeout=5.0)
 
 
 async def refresh(session, queue, token, ref="9"):
