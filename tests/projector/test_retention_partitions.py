@@ -254,9 +254,15 @@ def test_dropping_partitions_under_concurrent_writers_loses_nothing(small_partit
     assert sink.project(EVENTS, "after", 1, {}, "user:1").watermark == head + 1
     assert watermarks() == [head + 1]
     # A write that outran the ranges created ahead waits in the topic's edge partition (never
-    # lost); the next pass, which prunes nothing here, creates the ranges and moves it there.
+    # lost); the next pass, which prunes nothing here, creates the ranges and moves it there. A pass
+    # whose DDL met a lock held a moment too long (autovacuum on a busy host) says so and leaves the
+    # row where it is for the following pass: repeat until one pass got its locks.
     with override_settings(KHALA=SMALL):
-        retention.run_once(now=dt.datetime.now(dt.timezone.utc), topic=EVENTS)
+        for _attempt in range(20):
+            [report] = retention.run_once(now=dt.datetime.now(dt.timezone.utc), topic=EVENTS)
+            if not report.partition_lock_timeout:
+                break
+    assert not report.partition_lock_timeout
     assert watermarks() == [head + 1]
     assert journal_partitions.overflow_rows(EVENTS) == 0
 
