@@ -85,3 +85,22 @@ class SocketAdmission:
         holder, self.holder_of = self.holder_of, None
         if holder is not None:
             await ratelimit.arelease_socket(holder, self.socket_id, limiter=self.limiter)
+
+
+class NoLimits:
+    """A socket without admission limits (the session's default when it is given none, e.g. in
+    tests): every check admits and no place among the user's sockets is held."""
+
+    holder_of = None
+
+    async def per_socket(self, name: str) -> dict | None:
+        return None
+
+    async def admit_user(self, subject: str) -> dict | None:
+        return None
+
+    async def renew(self) -> None:
+        pass
+
+    async def release(self) -> None:
+        pass

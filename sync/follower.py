@@ -23,6 +23,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from khala_project.conf import khala_setting
 from sync import metrics
 from sync.protocol import (
     MAX_WATERMARK,
@@ -30,6 +31,7 @@ from sync.protocol import (
     TopicState,
     encode_batch,
     encode_update,
+    inline_limit,
     may_see,
     split_batches,
     stale_cursor_error,
@@ -189,7 +191,19 @@ class Writer(Protocol):
 class BatchLimits:
     inline_limit: int  # largest payload sent inline (else a hydration pointer)
     max_bytes: int  # largest batch frame
-    catchup_size: int  # updates per batch when catching up a gap
+    max_size: int  # most updates per batch a client may ask for; also the batch size of a gap's catch-up
+    default_size: int = 0  # updates per replay batch when the client asks for no size
+
+    @classmethod
+    def from_settings(cls, max_message_bytes: int | None = None) -> "BatchLimits":
+        """The ``REPLAY_BATCH_*`` and ``INLINE_PAYLOAD_LIMIT_BYTES`` settings, with batch frames no
+        larger than ``max_message_bytes`` (the largest message the server can send: daphne/autobahn)."""
+        max_size = int(khala_setting("REPLAY_BATCH_MAX_SIZE"))
+        max_bytes = int(khala_setting("REPLAY_BATCH_MAX_BYTES"))
+        if max_message_bytes:
+            max_bytes = min(max_bytes, max_message_bytes)
+        inline = inline_limit(int(khala_setting("INLINE_PAYLOAD_LIMIT_BYTES")), max_bytes)
+        return cls(inline, max_bytes, max_size, min(int(khala_setting("REPLAY_BATCH_SIZE")), max_size))
 
 
 class Follower:
@@ -238,7 +252,7 @@ class Follower:
                 return
             self.buffer = plan.pending
             self.buffered_rows = sum(len(r.rows or ()) for r in plan.pending)
-            if not await self._read_journal(plan.gap[1], self.limits.catchup_size, final=False):
+            if not await self._read_journal(plan.gap[1], self.limits.max_size, final=False):
                 return
 
     # ---- live ----------------------------------------------------------------------------------
@@ -371,6 +385,11 @@ class Follower:
         self.ended = True
         self.writer.end(self, reason)
         self.writer.push_error(stale_cursor_error([(cursor, state, reason)]), frame_topic=self.topic)
+
+    def pruned_past(self, state: TopicState | None) -> bool:
+        """Whether ``state`` (the topic's, as the hub last read it) was pruned past ``last_sent``:
+        this socket cannot be continued from there (the slow-consumer error says so)."""
+        return state is not None and stale_reason(Cursor(self.topic, self.last_sent), state) is not None
 
     def watermark(self) -> dict:
         return {"topic": self.topic, "watermark": self.last_sent, "stream_epoch": self.stream_epoch}

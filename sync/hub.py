@@ -121,9 +121,9 @@ class Hub:
 
     def add(self, session) -> None:
         self.sessions.add(session)
-        if session.batch_max_bytes < self.live_max_bytes:
+        if session.limits.max_bytes < self.live_max_bytes:
             # The server cannot send larger messages (daphne): live frames must fit too.
-            self.live_max_bytes = session.batch_max_bytes
+            self.live_max_bytes = session.limits.max_bytes
 
     def remove(self, session) -> None:
         self.sessions.discard(session)

@@ -1,11 +1,17 @@
-"""Per-socket bounded outbound queue and its writer (the only place frames reach the socket).
+"""Per-socket outbound path: the ONE place a socket's frames are queued and written.
 
-A session never writes to the socket itself: it ``offer``s encoded frames here. One writer task
-per socket drains the queue through a ``SocketWriter`` (``sync.transport``) that waits until the
-server's transport has room. A client that stops reading therefore stops the writer, the queue
-fills, and ``offer`` returns False: the session closes the socket as ``slow_consumer``. Memory per
-socket is bounded by the queue limits; fan-out never awaits a socket, so one stuck client does not
-delay the others.
+- ``Outbox`` (owned by the session): every frame of the socket — replies, pushes, errors, the
+  followers' replay and live batches — is queued through it (``send``/``answer``/``push_error``/
+  ``refuse``), in call order, into the socket's ``OutboundQueue``. It also closes the socket
+  (``close``: after the queue flushes; a slow consumer: at once) and owns the ``closed`` flag.
+- ``OutboundQueue``: the bounded FIFO between the event loop and the socket.
+- ``run_writer``: the consumer's one writer task per socket drains the queue through a
+  ``SocketWriter`` (``sync.transport``) that waits until the server's transport has room.
+
+A client that stops reading therefore stops the writer, the queue fills, and ``offer`` returns
+False: the outbox closes the socket as ``slow_consumer``. Memory per socket is bounded by the queue
+limits; fan-out never awaits a socket, so one stuck client does not delay the others. A change to
+how frames are batched or coalesced on the way out belongs in ``Outbox.send`` and ``run_writer``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,18 @@ import time
 from collections import deque
 
 from sync import metrics
+from sync.errors import close_code, error_payload
+from sync.protocol import (
+    AUTH_FRAME_TOPIC,
+    CHANNEL_TOPIC,
+    KIND_ERROR,
+    PHOENIX_TOPIC,
+    SYNC_ERROR,
+    Frame,
+    encode_error_reply,
+    encode_frame,
+    encode_khala_frame,
+)
 
 
 class OutboundQueue:
@@ -95,6 +113,108 @@ class OutboundQueue:
         self._size = 0
         self._empty.set()
         self._room.set()
+
+
+class Outbox:
+    """The outbound side of one socket, as the session and its followers see it.
+
+    ``join_ref`` and ``frames`` (the client asked for ``sync:frame`` envelopes) are the framing of
+    the socket's channel, set by the session at join. ``close_socket(code, flush, last_frame=None)``
+    is the consumer's: it ends the connection, after the queue drained when ``flush``.
+    ``full_resync_required()`` tells the slow-consumer error whether a followed topic's position
+    has been pruned meanwhile. ``wait_timeout``: how long a replay may wait for room (the heartbeat
+    timeout) before the client counts as a slow consumer."""
+
+    def __init__(self, queue: OutboundQueue, close_socket, *, wait_timeout: float, full_resync_required=lambda: False):
+        self.queue = queue
+        self._close_socket = close_socket
+        self.wait_timeout = wait_timeout
+        self.full_resync_required = full_resync_required
+        self.closed = False
+        self.join_ref: str | None = None
+        self.frames = False
+
+    def send(self, text: str, committed_at: float | None = None) -> bool:
+        """Queue a frame; False when the socket is closed or was just closed as a slow consumer."""
+        if self.closed:
+            return False
+        if self.queue.offer(text, committed_at):
+            return True
+        self.slow_consumer()
+        return False
+
+    async def wait_room(self) -> bool:
+        """Replay is paced by the socket: it waits while the outbound queue is over half full,
+        so catching up a large backlog never grows memory. A socket that takes no frame for a
+        whole heartbeat timeout is a slow consumer."""
+        if self.closed:
+            return False
+        if await self.queue.wait_room(self.wait_timeout):
+            return not self.closed
+        self.slow_consumer()
+        return False
+
+    def answer(self, text: str) -> bool:
+        """Send a reply the frame handler gives at once (a heartbeat's, or a refusal's), unless the
+        outbound queue is more than half full: then the reply is dropped (the frame still counted
+        as client activity). A client that pipelines requests faster than the server drains its
+        socket thus loses replies, never its socket: a burst of requests cannot fill the queue and
+        close a reading client as ``slow_consumer``. The upper half of the queue stays for updates
+        and for the replies of accepted requests (the session bounds those in flight)."""
+        if self.closed:
+            return False
+        if not self.queue.has_room:
+            metrics.REPLIES_DROPPED.inc()
+            return False
+        return self.send(text)
+
+    def push_error(self, payload: dict, *, frame_topic: str = AUTH_FRAME_TOPIC, channel: str = CHANNEL_TOPIC) -> None:
+        """A ``sync:error`` push and, for clients that asked for ``frames``, its ``sync:frame``."""
+        self.send(encode_frame(self.join_ref, None, channel, SYNC_ERROR, payload))
+        if self.frames and channel == CHANNEL_TOPIC:
+            self.send(encode_khala_frame(self.join_ref, frame_topic, 0, KIND_ERROR, payload))
+
+    def refuse(self, frame: Frame | None, payload: dict, *, close: bool = False, at_once: bool = False) -> None:
+        """An error reply to ``frame`` (a bare ``sync:error`` when it could not be decoded);
+        ``close``: then close the socket with the code's close code; ``at_once``: a refusal by the
+        frame handler itself, sent under the ``answer`` rule."""
+        metrics.FRAMES_REJECTED.labels(code=payload["code"]).inc()
+        if frame is None:
+            self.send(encode_frame(None, None, PHOENIX_TOPIC, SYNC_ERROR, payload))
+        elif at_once and not close:
+            self.answer(encode_error_reply(frame, payload))
+        else:
+            self.send(encode_error_reply(frame, payload))
+        if close:
+            self.closed = True
+            self._close_socket(close_code(payload["code"]), True)
+
+    def close(self, code: str, payload: dict | None = None, *, channel: str = CHANNEL_TOPIC, flush: bool = True) -> None:
+        """Send ``payload`` as ``sync:error`` (if given), then close with the code's close code
+        (``flush``: once what is queued, the error included, has been written)."""
+        if self.closed:
+            return
+        if payload is not None:
+            self.push_error(payload, channel=channel)
+        self.closed = True
+        self._close_socket(close_code(code), flush)
+
+    def slow_consumer(self) -> None:
+        if self.closed:
+            return
+        metrics.SLOW_CONSUMER_CLOSES.inc()
+        payload = error_payload("slow_consumer", action="disconnect", queue_limit=self.queue.max_items,
+                                full_resync_required=self.full_resync_required())
+        self.closed = True
+        self.queue.close()
+        # The queue is full and the client is not reading: the error frame goes straight to the
+        # transport (best effort) and the socket is closed without flushing.
+        self._close_socket(close_code("slow_consumer"), False, encode_frame(self.join_ref, None, CHANNEL_TOPIC, SYNC_ERROR, payload))
+
+    def shutdown(self) -> None:
+        """The socket is gone: nothing more is queued, and what was queued is dropped."""
+        self.closed = True
+        self.queue.close()
 
 
 # One (socket, live frame) pair in this many has its commit → send lag observed.

@@ -9,12 +9,15 @@
   heartbeat interval per worker (one query for all its sockets), never per frame.
 
 - ``JoinPolicy.admit(params)``: the three above in order, as the session's join uses them, with the
-  per-user admission limits (``sync.admission``) between the token and the revocation read.
-- ``RefreshPolicy.refresh(current, token)``: ``sync:refresh``, the same token verification and
+  per-user admission limits (``sync.admission``) between the token and the revocation read;
+  ``JoinPolicy.socket_rate()``: the per-socket join rate, checked before anything else a join does.
+- ``RefreshPolicy.refresh(current, payload)``: ``sync:refresh``, the same token verification and
   revocation read as a join, for the same subject and session only.
 - ``session_deadline(principal, now)``: when a session on that token ends (``exp`` + grace).
 
-Each returns/raises values the session turns into frames with codes from ``sync.errors``.
+Each returns/raises values the session turns into frames with codes from ``sync.errors``. A
+refusal is counted here (``khala_ws_joins_total`` / ``khala_ws_refreshes_total`` by code or
+reason); an admitted join or refresh is counted by the session once it has taken effect.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import datetime as dt
 
 from khala_project.conf import khala_setting
+from sync import metrics
 from sync.errors import close_code, error_payload
 from sync.protocol import PROTOCOL_VERSION
 
@@ -161,7 +165,22 @@ class JoinPolicy:
         self.revocation = revocation
         self.admission = admission  # sync.admission.SocketAdmission, or None: no per-user limits
 
+    async def socket_rate(self) -> None:
+        """``joins_per_socket``: before anything else a join does, the token's verification included."""
+        if self.admission is not None:
+            refusal = await self.admission.per_socket("joins_per_socket")
+            if refusal is not None:
+                metrics.JOINS.labels(result="rate_limited").inc()
+                raise JoinRefused(refusal)
+
     async def admit(self, params: dict):
+        try:
+            return await self._admit(params)
+        except JoinRefused as refused:
+            metrics.JOINS.labels(result=refused.code).inc()
+            raise
+
+    async def _admit(self, params: dict):
         try:
             principal = self.auth.authenticate(params.get("token"))
             self.gate.check(params, principal.claims)
@@ -197,7 +216,15 @@ class RefreshPolicy:
         self.auth = TokenAuthentication()
         self.revocation = revocation
 
-    async def refresh(self, current, token):
+    async def refresh(self, current, payload):
+        """The principal ``payload`` (the frame's) refreshes ``current`` to, or ``JoinRefused``."""
+        try:
+            return await self._refresh(current, payload.get("token") if isinstance(payload, dict) else None)
+        except JoinRefused as refused:
+            metrics.REFRESHES.labels(result=refused.payload.get("reason") or refused.code).inc()
+            raise
+
+    async def _refresh(self, current, token):
         try:
             principal = self.auth.authenticate(token)
         except JoinRefused as refused:
