@@ -23,7 +23,9 @@ def changed_fields(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any,
         return changes
     if old is not MISSING and new is not MISSING and type(old) is type(new) and old == new:
         return []
-    if old is MISSING and isinstance(new, dict):
+    if old is MISSING and isinstance(new, dict) and new:
+        # A new object is named by its leaves; a new EMPTY object has none, so it is named whole
+        # (walking it would report nothing although a field appeared).
         return changed_fields({}, new, prefix)
     return [(prefix or "payload", old, new)]
 

@@ -34,6 +34,11 @@ def test_format_change():
     assert format_change("long", "a" * 100, 1).startswith('long: "' + "a" * 50) and "…" in format_change("long", "a" * 100, 1)
 
 
+def test_a_new_empty_object_is_a_change():
+    assert [(old, new) for _path, old, new in changed_fields({}, {"": {}})] == [(MISSING, {})]
+    assert changed_fields({"a": 1}, {"a": 1, "meta": {}}) == [("meta", MISSING, {})]
+
+
 @given(json_values, json_values)
 def test_no_change_iff_equal(old, new):
     changes = changed_fields(old, new)
