@@ -97,6 +97,17 @@ def range_partitions(cursor, topic: str) -> list[RangePartition]:
     return sorted(out, key=lambda p: p.first)
 
 
+_FROM_BOUND = re.compile(r"FROM \('?(-?\d+)'?\)")
+
+
+def _lower_bound(cursor, partition: str) -> int | None:
+    """The lowest watermark ``partition`` (an attached range partition) takes, or None."""
+    cursor.execute("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = to_regclass(%s)", [partition])
+    row = cursor.fetchone()
+    match = _FROM_BOUND.search((row and row[0]) or "")
+    return int(match[1]) if match else None
+
+
 def _lock_timeout(cursor) -> None:
     cursor.execute(f"SET LOCAL lock_timeout = {int(khala_setting('JOURNAL_DDL_LOCK_TIMEOUT_MS'))}")
 
@@ -179,9 +190,16 @@ def ensure_ahead(topic: str) -> int:
         cursor.execute(f"SELECT max(watermark) FROM {above}")
         stray = cursor.fetchone()[0] or 0
         ranges = range_partitions(cursor, topic)
-        if not ranges:
-            return 0  # ensure_topic always creates ranges; a hand-made layout is left alone
-        start = first_new = ranges[-1].last + 1
+        if ranges:
+            start = ranges[-1].last + 1
+        else:
+            # Every range was dropped: writers outran the ranges ahead into the upper edge, then a
+            # retention pass dropped every range below its cutoff. New ranges start where the
+            # upper edge does (without them its rows would wait there for good).
+            start = _lower_bound(cursor, above)
+            if start is None:
+                return 0  # no upper edge: a hand-made layout is left alone
+        first_new = start
         through = max(head, stray) + ahead * size
         if start > through:
             return 0
