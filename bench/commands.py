@@ -95,6 +95,7 @@ def _writer_inprocess(run_id: str, user_id: int, khala: dict, start_at: float, s
     records = []
     errors = 0
     _wait_until(start_at)
+    cpu_at_start = time.process_time()  # this process, every thread (the NOTIFY thread too)
     next_slot = time.time()
     while time.time() < stop_at:
         if interval:
@@ -106,11 +107,12 @@ def _writer_inprocess(run_id: str, user_id: int, khala: dict, start_at: float, s
             errors += 1
         if interval:
             _wait_until(next_slot)
+    cpu_seconds = time.process_time() - cpu_at_start  # includes the fast path's on_commit work
     from projector.hints import flush_hints
 
     flush_hints(5.0)  # a forked process exits without atexit: publish the last hints first
     connection.close()
-    out.put({"records": [(run_id, seq, t) for seq, t in records], "errors": errors})
+    out.put({"records": [(run_id, seq, t) for seq, t in records], "errors": errors, "cpu_seconds": cpu_seconds})
 
 
 def _writer_http(run_id: str, api_url: str, api_token: str, start_at: float, stop_at: float, out):
@@ -166,6 +168,31 @@ def _subscriber(ws_url: str, ready, stop, out):
 
 
 # --- one mode --------------------------------------------------------------------------------------
+
+
+def _postgres_cpu_seconds() -> float:
+    """CPU seconds of every ``postgres`` process on this machine (backends, WAL writer, …). On a
+    shared machine this includes other users' work: read it on a quiet one."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as comm:
+                if comm.read().strip() != "postgres":
+                    continue
+            total += harness.proc_cpu_seconds(int(entry))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # exited meanwhile
+    return total
+
+
+def _cpu_sample(server, worker) -> dict:
+    return {
+        "server": harness.proc_cpu_seconds(server.pid),
+        "projector_worker": harness.proc_cpu_seconds(worker.pid) if worker is not None else 0.0,
+        "postgres": _postgres_cpu_seconds(),
+    }
 
 
 def _reset() -> None:
@@ -261,9 +288,14 @@ def run_mode(mode: str, transport: str, args, env: dict, user, api_token: str, r
         drained_at = None
         results = []
         give_up = stop_at + args.drain_timeout
+        cpu_start = cpu_stop = None
         with connection.cursor() as cur:
             while True:
                 now = time.time()
+                if cpu_start is None and now >= start_at:
+                    cpu_start = _cpu_sample(server, worker)
+                if cpu_stop is None and now >= stop_at:
+                    cpu_stop = _cpu_sample(server, worker)
                 cur.execute(
                     "SELECT watermark, doc_key, doc_version FROM sync_stream_events WHERE topic = %s AND watermark > %s ORDER BY watermark",
                     [TOPIC, cursor_wm],
@@ -329,6 +361,13 @@ def run_mode(mode: str, transport: str, args, env: dict, user, api_token: str, r
         "drain_seconds_after_stop": round(drained_at - stop_at, 2) if drained_at and mode in WORKER_MODES else None,
         "outbox_depth_series": depth,
     }
+    if cpu_start and cpu_stop and committed_in_window:
+        # CPU per command committed while the writers ran, by process kind: where a mode's cost goes
+        # when the 2 cores are the bound. (The server is the subscriber's daphne, and the HTTP API's.)
+        cpu = {kind: cpu_stop[kind] - cpu_start[kind] for kind in cpu_start}
+        if transport == "inprocess":
+            cpu["writers"] = sum(res.get("cpu_seconds", 0.0) for res in results)
+        result["cpu_ms_per_command"] = {kind: round(1000 * sec / committed_in_window, 3) for kind, sec in cpu.items()}
     if transport == "inprocess" and mode != "authority_only":
         result["commit_to_journal_visible"] = _latency(records, seen)
         result["commit_to_subscriber"] = _latency(records, received)
@@ -386,6 +425,8 @@ def _row(r: dict) -> str:
         if key in r:
             v = r[key]
             text += f" {key} p50={v['p50_ms']}ms p99={v['p99_ms']}ms never={v['never_seen']}"
+    if "cpu_ms_per_command" in r:
+        text += " cpu ms/command " + " ".join(f"{k}={v}" for k, v in r["cpu_ms_per_command"].items())
     return text
 
 
