@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sync import metrics
+from sync.journal_reader import Freshness
 from sync.protocol import (
     MAX_WATERMARK,
     Cursor,
@@ -304,7 +305,8 @@ class Follower:
         page is read while the current one is being sent (one page in flight)."""
         position = self.last_sent  # how far the journal has been read
         held = None  # the last batch is held back until we know whether another one follows
-        pending = self._read_page(position, through)
+        purpose = "replay" if final else "catchup"
+        pending = self._read_page(position, through, purpose)
         try:
             while True:
                 page = await pending
@@ -321,7 +323,7 @@ class Follower:
                 end = max(rows[-1].watermark if full else min(through, page.head_watermark), position)
                 more = full and end < through
                 if more:
-                    pending = self._read_page(end, through)
+                    pending = self._read_page(end, through, purpose)
                 for piece in split_batches(
                     [(row.watermark, encode_update(row, self.limits.inline_limit)) for row in rows], batch_size, self.limits.max_bytes
                 ):
@@ -342,8 +344,13 @@ class Follower:
             if pending is not None:
                 pending.cancel()
 
-    def _read_page(self, after: int, through: int) -> asyncio.Future:
-        return asyncio.ensure_future(self.journal.read_visible(self.topic, after, through, self.writer.org_id, REPLAY_PAGE_ROWS))
+    def _read_page(self, after: int, through: int, purpose: str) -> asyncio.Future:
+        # A replica may serve it only from a snapshot holding the topic at least up to what this
+        # socket has been sent (``after``) or was told exists (a gap's end), in its epoch.
+        need = Freshness(after if through == MAX_WATERMARK else max(after, through), self.stream_epoch)
+        return asyncio.ensure_future(
+            self.journal.read_visible_fresh(self.topic, after, through, self.writer.org_id, REPLAY_PAGE_ROWS, need, purpose)
+        )
 
     async def _flush(self, held: tuple, replay_complete: bool) -> bool:
         piece, through = held

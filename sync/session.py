@@ -361,7 +361,8 @@ class Session:
             metrics.SUBSCRIBES.labels(result=exc.code).inc()
             self._refuse(frame, exc.payload())
             return
-        states = await self.hub.journal.topic_states(request.topics)
+        # A replica may answer when it refuses none of the cursors; a refusal is the primary's.
+        states = await self.hub.journal.resume_states(request.topics, request.cursors)
         stale = find_stale_cursors(request, states)
         if stale is not None:
             for entry in stale["stale_topics"]:
