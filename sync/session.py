@@ -391,6 +391,9 @@ class Session:
             follower = Follower(topic, self, self.hub.journal, position=position, state=state, limits=self.limits)
             self.followers[topic] = follower
             self.hub.follow(follower)
+            # The replay must reach at least where the hub's feed already is: the feed offers
+            # only what comes after its cursor (a replica's older snapshot is not enough).
+            follower.known_head = max(follower.known_head, self.hub.head(topic))
             started_followers.append(follower)
         for follower in started_followers:
             if self.followers.get(follower.topic) is follower:
