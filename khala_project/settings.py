@@ -119,7 +119,11 @@ else:
 DATABASE_REPLICA_URLS = _env_list("DATABASE_REPLICA_URLS", "")
 if DATABASE_REPLICA_URLS and DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     for _n, _url in enumerate(DATABASE_REPLICA_URLS, start=1):
-        DATABASES[f"replica_{_n}"] = {**dj_database_url.parse(_url, conn_max_age=0), "TEST": {"MIRROR": "default"}}
+        _replica = dj_database_url.parse(_url, conn_max_age=0)
+        # A replica that does not answer must not hold a hydration request (or a worker) for the
+        # operating system's TCP timeout: give up connecting after 2 s and read the primary.
+        _replica["OPTIONS"] = {"connect_timeout": 2, **_replica.get("OPTIONS", {})}
+        DATABASES[f"replica_{_n}"] = {**_replica, "TEST": {"MIRROR": "default"}}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -80,6 +80,7 @@ def django_conninfo(alias: str = "default") -> str:
         "host": db.get("HOST") or None,
         "port": str(db["PORT"]) if db.get("PORT") else None,
         "application_name": "khala-sync",
+        "connect_timeout": str(db["OPTIONS"]["connect_timeout"]) if db.get("OPTIONS", {}).get("connect_timeout") else None,
     }
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 

@@ -283,3 +283,27 @@ async def test_a_replica_lagging_past_the_threshold_is_skipped(pair, khala):
         assert count("live", "target", "replica") == served + 1
     finally:
         await journal.close()
+
+
+async def test_a_replica_that_does_not_answer_sends_every_read_to_the_primary(pair, khala):
+    """A replica URL where nothing listens: the worker's reader opens anyway, and every read is
+    the primary's (fallback reason ``unavailable``), none lost."""
+    from sync import metrics
+    from sync.journal import Journal
+    from sync.journal_reader import Freshness
+    from sync.journal_replicas import Replica, RoutedJournal
+    from tests.support.private_services import free_port
+
+    khala(REPLICA_CONNECT_TIMEOUT_SECONDS=0.5, REPLICA_RETRY_SECONDS=60.0)
+    nowhere = f"postgresql://root@127.0.0.1:{free_port()}/khala?connect_timeout=1"
+    journal = RoutedJournal(Journal(pair.database_url.replace("postgres://", "postgresql://")),
+                            [Replica("replica_1", Journal(nowhere, wait_open=False, timeout=0.5))])
+    await journal.open()
+    try:
+        head = pair.write("doc/nowhere")
+        unavailable = metrics.REPLICA_FALLBACKS.labels("replay", "unavailable")._value.get()
+        page = await journal.read_visible_fresh(RUNS, head - 1, 10**18, "user:1", 10, Freshness(head - 1, pair.epoch()), "replay")
+        assert [row.watermark for row in page.rows] == [head]
+        assert metrics.REPLICA_FALLBACKS.labels("replay", "unavailable")._value.get() == unavailable + 1
+    finally:
+        await journal.close()
