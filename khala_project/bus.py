@@ -2,7 +2,7 @@
 
 Three kinds of traffic cross process boundaries, all through Redis:
 
-- **Watermark hints** ``{type: "sync.hint", topic, watermark, stream_epoch}`` on the channel-layer
+- **Watermark hints** ``{type: "sync.hint", topic, watermark, stream_epoch, lsn?}`` on the channel-layer
   group ``sync_topic.<topic>``: published after commit by the projector (``projector.hints``),
   consumed by every worker's hub (``sync.hub``) that follows the topic.
 - **Revocation hints** ``{type: "sync.revoked", session_ids, device_ids, reason}`` on the group
@@ -49,9 +49,14 @@ def topic_group(topic: str) -> str:
     return f"sync_topic.{topic}"
 
 
-def hint_message(topic: str, watermark: int, stream_epoch: str) -> dict:
-    """"``topic`` is now at ``watermark``" — never document data."""
-    return {"type": HINT_TYPE, "topic": topic, "watermark": watermark, "stream_epoch": stream_epoch}
+def hint_message(topic: str, watermark: int, stream_epoch: str, lsn: int | None = None) -> dict:
+    """"``topic`` is now at ``watermark``" — never document data. ``lsn``: the primary's WAL
+    position right after the commit (an integer, present only when replicas are configured): a
+    replica that has replayed that far may serve the read this hint triggers."""
+    message = {"type": HINT_TYPE, "topic": topic, "watermark": watermark, "stream_epoch": stream_epoch}
+    if lsn is not None:
+        message["lsn"] = lsn
+    return message
 
 
 def revoked_message(session_ids: list[str], device_ids: list[str], reason: str) -> dict:

@@ -145,6 +145,19 @@ DEFAULTS: dict = {
     "BUS_RETRY_MAX_SECONDS": 5.0,
     # Database connections one worker process may open for replay and fan-out reads.
     "DB_POOL_MAX_SIZE": 4,
+    # --- streaming replicas (DATABASE_REPLICA_URLS; docs/sync/REPLICAS.md) ---
+    # A replica further behind the primary than this (WAL bytes, measured every probe interval) is
+    # skipped: its reads go to the primary until a probe finds it back within the bound.
+    "REPLICA_MAX_LAG_BYTES": 16 * 1024 * 1024,
+    # How long a read that needs a commit the replica has not replayed yet waits for it (polling the
+    # replica, never the primary) before it reads the primary instead. 0: never wait.
+    "REPLICA_WAIT_SECONDS": 0.05,
+    # How often each worker measures every replica's replay position against the primary's WAL.
+    "REPLICA_PROBE_INTERVAL_SECONDS": 1.0,
+    # A replica that failed (connection, recovery conflict) is left alone this long.
+    "REPLICA_RETRY_SECONDS": 5.0,
+    # The longest a read waits for a connection to a replica (a dead replica must not stall delivery).
+    "REPLICA_CONNECT_TIMEOUT_SECONDS": 2.0,
     # Compatibility gate at join (docs/protocol/OA_SYNC_WS_MAPPING.md §6.3).
     "COMPAT_ENFORCED": False,
     "COMPAT_PROTOCOL_VERSION": "khala.ws.v1",

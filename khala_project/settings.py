@@ -111,6 +111,20 @@ else:
         }
     }
 
+# Streaming replicas (zero or more, comma-separated URLs): extra aliases ``replica_1``, ``replica_2``…
+# that only the WebSocket lane's journal reads and HTTP hydration use, each after checking that the
+# replica has replayed far enough (docs/sync/REPLICAS.md). Nothing routes ORM queries to them:
+# writes, watermark allocation, tokens and revocation stay on ``default``. Under pytest-django a
+# replica alias mirrors the test database (no second test database is created for it).
+DATABASE_REPLICA_URLS = _env_list("DATABASE_REPLICA_URLS", "")
+if DATABASE_REPLICA_URLS and DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+    for _n, _url in enumerate(DATABASE_REPLICA_URLS, start=1):
+        _replica = dj_database_url.parse(_url, conn_max_age=0)
+        # A replica that does not answer must not hold a hydration request (or a worker) for the
+        # operating system's TCP timeout: give up connecting after 2 s and read the primary.
+        _replica["OPTIONS"] = {"connect_timeout": 2, **_replica.get("OPTIONS", {})}
+        DATABASES[f"replica_{_n}"] = {**_replica, "TEST": {"MIRROR": "default"}}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer --------------------------------------------------------------------------

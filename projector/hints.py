@@ -19,18 +19,18 @@ from khala_project.bus import hint_message, publish, publish_blocking, topic_gro
 log = logging.getLogger(__name__)
 
 
-async def publish_hint_async(topic: str, watermark: int, stream_epoch: str) -> None:
+async def publish_hint_async(topic: str, watermark: int, stream_epoch: str, lsn: int | None = None) -> None:
     # The bus is fire-and-forget: the layer may drop the message. That is acceptable here
     # because subscribers re-read the journal; a lost hint only delays delivery.
-    await publish(topic_group(topic), hint_message(topic, watermark, stream_epoch))
+    await publish(topic_group(topic), hint_message(topic, watermark, stream_epoch, lsn))
 
 
-def publish_hint(topic: str, watermark: int, stream_epoch: str) -> None:
+def publish_hint(topic: str, watermark: int, stream_epoch: str, lsn: int | None = None) -> None:
     """Publish from sync code and wait for it (one event loop and Redis connection per call).
 
     Fine for a management command; the sink uses ``submit_hint`` instead.
     """
-    publish_blocking(topic_group(topic), hint_message(topic, watermark, stream_epoch))
+    publish_blocking(topic_group(topic), hint_message(topic, watermark, stream_epoch, lsn))
 
 
 class HintPublisher:
@@ -42,7 +42,8 @@ class HintPublisher:
     value per topic. Hints submitted while a publish is in flight are coalesced into one message
     per topic carrying the highest watermark (receivers read ``watermark > last_sent`` from the
     journal, so skipping intermediate hints loses nothing). A hint for a new ``stream_epoch``
-    replaces whatever was pending for the topic.
+    replaces whatever was pending for the topic. The commit's WAL position (``lsn``, with replicas
+    configured) coalesces the same way: the pending hint carries the highest one submitted.
 
     After waking up, the thread lingers ``KHALA["HINT_LINGER_SECONDS"]`` (default 2 ms) so that a
     busy topic costs one PUBLISH per linger period instead of one per commit: live delivery is
@@ -51,16 +52,19 @@ class HintPublisher:
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._pending: dict[str, tuple[int, str]] = {}
+        self._pending: dict[str, tuple[int, str, int | None]] = {}
         self._in_flight = 0
         self._thread: threading.Thread | None = None
         self._pid = None
 
-    def submit(self, topic: str, watermark: int, stream_epoch: str) -> None:
+    def submit(self, topic: str, watermark: int, stream_epoch: str, lsn: int | None = None) -> None:
         with self._cond:
             current = self._pending.get(topic)
-            if current is None or current[1] != stream_epoch or watermark > current[0]:
-                self._pending[topic] = (watermark, stream_epoch)
+            if current is None or current[1] != stream_epoch:
+                self._pending[topic] = (watermark, stream_epoch, lsn)
+            else:
+                lsns = [x for x in (current[2], lsn) if x is not None]
+                self._pending[topic] = (max(watermark, current[0]), stream_epoch, max(lsns) if lsns else None)
             self._ensure_thread()
             self._cond.notify_all()
 
@@ -89,8 +93,8 @@ class HintPublisher:
                 with self._cond:
                     batch, self._pending = self._pending, {}
                     self._in_flight = len(batch)
-                for topic, (watermark, stream_epoch) in batch.items():
-                    loop.run_until_complete(publish_hint_async(topic, watermark, stream_epoch))
+                for topic, (watermark, stream_epoch, lsn) in batch.items():
+                    loop.run_until_complete(publish_hint_async(topic, watermark, stream_epoch, lsn))
                 with self._cond:
                     self._in_flight = 0
                     self._cond.notify_all()
@@ -110,9 +114,10 @@ def _linger_seconds() -> float:
 _publisher = HintPublisher()
 
 
-def submit_hint(topic: str, watermark: int, stream_epoch: str) -> None:
-    """Hand a hint to the background publisher and return at once (for on_commit callbacks)."""
-    _publisher.submit(topic, watermark, stream_epoch)
+def submit_hint(topic: str, watermark: int, stream_epoch: str, lsn: int | None = None) -> None:
+    """Hand a hint to the background publisher and return at once (for on_commit callbacks).
+    ``lsn``: the commit's WAL position (``khala_project.replicas.commit_lsn``), None without replicas."""
+    _publisher.submit(topic, watermark, stream_epoch, lsn)
 
 
 def flush_hints(timeout: float = 5.0) -> bool:

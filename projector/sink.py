@@ -46,6 +46,7 @@ from projector.document_write import (  # the sink's public API is re-exported h
     prepare,
 )
 from projector.hints import submit_hint  # the hint publisher handed to after_commit (tests replace it here)
+from khala_project.replicas import commit_lsn  # the commit's WAL position, for replica reads
 from projector.sink_settlement import after_commit, batch_results, count_refusal, settle_topic, unknown_topic
 
 __all__ = ["ERROR_STATUS", "DocumentWrite", "SinkError", "WriteResult", "project", "project_many"]
@@ -200,7 +201,7 @@ def project(
                 raise RuntimeError(f"allocator mismatch on {topic}: appended {watermark}, advanced {advanced_to}")
             pointer = prepared.over_inline_limit or forced
             stats = [(write.topic, watermark, stream_epoch, 0 if pointer else 1, 1 if pointer else 0, encoded.size)]
-            conn.on_commit(lambda: after_commit(stats, submit_hint))
+            conn.on_commit(lambda: after_commit(stats, submit_hint, commit_lsn(conn)))
         else:
             metrics.sink_counters(write.topic).stale.inc()
     if row is None:
@@ -380,7 +381,7 @@ def project_many(writes: Iterable[DocumentWrite], *, using: str | None = None) -
                 if stale:
                     metrics.sink_counters(topic).stale.inc(stale)
         if stats and unknown is None:
-            conn.on_commit(lambda: after_commit(stats, submit_hint))
+            conn.on_commit(lambda: after_commit(stats, submit_hint, commit_lsn(conn)))
     if unknown is not None:
         raise unknown
     return batch_results(prepared, superseded, outcome, started)

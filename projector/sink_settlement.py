@@ -31,12 +31,13 @@ def unknown_topic(topic: str, index: int | None) -> SinkError:
     return SinkError("unknown_topic", f"unknown topic {topic!r}", index=index, field="topic")
 
 
-def after_commit(stats: list[TopicStats], submit_hint: Callable[[str, int, str], None]) -> None:
+def after_commit(stats: list[TopicStats], submit_hint: Callable[..., None], lsn: int | None = None) -> None:
     """Runs once the transaction committed: count what became durable, then hint.
 
-    ``submit_hint(topic, watermark, stream_epoch)`` is the caller's hint publisher
+    ``submit_hint(topic, watermark, stream_epoch[, lsn=])`` is the caller's hint publisher
     (``projector.hints.submit_hint``), named by each sink module so a test can lose every hint on
-    purpose by replacing it there."""
+    purpose by replacing it there. ``lsn``: the primary's WAL position read right after the
+    COMMIT (``khala_project.replicas.commit_lsn``; None without replicas)."""
     for topic, head, stream_epoch, inline, pointer, nbytes in stats:
         counters = metrics.sink_counters(topic)
         counters.written.inc(inline + pointer)
@@ -45,7 +46,10 @@ def after_commit(stats: list[TopicStats], submit_hint: Callable[[str, int, str],
         if pointer:
             counters.pointer_appends.inc(pointer)
         counters.append_bytes.inc(nbytes)
-        submit_hint(topic, head, stream_epoch)
+        if lsn is None:
+            submit_hint(topic, head, stream_epoch)
+        else:
+            submit_hint(topic, head, stream_epoch, lsn=lsn)
 
 
 def settle_topic(

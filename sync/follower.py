@@ -25,6 +25,7 @@ from typing import Protocol
 
 from khala_project.conf import khala_setting
 from sync import metrics
+from sync.journal_reader import Freshness
 from sync.protocol import (
     MAX_WATERMARK,
     Cursor,
@@ -216,6 +217,11 @@ class Follower:
         self.last_sent = position
         self.stream_epoch = state.stream_epoch
         self.state = state  # the policy (budget, qos, snapshot) seen at subscribe
+        # The highest topic head this follower has seen or been told of (its subscribe state, the
+        # hub's position when it registered, every page it read). A read a replica serves must
+        # come from a snapshot at least this new: an older one would end the replay below rows the
+        # hub has already moved past, and nothing would offer them again (``sync.journal_replicas``).
+        self.known_head = state.head_watermark
         self.buffer: list = []
         self.buffered_rows = 0
         self.ended = False
@@ -318,7 +324,8 @@ class Follower:
         page is read while the current one is being sent (one page in flight)."""
         position = self.last_sent  # how far the journal has been read
         held = None  # the last batch is held back until we know whether another one follows
-        pending = self._read_page(position, through)
+        purpose = "replay" if final else "catchup"
+        pending = self._read_page(position, through, purpose)
         try:
             while True:
                 page = await pending
@@ -330,12 +337,13 @@ class Follower:
                     # are another history): say so, never send what is left as if it were whole.
                     self._stale(page.head_watermark or 0, page.pruned_through or 0, page.stream_epoch or "")
                     return False
+                self.known_head = max(self.known_head, page.head_watermark)
                 rows = page.rows
                 full = len(rows) >= REPLAY_PAGE_ROWS
                 end = max(rows[-1].watermark if full else min(through, page.head_watermark), position)
                 more = full and end < through
                 if more:
-                    pending = self._read_page(end, through)
+                    pending = self._read_page(end, through, purpose)
                 for piece in split_batches(
                     [(row.watermark, encode_update(row, self.limits.inline_limit)) for row in rows], batch_size, self.limits.max_bytes
                 ):
@@ -356,8 +364,13 @@ class Follower:
             if pending is not None:
                 pending.cancel()
 
-    def _read_page(self, after: int, through: int) -> asyncio.Future:
-        return asyncio.ensure_future(self.journal.read_visible(self.topic, after, through, self.writer.org_id, REPLAY_PAGE_ROWS))
+    def _read_page(self, after: int, through: int, purpose: str) -> asyncio.Future:
+        # A replica may serve it only from a snapshot holding the topic at least up to what this
+        # socket has been sent (``after``), has seen, or was told exists (a gap's end), in its epoch.
+        need = Freshness(max(after, self.known_head, 0 if through == MAX_WATERMARK else through), self.stream_epoch)
+        return asyncio.ensure_future(
+            self.journal.read_visible_fresh(self.topic, after, through, self.writer.org_id, REPLAY_PAGE_ROWS, need, purpose)
+        )
 
     async def _flush(self, held: tuple, replay_complete: bool) -> bool:
         piece, through = held

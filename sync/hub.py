@@ -32,7 +32,7 @@ from khala_project.conf import khala_setting
 from khala_project.bus import HINT_TYPE, REVOKED_TYPE, Subscription
 from sync import metrics
 from sync.journal import default_journal
-from sync.journal_reader import JournalReader
+from sync.journal_reader import Freshness, JournalReader
 from sync.policies import RevocationCheck
 from sync.presence import WorkerPresence
 from sync.follower import LiveBatch, LiveRange
@@ -64,6 +64,11 @@ class TopicFeed:
         self.state: TopicState | None = None
         self.pumping = False
         self.again = False
+        # What the next read must reflect (a replica's older snapshot is read again on the primary,
+        # ``sync.journal_replicas``): the highest head announced in the feed's epoch by a hint or the
+        # head check, and the highest commit WAL position a hint carried.
+        self.need_head = 0
+        self.need_lsn = 0
 
 
 class Hub:
@@ -191,14 +196,15 @@ class Hub:
                     # a marker, so a follower whose replay stopped below this head reads the rest.
                     self._offer(feed, LiveRange(0, state.head_watermark, None, state.stream_epoch, state=state))
                 metrics.HUB_JOURNAL_READS.labels(trigger=trigger).inc()
-                page = await self.journal.read_after(feed.topic, feed.cursor, PUMP_READ_LIMIT)
+                need = Freshness(max(feed.cursor, feed.need_head), feed.stream_epoch, feed.need_lsn)
+                page = await self.journal.read_after_fresh(feed.topic, feed.cursor, PUMP_READ_LIMIT, need, "live")
                 if page.stream_epoch is None:
                     return
                 if page.stream_epoch != feed.stream_epoch:
                     # The journal was reset/restored: its watermarks are another history. Every
                     # follower gets a range of the new epoch and reports stale_cursor.
                     feed.stream_epoch = page.stream_epoch
-                    feed.cursor = page.head_watermark
+                    feed.cursor = feed.need_head = page.head_watermark
                     feed.state = _state_of(feed, page)
                     self._offer(feed, LiveRange(page.head_watermark, page.head_watermark, (), page.stream_epoch, state=feed.state))
                     continue
@@ -237,6 +243,11 @@ class Hub:
         if feed is None:
             return
         watermark = message.get("watermark")
+        if isinstance(watermark, int) and message.get("stream_epoch") in (None, feed.stream_epoch):
+            feed.need_head = max(feed.need_head, watermark)
+            lsn = message.get("lsn")
+            if isinstance(lsn, int):
+                feed.need_lsn = max(feed.need_lsn, lsn)
         if feed.cursor is None or not isinstance(watermark, int) or watermark > feed.cursor or (
             message.get("stream_epoch") not in (None, feed.stream_epoch)
         ):
@@ -276,6 +287,8 @@ class Hub:
             feed.state = state
             if feed.cursor is None:
                 continue
+            if state.stream_epoch == feed.stream_epoch:
+                feed.need_head = max(feed.need_head, state.head_watermark)
             if state.head_watermark > feed.cursor or state.stream_epoch != feed.stream_epoch:
                 if not feed.pumping:
                     metrics.HUB_LOST_HINT_CATCHUPS.inc()

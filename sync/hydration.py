@@ -16,23 +16,97 @@ page (a client resuming from that head would skip the write in between) or an ol
 Pages are keyset-paginated on ``doc_key`` (index ``(owner, topic, doc_key)``), never OFFSET, and
 each page is its own snapshot; ``docs/protocol/OA_SYNC_WS_MAPPING.md`` ("HTTP hydration") says
 how a client stitches pages and the live stream together (resume from the FIRST page's head).
+
+Streaming replicas (``DATABASE_REPLICA_URLS``)
+----------------------------------------------
+A read may be served by a replica only when its own snapshot proves it is not older than what the
+client already holds: the topic's head in that snapshot is at or past a stated watermark, in the
+stated ``stream_epoch``. Because the read models of a topic change only together with its head,
+such a snapshot holds every document write up to that watermark: never an older version of a
+document the client has seen. The statement comes from the client (``min_watermark`` and
+``stream_epoch`` of what it holds) or, for pages after the first, from the cursor (the first
+page's head: every later page must be at least that new, else a document changed in between
+would be older than the resume point covers). No statement, a replica behind it, another epoch
+or an unknown topic: the read goes to the primary, which alone answers the errors.
 """
 
 import base64
 import binascii
+import logging
+import time
 from dataclasses import dataclass
 
 import orjson
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 
 from khala_project.api_errors import CodedError
+from khala_project.conf import khala_setting
+from khala_project.replicas import replica_aliases
 from projector.payload_hash import to_wire
+from sync import metrics
+
+log = logging.getLogger(__name__)
 
 CURSOR_VERSION = 1
 
 
 class HydrationError(CodedError):
     """A request that cannot be served; ``code`` is the stable API error code."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a replica's snapshot must show for a read to be served by it: the topic at or past
+    ``head``, in ``stream_epoch``."""
+
+    head: int
+    stream_epoch: str
+
+
+class _Behind(Exception):
+    """A replica's snapshot is older than the read's ``Need`` (or shows an error only the primary
+    may answer): read the primary."""
+
+
+# alias -> monotonic time until which a failed replica is left alone (per process).
+_down_until: dict[str, float] = {}
+_turn = [0]
+
+
+def _replica_then_primary(need: "Need | None", read):
+    """``read(alias)`` on a replica whose snapshot satisfies ``need`` (``read`` raises ``_Behind``
+    when it does not), else on the primary. Counted in the ``khala_replica_*`` metrics."""
+    aliases = replica_aliases()
+    if not aliases or need is None or connection.vendor != "postgresql":
+        return read(DEFAULT_DB_ALIAS)
+    now = time.monotonic()
+    up = [alias for alias in aliases if _down_until.get(alias, 0.0) <= now]
+    reason = "unavailable"
+    if up:
+        _turn[0] += 1
+        alias = up[_turn[0] % len(up)]
+        try:
+            result = read(alias)
+        except _Behind:
+            reason = "behind"
+        except HydrationError:
+            raise
+        except Exception as exc:
+            _down_until[alias] = now + float(khala_setting("REPLICA_RETRY_SECONDS"))
+            connections[alias].close()
+            log.warning("replica %s unavailable for hydration (%s); reading the primary", alias, f"{type(exc).__name__}: {exc}"[:200])
+        else:
+            metrics.REPLICA_READS.labels(purpose="hydration", target="replica").inc()
+            return result
+    metrics.REPLICA_FALLBACKS.labels(purpose="hydration", reason=reason).inc()
+    metrics.REPLICA_READS.labels(purpose="hydration", target="primary").inc()
+    return read(DEFAULT_DB_ALIAS)
+
+
+def _require(alias: str, need: "Need | None", seq) -> None:
+    """On a replica: its ``(head, stream_epoch)`` row must satisfy ``need`` (no row: behind too)."""
+    if alias != DEFAULT_DB_ALIAS and (seq is None or seq[0] < need.head or seq[1] != need.stream_epoch):
+        raise _Behind()
 
 
 @dataclass(frozen=True)
@@ -60,15 +134,10 @@ def _decode_json(value):
     return value
 
 
-def get_document(topic: str, doc_key: str, owner: str) -> dict:
-    """The latest state of one document visible to ``owner``; ``document_not_found`` otherwise."""
-    with connection.cursor() as cur:
-        cur.execute(
-            "SELECT doc_key, doc_version, payload, payload_hash, watermark FROM sync_read_models "
-            "WHERE topic = %s AND doc_key = %s AND (owner = %s OR public)",
-            [topic, doc_key, owner],
-        )
-        row = cur.fetchone()
+def get_document(topic: str, doc_key: str, owner: str, need: Need | None = None) -> dict:
+    """The latest state of one document visible to ``owner``; ``document_not_found`` otherwise.
+    With ``need`` a replica may answer (module docstring)."""
+    row = _replica_then_primary(need, lambda alias: _read_document(alias, topic, doc_key, owner, need))
     if row is None:
         # Same answer for "absent" and "owned by someone else": existence must not leak.
         raise HydrationError("document_not_found", "no such document", http_status=404)
@@ -76,9 +145,43 @@ def get_document(topic: str, doc_key: str, owner: str) -> dict:
     return _document(doc_key, doc_version, _decode_json(payload), bytes(payload_hash), watermark)
 
 
-def encode_cursor(topic: str, stream_epoch: str, after_doc_key: str) -> str:
-    raw = orjson.dumps({"v": CURSOR_VERSION, "t": topic, "e": stream_epoch, "k": after_doc_key})
+def _read_document(alias: str, topic: str, doc_key: str, owner: str, need: Need | None):
+    if alias == DEFAULT_DB_ALIAS:
+        with connections[alias].cursor() as cur:
+            cur.execute(
+                "SELECT doc_key, doc_version, payload, payload_hash, watermark FROM sync_read_models "
+                "WHERE topic = %s AND doc_key = %s AND (owner = %s OR public)",
+                [topic, doc_key, owner],
+            )
+            return cur.fetchone()
+    # A replica: the topic's head and the document in ONE statement (one snapshot).
+    with connections[alias].cursor() as cur:
+        cur.execute(
+            "SELECT s.last_watermark, s.stream_epoch, d.doc_key, d.doc_version, d.payload, d.payload_hash, d.watermark "
+            "FROM sync_topic_sequences s LEFT JOIN sync_read_models d "
+            "ON d.topic = s.topic AND d.doc_key = %s AND (d.owner = %s OR d.public) WHERE s.topic = %s",
+            [doc_key, owner, topic],
+        )
+        row = cur.fetchone()
+    _require(alias, need, row[:2] if row is not None else None)
+    return row[2:] if row[2] is not None else None
+
+
+def encode_cursor(topic: str, stream_epoch: str, after_doc_key: str, first_head: int | None = None) -> str:
+    """``first_head``: the head of the listing's first page; a replica may serve a later page only
+    from a snapshot at least that new."""
+    fields = {"v": CURSOR_VERSION, "t": topic, "e": stream_epoch, "k": after_doc_key}
+    if first_head is not None:
+        fields["h"] = first_head
+    raw = orjson.dumps(fields)
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def cursor_first_head(cursor: str) -> int | None:
+    """The first page's head a (valid) cursor carries; None for cursors minted without it."""
+    data = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    head = data.get("h")
+    return head if isinstance(head, int) and not isinstance(head, bool) and head >= 0 else None
 
 
 def decode_cursor(cursor: str, topic: str) -> tuple[str, str]:
@@ -120,22 +223,24 @@ def _checked_head(topic: str, seq, cursor_epoch: str | None) -> tuple[int, str]:
     return head_watermark, stream_epoch
 
 
-def _page(topic: str, rows: list, limit: int, head_watermark: int, stream_epoch: str) -> Page:
+def _page(topic: str, rows: list, limit: int, head_watermark: int, stream_epoch: str, first_head: int | None = None) -> Page:
     """The page from ``limit + 1`` rows ordered by ``doc_key``: the extra row only says "there is more"."""
     more = len(rows) > limit
     rows = rows[:limit]
     documents = [_document(k, v, _decode_json(p), bytes(h), w) for k, v, p, h, w in rows]
-    next_cursor = encode_cursor(topic, stream_epoch, rows[-1][0]) if more else None
+    first_head = head_watermark if first_head is None else first_head
+    next_cursor = encode_cursor(topic, stream_epoch, rows[-1][0], first_head) if more else None
     return Page(documents, head_watermark, stream_epoch, next_cursor)
 
 
-def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) -> Page:
+def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None, need: Need | None = None) -> Page:
     """One page of the documents of ``topic`` visible to ``owner``, ordered by ``doc_key``.
 
     ``head_watermark``/``stream_epoch`` come from the same snapshot as the page (module doc).
     A cursor minted under another ``stream_epoch`` (the journal was reset or restored between
     two pages) answers 409 ``stream_epoch_changed``: the pages would not belong to one history,
-    so the client starts again from the first page.
+    so the client starts again from the first page. A replica may serve the page when ``need``
+    (what the client holds) or the cursor's first head says how new it must be (module doc).
     """
     cursor_epoch, after = decode_cursor(cursor, topic) if cursor else (None, None)
     if connection.in_atomic_block:
@@ -144,12 +249,20 @@ def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) 
         raise RuntimeError("list_page must not run inside an outer transaction")
     if connection.vendor != "postgresql":  # the embedded SQLite of `make run`
         return _list_page_portable(topic, owner, limit, cursor_epoch, after)
-    with transaction.atomic(), connection.cursor() as cur:
+    first_head = cursor_first_head(cursor) if cursor else None
+    if cursor is not None:
+        need = Need(first_head, cursor_epoch) if first_head is not None else None
+    return _replica_then_primary(need, lambda alias: _list_page(alias, topic, owner, limit, cursor_epoch, after, need, first_head))
+
+
+def _list_page(alias, topic, owner, limit, cursor_epoch, after, need, first_head) -> Page:
+    with transaction.atomic(using=alias), connections[alias].cursor() as cur:
         cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         cur.execute(
             "SELECT last_watermark, stream_epoch FROM sync_topic_sequences WHERE topic = %s", [topic]
         )
         seq = cur.fetchone()
+        _require(alias, need, seq)
         head_watermark, stream_epoch = _checked_head(topic, seq, cursor_epoch)
         # Two index-ordered branches (own documents via (owner, topic, doc_key); public ones of
         # other owners) merged by doc_key, instead of one OR that cannot use the owner index.
@@ -165,7 +278,7 @@ def list_page(topic: str, owner: str, *, limit: int, cursor: str | None = None) 
             {"topic": topic, "owner": owner, "after": after, "n": limit + 1},
         )
         rows = cur.fetchall()
-    return _page(topic, rows, limit, head_watermark, stream_epoch)
+    return _page(topic, rows, limit, head_watermark, stream_epoch, first_head)
 
 
 def _list_page_portable(topic: str, owner: str, limit: int, cursor_epoch: str | None, after: str | None) -> Page:

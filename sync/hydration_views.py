@@ -29,8 +29,40 @@ class ListQuerySerializer(serializers.Serializer):
         return value
 
 
+class FreshnessQuerySerializer(serializers.Serializer):
+    """What the client already holds of the topic (its cursor): given together, they let a
+    streaming replica answer when its snapshot is at least that new (``sync.hydration``)."""
+
+    min_watermark = serializers.IntegerField(required=False, min_value=0)
+    stream_epoch = serializers.CharField(required=False, allow_blank=False, max_length=200, trim_whitespace=False)
+
+    def validate(self, attrs):
+        if ("min_watermark" in attrs) != ("stream_epoch" in attrs):
+            raise serializers.ValidationError({"min_watermark": "min_watermark and stream_epoch go together"})
+        return attrs
+
+
 # Which stable code a failed query field maps to (first failing field wins, in this order).
-_FIELD_CODES = (("limit", "invalid_limit"), ("cursor", "invalid_cursor"))
+_FIELD_CODES = (
+    ("limit", "invalid_limit"), ("cursor", "invalid_cursor"),
+    ("min_watermark", "invalid_min_watermark"), ("stream_epoch", "invalid_min_watermark"),
+)
+_FRESHNESS_PARAMETERS = [
+    OpenApiParameter("min_watermark", int, description="watermark of what the client holds (with stream_epoch)"),
+    OpenApiParameter("stream_epoch", str, description="stream epoch of that watermark (with min_watermark)"),
+]
+
+
+def freshness(request) -> "hydration.Need | None":
+    """The ``Need`` of ``?min_watermark=&stream_epoch=`` (None without them); 400
+    ``invalid_min_watermark`` when they are malformed or only one is given."""
+    params = {name: request.query_params[name] for name in ("min_watermark", "stream_epoch") if request.query_params.get(name)}
+    query = FreshnessQuerySerializer(data=params)
+    if not query.is_valid():
+        raise ApiError("invalid_min_watermark", f"{'; '.join(str(e) for errors in query.errors.values() for e in errors)}")
+    if "min_watermark" not in query.validated_data:
+        return None
+    return hydration.Need(query.validated_data["min_watermark"], query.validated_data["stream_epoch"])
 
 
 DOCUMENT = inline_serializer(
@@ -85,9 +117,9 @@ class HydrationView(NoStoreAPIView):
 
 
 class DocumentView(HydrationView):
-    @extend_schema(operation_id="hydration_document", responses=responses(200, DOCUMENT))
+    @extend_schema(operation_id="hydration_document", parameters=_FRESHNESS_PARAMETERS, responses=responses(200, DOCUMENT))
     def get(self, request, topic: str, doc_key: str):
-        document = self.run(hydration.get_document, topic, doc_key, request.user.org_id)
+        document = self.run(hydration.get_document, topic, doc_key, request.user.org_id, freshness(request))
         return Response(document)
 
 
@@ -97,6 +129,7 @@ class ListView(HydrationView):
         parameters=[
             OpenApiParameter("cursor", str, description="next_cursor of the previous page"),
             OpenApiParameter("limit", int, description="page size (default HYDRATION_PAGE_SIZE)"),
+            *_FRESHNESS_PARAMETERS,
         ],
         responses=responses(200, PAGE),
     )
@@ -109,7 +142,8 @@ class ListView(HydrationView):
             raise ApiError(code, f"{field}: {'; '.join(str(e) for e in query.errors[field])}")
         limit = query.validated_data.get("limit", khala_setting("HYDRATION_PAGE_SIZE"))
         page = self.run(
-            hydration.list_page, topic, request.user.org_id, limit=limit, cursor=query.validated_data.get("cursor")
+            hydration.list_page, topic, request.user.org_id, limit=limit, cursor=query.validated_data.get("cursor"),
+            need=freshness(request),
         )
         return Response(
             {

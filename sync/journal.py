@@ -80,6 +80,7 @@ def django_conninfo(alias: str = "default") -> str:
         "host": db.get("HOST") or None,
         "port": str(db["PORT"]) if db.get("PORT") else None,
         "application_name": "khala-sync",
+        "connect_timeout": str(db["OPTIONS"]["connect_timeout"]) if db.get("OPTIONS", {}).get("connect_timeout") else None,
     }
     return make_conninfo(**{k: v for k, v in params.items() if v is not None})
 
@@ -87,23 +88,32 @@ def django_conninfo(alias: str = "default") -> str:
 class Journal(JournalReader):
     """Async reader over a bounded pool. Create one per event loop (``sync.hub`` does)."""
 
-    def __init__(self, conninfo: str | None = None, *, max_size: int | None = None):
+    def __init__(self, conninfo: str | None = None, *, max_size: int | None = None, timeout: float = 30.0,
+                 wait_open: bool = True, name: str = "khala-sync"):
         self._conninfo = conninfo or django_conninfo()
         size = int(max_size or khala_setting("DB_POOL_MAX_SIZE"))
+        self._wait_open = wait_open
         self.pool = AsyncConnectionPool(
             self._conninfo,
             min_size=1,
             max_size=size,
             open=False,
             kwargs={"autocommit": True},
-            name="khala-sync",
+            name=name,
+            timeout=timeout,  # the longest a read waits for a connection
         )
 
     async def open(self) -> None:
-        await self.pool.open(wait=True, timeout=30)
+        # A replica's pool does not wait: a worker must start (on the primary) while a replica is down.
+        await self.pool.open(wait=self._wait_open, timeout=30)
 
     async def close(self) -> None:
         await self.pool.close()
+
+    async def scalar(self, query: str) -> object:
+        """The one value of a one-row statement (the replica probes: WAL positions)."""
+        rows = await self._fetch(query, {})
+        return rows[0][0] if rows else None
 
     async def _fetch(self, query: str, params: dict) -> list[tuple]:
         async with self.pool.connection() as conn:
@@ -157,10 +167,18 @@ class Journal(JournalReader):
 
 def default_journal() -> JournalReader:
     """The worker's journal reader for the default database: ``Journal`` (a psycopg pool) on
-    PostgreSQL; on the embedded SQLite of ``make run``, ``sync.journal_sqlite.SQLiteJournal``
+    PostgreSQL — wrapped in ``sync.journal_replicas.RoutedJournal`` when ``DATABASE_REPLICA_URLS``
+    configures replicas; on the embedded SQLite of ``make run``, ``sync.journal_sqlite.SQLiteJournal``
     (same interface, one reader thread)."""
     if connections["default"].vendor != "postgresql":
         from sync.journal_sqlite import SQLiteJournal
 
         return SQLiteJournal()
-    return Journal()
+    from khala_project.replicas import replica_aliases
+
+    aliases = replica_aliases()
+    if not aliases:
+        return Journal()
+    from sync.journal_replicas import RoutedJournal
+
+    return RoutedJournal.for_aliases(Journal(), aliases)

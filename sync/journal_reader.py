@@ -29,6 +29,19 @@ class JournalPage:
     stream_epoch: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """What a read must reflect at least, so that a read served by a streaming replica can never
+    take a reader backwards (``sync.journal_replicas``): the topic at ``head`` or past it, in
+    ``stream_epoch`` (None: whatever the epoch), and — when a hint told it — the primary's WAL
+    position ``lsn`` of the commit that made that head visible (0: not known). The primary always
+    satisfies it; a reader without replicas ignores it."""
+
+    head: int = 0
+    stream_epoch: str | None = None
+    lsn: int = 0
+
+
 class JournalReader:
     """Async reads of the journal, topic states and revocations. One instance per event loop."""
 
@@ -53,6 +66,25 @@ class JournalReader:
         """Rows ``after < watermark <= through`` that ``owner`` may see (its own or public).
         Pass ``through=MAX_WATERMARK`` to read up to the head of the statement's snapshot."""
         raise NotImplementedError
+
+    # ---- reads a replica may serve (``sync.journal_replicas.RoutedJournal``) ---------------------
+    # Without replicas they are the plain reads above; ``purpose`` only labels metrics.
+
+    async def read_after_fresh(self, topic: str, after: int, limit: int, need: Freshness, purpose: str = "live") -> JournalPage:
+        """``read_after`` from a snapshot that satisfies ``need``."""
+        return await self.read_after(topic, after, limit)
+
+    async def read_visible_fresh(
+        self, topic: str, after: int, through: int, owner: str, limit: int, need: Freshness, purpose: str = "replay"
+    ) -> JournalPage:
+        """``read_visible`` from a snapshot that satisfies ``need``."""
+        return await self.read_visible(topic, after, through, owner, limit)
+
+    async def resume_states(self, topics, cursors: dict) -> dict[str, TopicState]:
+        """``topic_states`` for a subscribe resuming from ``cursors`` (topic -> ``Cursor``): a replica
+        may answer only when its states refuse none of the cursors (a refusal — ``stale_cursor`` —
+        is always the primary's verdict)."""
+        return await self.topic_states(topics)
 
     async def revocations(self, session_ids, device_ids, at) -> list[tuple]:
         """``(kind, value, reason)`` of the unexpired revocations among the ids at ``at`` (an aware

@@ -79,3 +79,23 @@ HUB_LOST_HINT_CATCHUPS = Counter(
     "khala_hub_head_check_catchups_total",
     "Times a worker's periodic head check found rows no hint had announced (a lost or late hint).",
 )
+# Streaming replicas (sync.journal_replicas, sync.hydration; docs/sync/REPLICAS.md). ``purpose`` is
+# one of replay | catchup | live | subscribe | hydration; ``replica`` a configured alias (replica_1…).
+REPLICA_READS = Counter(
+    "khala_replica_reads_total",
+    "Reads a streaming replica may serve, by purpose and by the target that served them (primary | replica).",
+    ["purpose", "target"],
+)
+REPLICA_FALLBACKS = Counter(
+    "khala_replica_fallbacks_total",
+    "Reads a replica could have served that went to the primary, by purpose and reason (lagging: past "
+    "REPLICA_MAX_LAG_BYTES or not measured yet | behind: had not replayed the commit the read needs | "
+    "unavailable: down or the read failed | refused: its answer would have refused a cursor).",
+    ["purpose", "reason"],
+)
+REPLICA_LAG_BYTES = Gauge(
+    "khala_replica_lag_bytes",
+    "WAL bytes between the primary's position and the replica's replay position at this worker's last probe "
+    "(-1: the last probe failed).",
+    ["replica"],
+)

@@ -299,7 +299,8 @@ class Session:
             metrics.SUBSCRIBES.labels(result=exc.code).inc()
             self.out.refuse(frame, exc.payload())
             return
-        states = await self.hub.journal.topic_states(request.topics)
+        # A replica may answer when it refuses none of the cursors; a refusal is the primary's.
+        states = await self.hub.journal.resume_states(request.topics, request.cursors)
         stale = find_stale_cursors(request, states)
         if stale is not None:
             for entry in stale["stale_topics"]:
@@ -328,6 +329,9 @@ class Session:
             follower = Follower(topic, self, self.hub.journal, position=position, state=state, limits=self.limits)
             self.followers[topic] = follower
             self.hub.follow(follower)
+            # The replay must reach at least where the hub's feed already is: the feed offers
+            # only what comes after its cursor (a replica's older snapshot is not enough).
+            follower.known_head = max(follower.known_head, self.hub.head(topic))
             started_followers.append(follower)
         for follower in started_followers:
             if self.followers.get(follower.topic) is follower:

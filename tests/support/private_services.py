@@ -112,6 +112,41 @@ class PostgresCluster:
         self.close()
 
 
+class PostgresReplica(PostgresCluster):
+    """A streaming hot-standby replica of ``primary`` on its own port: ``pg_basebackup -R`` copies
+    the primary's data directory and writes the standby configuration (primary_conninfo and
+    standby.signal), so it starts streaming at once. Replay can be paused and resumed on it
+    (``pause_replay``/``resume_replay``) to force lag while the primary goes on committing."""
+
+    def __init__(self, primary: PostgresCluster, *, port: int | None = None, settings: dict | None = None):
+        # No initdb: the data directory is the primary's base backup.
+        self.port = port or free_port()
+        self.bindir = primary.bindir
+        self.root = Path(tempfile.mkdtemp(prefix="khala-pg-replica-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.settings = {"listen_addresses": "127.0.0.1", "max_connections": "200", "hot_standby": "on", **(settings or {})}
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            shutil.chown(self.root, "postgres", "postgres")
+        self._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(primary.port), "-U", "root", "-D", str(self.data),
+                  "-R", "-X", "stream", "--no-sync", "-c", "fast")
+
+    def replay_lsn(self) -> int:
+        return int(self.sql("SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"))
+
+    def pause_replay(self) -> None:
+        self.sql("SELECT pg_wal_replay_pause()")
+
+    def resume_replay(self) -> None:
+        self.sql("SELECT pg_wal_replay_resume()")
+
+    def wait_replayed(self, primary: PostgresCluster, timeout: float = 30.0) -> None:
+        """Until the replica has replayed everything the primary has written so far."""
+        target = int(primary.sql("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"))
+        wait_for(lambda: self.replay_lsn() >= target, timeout, "the replica did not catch up")
+
+
 class RedisServer:
     def __init__(self, *, port: int | None = None):
         self.port = port or free_port()

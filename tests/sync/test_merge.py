@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sync.follower import BatchLimits, Follower, LiveBatch, LiveRange, merge_live
-from sync.journal_reader import JournalPage
+from sync.journal_reader import JournalPage, JournalReader
 from sync.protocol import JournalRow, TopicState
 
 TOPIC = "t"
@@ -49,7 +49,7 @@ def handovers(draw):
     return head, last_sent, draw(st.permutations(buffer))
 
 
-class ListJournal:
+class ListJournal(JournalReader):
     """Rows 1..head, all visible; what a gap read returns."""
 
     def __init__(self, head):

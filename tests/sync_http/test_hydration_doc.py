@@ -123,3 +123,30 @@ def test_only_get_is_allowed(topics, mint, api):
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
     assert response["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["min_watermark=abc&stream_epoch=e", "min_watermark=-1&stream_epoch=e", "min_watermark=3", "stream_epoch=e",
+     "min_watermark=1&stream_epoch=" + "e" * 201],
+)
+def test_a_malformed_freshness_statement_is_invalid_min_watermark(topics, mint, api, query):
+    project(RUN_SUMMARIES, "run:1", 1, {"v": 1}, "user:1")
+    response = api(mint(1)).get(DOC_URL.format(topic=RUN_SUMMARIES, key="run:1") + "?" + query)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["code"] == "invalid_min_watermark"
+
+
+def test_a_freshness_statement_without_replicas_reads_the_primary(topics, mint, api):
+    """With no DATABASE_REPLICA_URLS the statement changes nothing (tests/sync/test_replicas.py
+    covers a real replica)."""
+    from projector.models import TopicSequence
+
+    project(RUN_SUMMARIES, "run:1", 1, {"v": 1}, "user:1")
+    project(RUN_SUMMARIES, "run:1", 2, {"v": 2}, "user:1")
+    epoch = TopicSequence.objects.get(topic=RUN_SUMMARIES).stream_epoch
+    for min_watermark in (0, 2, 10**6):  # beyond the head too: the primary is the truth
+        query = f"?min_watermark={min_watermark}&stream_epoch={epoch}"
+        response = api(mint(1)).get(DOC_URL.format(topic=RUN_SUMMARIES, key="run:1") + query)
+        assert response.status_code == 200, response.content
+        assert response.json()["doc_version"] == 2

@@ -680,7 +680,10 @@ class KhalaClient:
     async def hydrate(self, topic: str, doc_key: str, *, fallback: Document | None = None) -> Document | None:
         """Fetch one document over HTTP (``hydration_required``), verifying its hash."""
         try:
-            data = await self._http_with_token(lambda token: self.http.get_document(topic, doc_key, token))
+            # The pointer's watermark and epoch let the server read a replica that has that write.
+            epoch = self.cache.topic_state(topic).stream_epoch if fallback is not None else None
+            freshness = {"min_watermark": fallback.watermark, "stream_epoch": epoch} if epoch else {}
+            data = await self._http_with_token(lambda token: self.http.get_document(topic, doc_key, token, **freshness))
         except HttpError as exc:
             self._emit(ErrorEvent("hydration_failed", f"{topic} {doc_key}: {exc.code} {exc.message}", {"topic": topic, "doc_key": doc_key, "http_code": exc.code}))
             if exc.code in ("http_unreachable",) or (exc.status or 0) >= 500:

@@ -107,9 +107,16 @@ class HttpApi:
 
     # --- hydration --------------------------------------------------------------------------------
 
-    async def get_document(self, topic: str, doc_key: str, token: str) -> dict:
-        """``GET /api/sync/v1/doc/<topic>/<doc_key>`` → ``{doc_key, doc_version, payload, payload_hash, watermark}``."""
+    async def get_document(self, topic: str, doc_key: str, token: str, *, min_watermark: int | None = None,
+                           stream_epoch: str | None = None) -> dict:
+        """``GET /api/sync/v1/doc/<topic>/<doc_key>`` → ``{doc_key, doc_version, payload, payload_hash, watermark}``.
+
+        ``min_watermark`` and ``stream_epoch`` (together): the watermark of the update that pointed
+        here and its epoch. They let the server answer from a read replica that has that write
+        (never an older version of the document); without them it reads its primary."""
         path = DOC_PATH + urllib.parse.quote(topic, safe="") + "/" + urllib.parse.quote(doc_key, safe="/:")
+        if min_watermark is not None and stream_epoch:
+            path += "?" + urllib.parse.urlencode({"min_watermark": str(min_watermark), "stream_epoch": stream_epoch})
         data = await self.request("GET", path, headers={"Authorization": f"Bearer {token}"})
         if not isinstance(data, dict) or "doc_version" not in data:
             raise HttpError("bad_response", "document response lacks doc_version")

@@ -210,7 +210,7 @@ async def test_a_corrupt_payload_is_reported_and_refetched():
         await ws.send(reply(frame))
 
     class Docs:
-        async def get_document(self, topic, doc_key, token):
+        async def get_document(self, topic, doc_key, token, **freshness):
             return {"doc_key": doc_key, "doc_version": 1, "payload": good, "payload_hash": to_wire(payload_hash(good)), "watermark": 1}
 
     async with Peer(on_frame) as peer:
