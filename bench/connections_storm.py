@@ -65,7 +65,7 @@ async def client_main(args) -> None:
         async def provide(token=token):
             return token
 
-        record = {"ip": ip, "live_again": None, "refusals": {}, "initial_refusals": {}}
+        record = {"ip": ip, "live_again": None, "refusals": {}, "initial_refusals": {}, "codes_after_drop": []}
         rejoined = asyncio.Event()
         client = KhalaClient(
             urls[g % len(urls)], provide, topics=[args.topic], rng=random.Random(g).random,
@@ -79,6 +79,8 @@ async def client_main(args) -> None:
             if isinstance(event, ErrorEvent):
                 bucket = record["refusals"] if drop["at"] is not None else record["initial_refusals"]
                 bucket[event.code] = bucket.get(event.code, 0) + 1
+                if drop["at"] is not None and record["live_again"] is None:
+                    record["codes_after_drop"].append(event.code)
             elif getattr(event, "state", None) == State.LIVE and drop["at"] is not None and record["live_again"] is None:
                 record["live_again"] = time.time() - drop["at"]
                 rejoined.set()
@@ -190,12 +192,14 @@ def run(args, script: str, argv) -> int:
         if live < args.clients:
             print("  (phase 1 did not bring every client live; the storm still runs with those that are)", flush=True)
         time.sleep(2)  # the sampler's baseline before the drop (not waiting for an event)
+        admission_before = [harness.scrape_metrics(w.http_url, ("khala_admission_",)) for w in workers]
         t_storm = time.monotonic()
         load_at_storm = os.getloadavg()
         harness.tell_clients(clients, "STORM")
         results = harness.collect_results(clients, timeout=args.timeout + 60)
         t_end = time.monotonic()
         load_after = os.getloadavg()
+        admission_after = [harness.scrape_metrics(w.http_url, ("khala_admission_",)) for w in workers]
     finally:
         sampler.stop_event.set()
         sampler.join(timeout=5)
@@ -209,11 +213,22 @@ def run(args, script: str, argv) -> int:
     for r in records:
         for code, n in r["refusals"].items():
             codes[code] = codes.get(code, 0) + n
-    # The drop itself is every client's first error (the reset socket): not a refusal.
-    drop_codes = {"socket_closed", "connection_failed", "socket_error"}
-    other = {c: n for c, n in codes.items() if c != "rate_limited" and c not in drop_codes}
-    rate_limited_clients = sum(1 for r in records if r["refusals"].get("rate_limited"))
-    clients_with_other = sum(1 for r in records if any(c not in drop_codes and c != "rate_limited" for c in r["refusals"]))
+    # Each client's first error after the drop is the drop itself (its reset socket); every later
+    # one is what a reconnect attempt was told before the client was live again.
+    attempts: dict[str, int] = {}
+    for r in records:
+        for code in r["codes_after_drop"][1:]:
+            attempts[code] = attempts.get(code, 0) + 1
+    other = {c: n for c, n in attempts.items() if c != "rate_limited"}
+    rate_limited_clients = sum(1 for r in records if "rate_limited" in r["codes_after_drop"][1:])
+    clients_with_other = sum(1 for r in records if any(c != "rate_limited" for c in r["codes_after_drop"][1:]))
+    # The servers' own count of refusals in the storm (khala_admission_decisions, both workers).
+    refused_by_server: dict[str, float] = {}
+    for before, after in zip(admission_before, admission_after):
+        for name, value in after.items():
+            if 'outcome="limited"' in name:
+                key = name.split("{", 1)[1].split("}")[0] if "{" in name else name
+                refused_by_server[key] = refused_by_server.get(key, 0) + value - before.get(name, 0)
     never_rejoined = sum(1 for r in records if r["live_again"] is None)
     initial_codes: dict[str, int] = {}
     for r in records:
@@ -247,7 +262,12 @@ def run(args, script: str, argv) -> int:
             "clients_told_rate_limited": rate_limited_clients,
             "clients_with_other_failures": clients_with_other,
             "error_codes_after_drop": codes,
+            "failed_attempt_codes": attempts,
             "other_failure_codes": other,
+            "server_refusals": refused_by_server,
+            "failed_attempts_total": sum(attempts.values()),
+            "server_refusals_total": sum(refused_by_server.values()),
+            "admission_metrics_after": admission_after,
             "db_connections_peak": db_peak,
             "db_connections_peak_by_application": db_by_app,
             "seconds": round(t_end - t_storm, 1),
@@ -260,6 +280,8 @@ def run(args, script: str, argv) -> int:
     print(f"  storm: {s['rejoined']}/{args.clients} rejoined; p50 {s['rejoin_seconds_p50']} s, p99 {s['rejoin_seconds_p99']} s, "
           f"max {s['rejoin_seconds_max']} s; {rate_limited_clients} clients told rate_limited, "
           f"{clients_with_other} with another failure {other}; never rejoined {never_rejoined}")
+    print(f"  failed reconnect attempts by code {attempts} (total {sum(attempts.values())}); refusals counted by the "
+          f"servers {refused_by_server} (total {sum(refused_by_server.values()):.0f})")
     print(f"  db connections peak {db_peak} {db_by_app} vs pools' sum {2 * pool} (2 × DB_POOL_MAX_SIZE); "
           f"Postgres max_connections {max_connections}; phase 1 peak {db_peak_initial}")
     print(f"  load average before {load_before}, at the storm {load_at_storm}, after {load_after}")
