@@ -23,6 +23,9 @@ Measured:
   the idle CPU share of one core.
 
 Prints a table and writes ``bench/results/connections.json``. Bounded: every phase has a deadline.
+
+``--storm`` runs the reconnect-storm scenario instead (``bench/connections_storm.py``): N SDK
+clients on 2 workers drop their sockets at once and rejoin through the socket admission limits.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import harness  # noqa: E402
+from bench import connections_storm, harness  # noqa: E402
 
 TARGET_RSS_PER_SOCKET_BYTES = 40 * 1024
 CLIENT_HEARTBEAT_SECONDS = 25.0
@@ -256,7 +259,16 @@ def main(argv=None) -> int:
     harness.add_client_options(parser)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
+    connections_storm.add_options(parser)
     args = parser.parse_args(argv)
+
+    if args.storm:
+        if args.client:
+            harness.raise_nofile(args.client_sockets * 2 + 1024)
+            harness.install_uvloop()
+            asyncio.run(connections_storm.client_main(args))
+            return 0
+        return connections_storm.run(args, __file__, argv)
 
     limit = harness.raise_nofile((args.client_sockets if args.client else args.sockets) * 2 + 1024)
     if args.client:

@@ -116,12 +116,14 @@ function csrfToken() {
   return match ? decodeURIComponent(match[1]) : "";
 }
 
-async function mintToken() {
+// The client calls this to connect, and with { sessionId } to refresh the open socket's token in
+// band: that token must continue the socket's session.
+async function mintToken({ sessionId } = {}) {
   const response = await fetch(config.token_url, {
     method: "POST",
     credentials: "same-origin",
     headers: { "Content-Type": "application/json", "X-CSRFToken": csrfToken() },
-    body: JSON.stringify({ scopes: config.topics }),
+    body: JSON.stringify(sessionId ? { scopes: config.topics, session_id: sessionId } : { scopes: config.topics }),
   });
   if (!response.ok) throw new Error(`token endpoint answered HTTP ${response.status}`);
   return (await response.json()).data.token;

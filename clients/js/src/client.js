@@ -7,7 +7,14 @@
 //                                                                 │ socket lost / dead / closed
 //                      reconnecting ◄─────────────────────────────┘
 //                         │ backoff (full jitter), FRESH token, join, subscribe → joined → live
+//   live ─refresh failed─► refresh_failed ─refreshed─► live   (the socket stays open throughout)
 //   any state ─close() or a fatal error─► closed
+//
+// The token is refreshed in band ahead of its `exp` (refresh.js TokenRefresher: at a jittered
+// 0.75–0.9 of its remaining lifetime, tokenProvider({ sessionId }) then sync:refresh); subscriptions
+// and cursors are untouched. A failed refresh is the `refresh_failed` state (the socket still
+// delivers), retried until the expiry; past it the server closes with token_expired and the client
+// reconnects with a fresh token like after any close.
 //
 // What this client guarantees, each against a way a sync client silently breaks: the join REPLY
 // is awaited (join errors surface), Phoenix and sync:heartbeat heartbeats are sent and a silent
@@ -26,6 +33,7 @@ import { AuthError, FatalError, KhalaError, TransientError, classify } from './e
 import { verify } from './hashing.js';
 import { HttpApi } from './http.js';
 import * as protocol from './protocol.js';
+import { TokenRefresher } from './refresh.js';
 
 const { EVENTS, SYNC_CHANNEL, PHOENIX_TOPIC } = protocol;
 
@@ -35,6 +43,7 @@ export const State = Object.freeze({
   JOINED: 'joined',
   LIVE: 'live',
   RECONNECTING: 'reconnecting',
+  REFRESH_FAILED: 'refresh_failed', // the socket is open and delivering, but refreshing its token failed (retried until it expires)
   CLOSED: 'closed',
 });
 
@@ -55,8 +64,11 @@ function closeError(code, reason) {
 const END = Symbol('end-of-stream');
 
 class Connection {
-  constructor(ws) {
+  constructor(ws, token) {
     this.ws = ws;
+    this.token = token; // the token the server holds for this socket (join, then each refresh)
+    this.live = false; // subscribed: the state to return to after a failed refresh recovers
+    this.refreshFailing = false;
     this.refs = 0;
     this.joinRef = null;
     this.pending = new Map();
@@ -112,13 +124,14 @@ export class KhalaClient {
     socketPath = protocol.DEFAULT_SOCKET_PATH, connectParams = {}, replayBatchSize, heartbeatIntervalMs = 15_000,
     heartbeatTimeoutMs = 10_000, joinTimeoutMs = 15_000, subscribeTimeoutMs = 120_000, staleWindowMs = 30_000,
     backoff, staleBackoff, clock = realClock, random = Math.random, verifyHashes = true, http, onState, onEvent,
-    eventQueueSize = 10_000,
+    eventQueueSize = 10_000, tokenRefresh = true,
   } = {}) {
     if (!url || typeof tokenProvider !== 'function') throw new TypeError('KhalaClient needs {url, tokenProvider}');
     if (!WebSocket) throw new TypeError('KhalaClient needs a WebSocket implementation (browsers have one; in Node pass {WebSocket} from "ws")');
     Object.assign(this, {
       url, tokenProvider, WebSocket, socketPath, connectParams, replayBatchSize, heartbeatIntervalMs, heartbeatTimeoutMs,
       joinTimeoutMs, subscribeTimeoutMs, staleWindowMs, clock, random, verifyHashes, onState, onEvent, eventQueueSize,
+      tokenRefresh,
     });
     this.cache = new DocumentCache(store);
     this.topics = [...new Set(topics)];
@@ -338,7 +351,7 @@ export class KhalaClient {
     const token = await this._freshToken();
     const url = protocol.socketUrl(this.url, token, { path: this.socketPath, params: this.connectParams });
     const ws = await this._open(url);
-    const conn = new Connection(ws);
+    const conn = new Connection(ws, token);
     conn.lastReceived = this.clock.now();
     this._conn = conn;
     ws.onmessage = (e) => this._onMessage(conn, e.data);
@@ -346,22 +359,55 @@ export class KhalaClient {
     ws.onerror = () => {};
     this.backoff.connected(this.clock.now());
     const heartbeat = { stop: false };
+    let refresher = null;
     try {
       await this._join(conn);
       this.connects += 1;
       this._setState(State.JOINED);
       this._heartbeatLoop(conn, heartbeat);
+      if (this.tokenRefresh) refresher = this._refreshLoop(conn);
       if (this.topics.length) await this._subscribe(conn, [...this.topics]);
-      if (!conn.error) this._setState(State.LIVE);
+      conn.live = true;
+      if (!conn.error) this._setState(conn.refreshFailing ? State.REFRESH_FAILED : State.LIVE);
       await conn.closed;
       throw conn.error ?? new TransientError('socket_closed', 'connection closed');
     } finally {
       heartbeat.stop = true;
+      refresher?.stop();
       conn.fail(new TransientError('socket_closed', 'connection closed'));
       try { ws.close(1000); } catch { /* already closed */ }
       this.backoff.disconnected(this.clock.now());
       if (this._conn === conn) this._conn = null;
     }
+  }
+
+  // --- in-band token refresh ------------------------------------------------------------------
+
+  /** Start the refresh schedule of `conn`; returns the TokenRefresher (stop() it when the socket ends). */
+  _refreshLoop(conn) {
+    const refresher = new TokenRefresher(conn.token, {
+      provide: (sessionId) => this.tokenProvider({ sessionId }),
+      send: (token) => this._request(conn, SYNC_CHANNEL, EVENTS.REFRESH, { token }, this.joinTimeoutMs),
+      onRefreshed: (token, reply) => {
+        conn.token = token;
+        this._token = token;
+        conn.refreshFailing = false;
+        this._emit({ type: 'token_refreshed', expiresAt: reply?.expires_at ?? null, refreshes: refresher.refreshes });
+        if (this.state === State.REFRESH_FAILED) this._setState(conn.live ? State.LIVE : State.JOINED);
+      },
+      onFailed: ({ code, message, attempt, expiresInMs }) => {
+        if (conn.error || this._conn !== conn) return; // the socket is over: the reconnect says so
+        conn.refreshFailing = true;
+        this._emit({ type: 'refresh_failed', code, message, attempt, expiresInMs });
+        this._setState(State.REFRESH_FAILED);
+      },
+      clock: this.clock,
+      random: this.random,
+      // a fake clock drives the schedule in tests; real time goes through the cancellable timers
+      sleep: (ms) => (this.clock === realClock ? this._sleep(ms) : this.clock.sleep(ms).then(() => this._sleep(0))),
+    });
+    refresher.run().catch((err) => conn.fail(err instanceof KhalaError ? err : new TransientError('refresh_failed', String(err))));
+    return refresher;
   }
 
   async _request(conn, topic, event, payload, timeoutMs, { liveness = false } = {}) {
@@ -592,15 +638,19 @@ export class KhalaClient {
     const added = topics.filter((t) => !this.topics.includes(t));
     this.topics.push(...added);
     const conn = this._conn;
-    if (added.length && conn && (this.state === State.JOINED || this.state === State.LIVE)) await this._subscribe(conn, added);
+    if (added.length && conn && this._socketUsable()) await this._subscribe(conn, added);
   }
 
   async unsubscribe(...topics) {
     this.topics = this.topics.filter((t) => !topics.includes(t));
     const conn = this._conn;
-    if (conn && (this.state === State.JOINED || this.state === State.LIVE)) {
+    if (conn && this._socketUsable()) {
       await this._request(conn, SYNC_CHANNEL, EVENTS.UNSUBSCRIBE, { topics }, this.joinTimeoutMs);
     }
+  }
+
+  _socketUsable() {
+    return this.state === State.JOINED || this.state === State.LIVE || this.state === State.REFRESH_FAILED;
   }
 
   /** Subscribe with each topic's stored cursor (0 when none); on stale_cursor snapshot and retry. */

@@ -52,11 +52,16 @@ export class HttpApi {
     return data;
   }
 
-  /** POST /api/sync/token with `Authorization: Token <api token>`; resolves to the `data` object. */
-  async mintSyncToken(apiToken, { scopes, ttlSeconds } = {}) {
+  /**
+   * POST /api/sync/token with `Authorization: Token <api token>`; resolves to the `data` object.
+   * `sessionId` continues that session (a token for sync:refresh on an open socket); without it
+   * the server starts a new one.
+   */
+  async mintSyncToken(apiToken, { scopes, ttlSeconds, sessionId } = {}) {
     const body = {};
     if (scopes?.length) body.scopes = [...scopes];
     if (ttlSeconds !== undefined) body.ttl_seconds = ttlSeconds;
+    if (sessionId) body.session_id = sessionId;
     const data = await this.request('POST', '/api/sync/token', { headers: { Authorization: `Token ${apiToken}` }, json: body });
     const inner = data?.data ?? data;
     if (!inner || typeof inner.token !== 'string') throw new HttpError('bad_response', 'token response has no token');
@@ -112,7 +117,9 @@ export class HttpApi {
 }
 
 /**
- * A tokenProvider that mints a fresh sync token from an API token on every call.
+ * A tokenProvider that mints a fresh sync token from an API token on every call. Called with
+ * `{ sessionId }` (the client does so to refresh an open socket's token in band), it asks the token
+ * endpoint to continue that session.
  *
  * `scopes` are the topics the client subscribes to (pass the same list as `topics`). The server's
  * default scope is some other topic, so a provider without scopes would yield a token the join
@@ -126,10 +133,10 @@ export function apiTokenProvider(url, apiToken, { scopes, fetch, http } = {}) {
   }
   const requested = [...new Set(scopes.map((s) => s.trim()))];
   const api = http ?? new HttpApi(url, { fetch });
-  return async () => {
+  return async ({ sessionId } = {}) => {
     let data;
     try {
-      data = await api.mintSyncToken(apiToken, { scopes: requested });
+      data = await api.mintSyncToken(apiToken, { scopes: requested, sessionId });
     } catch (err) {
       if (err instanceof HttpError && err.code === 'invalid_scope') throw new FatalError(err.code, err.message, err.details);
       throw err;

@@ -1,8 +1,10 @@
 // Type declarations of @khala/client (hand-written; the package is plain ESM JavaScript).
 
-export type StateName = 'idle' | 'connecting' | 'joined' | 'live' | 'reconnecting' | 'closed';
+export type StateName = 'idle' | 'connecting' | 'joined' | 'live' | 'reconnecting' | 'refresh_failed' | 'closed';
 export declare const State: Readonly<{
-  IDLE: 'idle'; CONNECTING: 'connecting'; JOINED: 'joined'; LIVE: 'live'; RECONNECTING: 'reconnecting'; CLOSED: 'closed';
+  IDLE: 'idle'; CONNECTING: 'connecting'; JOINED: 'joined'; LIVE: 'live'; RECONNECTING: 'reconnecting';
+  /** The socket is open and delivering, but refreshing its token failed (retried until it expires). */
+  REFRESH_FAILED: 'refresh_failed'; CLOSED: 'closed';
 }>;
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
@@ -139,7 +141,7 @@ export interface Snapshot {
 
 export declare class HttpApi {
   constructor(url: string, options?: { fetch?: typeof fetch; timeoutMs?: number });
-  mintSyncToken(apiToken: string, options?: { scopes?: string[]; ttlSeconds?: number }): Promise<{ token: string; expires_in: number; scopes: string[]; [key: string]: unknown }>;
+  mintSyncToken(apiToken: string, options?: { scopes?: string[]; ttlSeconds?: number; sessionId?: string | null }): Promise<{ token: string; expires_in: number; scopes: string[]; [key: string]: unknown }>;
   getDocument(topic: string, docKey: string, token: string): Promise<{ doc_key: string; doc_version: number; payload: JsonValue; payload_hash: string; watermark: number }>;
   listPage(topic: string, token: string, options?: { cursor?: string; limit?: number }): Promise<{ documents: Snapshot['documents']; headWatermark: number; streamEpoch: string | null; nextCursor: string | null }>;
   snapshot(topic: string, token: string, options?: { limit?: number; attempts?: number }): Promise<Snapshot>;
@@ -161,6 +163,8 @@ export type KhalaEvent =
   | { type: 'snapshot'; topic: string; documents: number; headWatermark: number; streamEpoch: string | null }
   | { type: 'stale_cursor'; topics: string[]; payload: Record<string, unknown> }
   | { type: 'reconnecting'; attempt: number; delayMs: number; reason: string }
+  | { type: 'token_refreshed'; expiresAt: number | null; refreshes: number }
+  | { type: 'refresh_failed'; code: string; message: string; attempt: number; expiresInMs: number }
   | { type: 'error'; code: string; message: string; details: Record<string, unknown> };
 
 export interface WebSocketLike {
@@ -175,8 +179,11 @@ export interface WebSocketLike {
 export interface KhalaClientOptions {
   /** Server URL, http(s):// or ws(s)://host[:port]. */
   url: string;
-  /** Called on EVERY connect: must resolve to a fresh sync token. */
-  tokenProvider: () => Promise<string>;
+  /**
+   * Called on EVERY connect (no argument): must resolve to a fresh sync token. Called with
+   * `{ sessionId }` to refresh the open socket's token in band: the token must continue that session.
+   */
+  tokenProvider: TokenProvider;
   store?: WatermarkStore;
   topics?: string[];
   /** WebSocket constructor: the global one in browsers; in Node pass `ws`'s. */
@@ -200,6 +207,44 @@ export interface KhalaClientOptions {
   onState?: (state: StateName) => void;
   onEvent?: (event: KhalaEvent) => void;
   eventQueueSize?: number;
+  /** Refresh the token in band ahead of its exp (default true). */
+  tokenRefresh?: boolean;
+}
+
+export type TokenProvider = (options?: { sessionId?: string | null }) => Promise<string>;
+
+export interface TokenClaims {
+  subject: string | null;
+  sessionId: string | null;
+  /** epoch seconds */
+  issuedAt: number | null;
+  expiresAt: number | null;
+}
+/** The claims of a JWT, read without verification; null when `token` is not one. */
+export declare function tokenClaims(token: unknown): TokenClaims | null;
+export declare function remainingMs(claims: TokenClaims | null, nowMs: number): number | null;
+export declare function refreshDelay(remaining: number, random: () => number, fraction?: readonly [number, number]): number;
+export declare const REFRESH_FRACTION: readonly [number, number];
+export interface RefreshFailure { code: string; message: string; attempt: number; expiresInMs: number }
+/** The in-band refresh schedule of one socket (refresh.js). */
+export declare class TokenRefresher {
+  constructor(token: string, options: {
+    provide: (sessionId: string | null) => Promise<string>;
+    send: (token: string) => Promise<unknown>;
+    onRefreshed: (token: string, reply: unknown) => void;
+    onFailed: (failure: RefreshFailure) => void;
+    clock: Clock;
+    random: () => number;
+    sleep?: (ms: number) => Promise<void>;
+    fraction?: readonly [number, number];
+    retryBaseMs?: number;
+    retryCapMs?: number;
+    retryMinMs?: number;
+  });
+  token: string;
+  refreshes: number;
+  run(): Promise<void>;
+  stop(): void;
 }
 
 export declare class KhalaClient {
@@ -233,7 +278,7 @@ export declare class KhalaClient {
 /** Mints a sync token for exactly `scopes` (the subscribed topics) on every call; rejects with FatalError('scopes_not_granted') when granted fewer. */
 export declare function apiTokenProvider(
   url: string, apiToken: string, options: { scopes: string[]; fetch?: typeof fetch; http?: HttpApi },
-): () => Promise<string>;
+): TokenProvider;
 /** Throws FatalError('scopes_not_granted') unless `granted` covers every requested scope. */
 export declare function checkGrantedScopes(requested: string[], granted: unknown): void;
 /** This package's version (equals package.json's). */

@@ -7,5 +7,6 @@ export { AuthError, FatalError, KhalaError, TransientError, classify } from './e
 export { PayloadHashError, canonicalJson, payloadHash, toText, toWire, verify } from './hashing.js';
 export { HttpApi, HttpError, apiTokenProvider, checkGrantedScopes } from './http.js';
 export { PROTOCOL_VERSION, VERSION } from './version.js';
+export { REFRESH_FRACTION, TokenRefresher, refreshDelay, remainingMs, tokenClaims } from './refresh.js';
 export { IndexedDBStore, LocalStorageStore, MemoryStore } from './stores.js';
 export * as protocol from './protocol.js';

@@ -20,6 +20,7 @@ export const EVENTS = Object.freeze({
   SYNC_HEARTBEAT: 'sync:heartbeat',
   SYNC_ERROR: 'sync:error',
   SYNC_FRAME: 'sync:frame',
+  REFRESH: 'sync:refresh',
 });
 
 /** A frame or message the client cannot interpret; `code` is stable. */

@@ -29,6 +29,14 @@ test('requests exactly the given scopes, de-duplicated, on every call', async ()
   assert.equal(endpoint.requests[0].auth, 'Token api-tok');
 });
 
+test('a refresh asks the token endpoint to continue the socket\'s session', async () => {
+  const endpoint = tokenEndpoint(grantAsked);
+  const provide = apiTokenProvider('http://khala.test', 'api-tok', { scopes: ['runtime.run_summaries'], fetch: endpoint.fetch });
+  await provide();
+  await provide({ sessionId: 'sess_open_socket' });
+  assert.deepEqual(endpoint.requests.map((r) => r.body.session_id), [undefined, 'sess_open_socket']);
+});
+
 test('scopes are required: without them the server would grant its default topic', () => {
   for (const scopes of [undefined, [], [''], 'runtime.run_summaries']) {
     assert.throws(() => apiTokenProvider('http://khala.test', 'api-tok', { scopes, fetch: async () => {} }), TypeError);

@@ -9,6 +9,7 @@ States (``client.state``; observed through ``on_state``, ``client.states()`` or 
                      (first attempt)       reconnecting ◄────────────────┘
                                                 │ backoff, fresh token, join, subscribe
                                                 └──────────► joined ──► live …
+    live ──refresh failed──► refresh_failed ──refreshed──► live   (the socket stays open throughout)
     any state ──close() or a fatal error──► closed
 
 Why the pieces are arranged as they are:
@@ -16,6 +17,11 @@ Why the pieces are arranged as they are:
 - The token provider is called on **every** connect: sync tokens are short-lived, so a reconnect
   after an hour must never reuse the first token. A rejected token is retried once with a fresh
   one; a second rejection in a row stops the loop with ``AuthError`` (see ``errors.classify``).
+- The token is refreshed in band ahead of its ``exp`` (``refresh.TokenRefresher``: at a jittered
+  0.75–0.9 of its remaining lifetime, ``token_provider(session_id=…)`` then ``sync:refresh``):
+  subscriptions and cursors are untouched. A failed refresh is the ``refresh_failed`` state (the
+  socket still delivers) and is retried until the expiry; past it the server closes the socket
+  with ``token_expired`` and the client reconnects with a fresh token like after any close.
 - The join reply is awaited, so ``reauth_required``/``upgrade_required`` surface as exceptions
   instead of a silently dead channel (resolving on *send* would report a refused join as joined).
 - One reader task decodes frames and puts them on one ordered queue; one processor task applies
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -47,11 +54,14 @@ from .errors import AuthError, DeadSocket, FatalError, KhalaError, TransientErro
 from .hashing import verify
 from .http import HttpApi, HttpError
 from .protocol import Frame, Update
+from .refresh import RefreshFailure, TokenRefresher
 from .stores import Document, WatermarkStore
 
 log = logging.getLogger("khala_client")
 
-TokenProvider = Callable[[], Awaitable[str]]
+# Called with no argument to connect; with ``session_id=`` (when it accepts that keyword) for a
+# ``sync:refresh`` token, which must continue the socket's session.
+TokenProvider = Callable[..., Awaitable[str]]
 
 
 class State(str, enum.Enum):
@@ -60,6 +70,8 @@ class State(str, enum.Enum):
     JOINED = "joined"
     LIVE = "live"
     RECONNECTING = "reconnecting"
+    # The socket is open and delivering, but refreshing its token failed (retried until it expires).
+    REFRESH_FAILED = "refresh_failed"
     CLOSED = "closed"
 
     def __str__(self) -> str:
@@ -112,6 +124,25 @@ class Reconnecting:
 
 
 @dataclass(frozen=True)
+class TokenRefreshed:
+    """``sync:refresh`` was accepted: the socket's session now ends at ``expires_at`` (epoch s)."""
+
+    expires_at: float | None
+    refreshes: int
+
+
+@dataclass(frozen=True)
+class RefreshFailed:
+    """A refresh attempt failed (``code``: ``token_provider_failed``, ``session_mismatch``, the
+    server's refusal, ``reply_timeout`` …); retried until the token expires in ``expires_in`` s."""
+
+    code: str
+    message: str
+    attempt: int
+    expires_in: float
+
+
+@dataclass(frozen=True)
 class ErrorEvent:
     """Something went wrong that the client handled (or could not): ``code`` is stable."""
 
@@ -120,7 +151,10 @@ class ErrorEvent:
     details: dict = field(default_factory=dict)
 
 
-Event = StateChanged | BatchApplied | HeartbeatReceived | SnapshotLoaded | StaleCursor | Reconnecting | ErrorEvent
+Event = (
+    StateChanged | BatchApplied | HeartbeatReceived | SnapshotLoaded | StaleCursor | Reconnecting
+    | TokenRefreshed | RefreshFailed | ErrorEvent
+)
 
 _CLOSED = object()  # end-of-stream marker for subscribers
 
@@ -149,9 +183,12 @@ class _Subscriber:
 class _Connection:
     """One socket: refs, pending replies, the ordered inbound queue and the reason it ended."""
 
-    def __init__(self, ws, clock: Clock):
+    def __init__(self, ws, clock: Clock, token: str):
         self.ws = ws
         self.clock = clock
+        self.token = token  # the token the server holds for this socket (join, then each refresh)
+        self.live = False  # subscribed (the state to return to after a failed refresh recovers)
+        self.refresh_failing = False
         self._refs = itertools.count(1)
         self.join_ref: str | None = None
         self.pending: dict[str, asyncio.Future] = {}
@@ -228,6 +265,7 @@ class KhalaClient:
         on_event: Callable[[Event], None] | None = None,
         event_queue_size: int = 10_000,
         connect: Callable[..., Any] | None = None,
+        token_refresh: bool = True,
     ):
         import random
 
@@ -253,6 +291,8 @@ class KhalaClient:
         self.on_event = on_event
         self.event_queue_size = event_queue_size
         self._connect = connect or websockets.connect
+        self.token_refresh = token_refresh
+        self._provider_takes_session = _accepts_keyword(token_provider, "session_id")
 
         self.state = State.IDLE
         self.error: BaseException | None = None  # the fatal error that closed the client
@@ -436,7 +476,7 @@ class KhalaClient:
             status = exc.response.status_code
             code = "unauthorized" if status in (401, 403) else f"http_{status}"
             raise TransientError(code, f"WebSocket handshake refused with HTTP {status}") from None
-        conn = _Connection(ws, self.clock)
+        conn = _Connection(ws, self.clock, token)
         self._conn = conn
         tasks = [
             asyncio.ensure_future(self._read_loop(conn)),
@@ -449,9 +489,12 @@ class KhalaClient:
             self.connects += 1
             self._set_state(State.JOINED)
             tasks.append(asyncio.ensure_future(self._heartbeat_loop(conn)))
+            if self.token_refresh:
+                tasks.append(asyncio.ensure_future(self._refresh_loop(conn)))
             if self.topics:
                 await self._subscribe(conn, list(self.topics))
-            self._set_state(State.LIVE)
+            conn.live = True
+            self._set_state(State.REFRESH_FAILED if conn.refresh_failing else State.LIVE)
             await conn.closed.wait()
             raise conn.error or TransientError("socket_closed", "connection closed")
         finally:
@@ -466,6 +509,42 @@ class KhalaClient:
             self.backoff.disconnected(self.clock.monotonic())
             if self._conn is conn:
                 self._conn = None
+
+    # --- in-band token refresh ------------------------------------------------------------------------
+
+    async def _provide(self, session_id: str | None) -> str:
+        """A token from the provider for ``session_id`` (passed when the provider takes it)."""
+        if session_id is not None and self._provider_takes_session:
+            return await self.token_provider(session_id=session_id)
+        return await self.token_provider()
+
+    async def _refresh_loop(self, conn: _Connection) -> None:
+        async def send(token: str):
+            return await self._request(conn, protocol.SYNC_CHANNEL, protocol.REFRESH, {"token": token}, self.join_timeout)
+
+        def refreshed(token: str, reply) -> None:
+            conn.token = self._token = token
+            conn.refresh_failing = False
+            expires_at = reply.get("expires_at") if isinstance(reply, dict) else None
+            self._emit(TokenRefreshed(expires_at, refresher.refreshes))
+            if self.state == State.REFRESH_FAILED:
+                self._set_state(State.LIVE if conn.live else State.JOINED)
+
+        def failed(failure: RefreshFailure) -> None:
+            if conn.error is not None or self._conn is not conn:
+                return  # the socket is over: the reconnect says so
+            conn.refresh_failing = True
+            self._emit(RefreshFailed(failure.code, failure.message, failure.attempt, failure.expires_in))
+            self._set_state(State.REFRESH_FAILED)
+
+        refresher = TokenRefresher(conn.token, provide=self._provide, send=send, on_refreshed=refreshed, on_failed=failed,
+                                   clock=self.clock, rng=self.rng)
+        try:
+            await refresher.run()
+        except asyncio.CancelledError:
+            raise
+        except KhalaError as exc:  # the server ended the session on a refresh (reauth_required)
+            conn.fail(exc)
 
     async def _request(self, conn: _Connection, topic: str, event: str, payload: Any, timeout: float, *, liveness=False):
         """Push and await the matching reply: the ``response`` on ok, ``KhalaError`` otherwise."""
@@ -705,13 +784,13 @@ class KhalaClient:
         new = [t for t in topics if t not in self.topics]
         self.topics.extend(new)
         conn = self._conn
-        if new and conn is not None and self.state in (State.JOINED, State.LIVE):
+        if new and conn is not None and self.state in (State.JOINED, State.LIVE, State.REFRESH_FAILED):
             await self._subscribe(conn, new)
 
     async def unsubscribe(self, *topics: str) -> None:
         self.topics = [t for t in self.topics if t not in topics]
         conn = self._conn
-        if conn is not None and self.state in (State.JOINED, State.LIVE):
+        if conn is not None and self.state in (State.JOINED, State.LIVE, State.REFRESH_FAILED):
             await self._request(conn, protocol.SYNC_CHANNEL, protocol.UNSUBSCRIBE, {"topics": list(topics)}, self.join_timeout)
 
     async def _subscribe(self, conn: _Connection, topics: list[str]) -> None:
@@ -863,6 +942,19 @@ def _epochs(raw: Any) -> dict[str, str]:
     if not isinstance(raw, list):
         return {}
     return {e["topic"]: e["stream_epoch"] for e in raw if isinstance(e, dict) and isinstance(e.get("topic"), str) and isinstance(e.get("stream_epoch"), str)}
+
+
+def _accepts_keyword(fn, name: str) -> bool:
+    """Whether ``fn(name=…)`` is a valid call (a named parameter or ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind is inspect.Parameter.VAR_KEYWORD
+        or (p.name == name and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+        for p in parameters
+    )
 
 
 def _as_dict(value) -> dict:

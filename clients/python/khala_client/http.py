@@ -92,13 +92,20 @@ class HttpApi:
 
     # --- tokens -----------------------------------------------------------------------------------
 
-    async def mint_sync_token(self, api_token: str, *, scopes: list[str] | None = None, ttl_seconds: int | None = None) -> dict:
-        """``POST /api/sync/token`` with ``Authorization: Token <api token>``; returns the ``data`` object."""
+    async def mint_sync_token(
+        self, api_token: str, *, scopes: list[str] | None = None, ttl_seconds: int | None = None, session_id: str | None = None
+    ) -> dict:
+        """``POST /api/sync/token`` with ``Authorization: Token <api token>``; returns the ``data`` object.
+
+        ``session_id`` continues that session (a token for ``sync:refresh`` on an open socket);
+        without it the server starts a new one."""
         body: dict[str, Any] = {}
         if scopes:
             body["scopes"] = list(scopes)
         if ttl_seconds is not None:
             body["ttl_seconds"] = int(ttl_seconds)
+        if session_id is not None:
+            body["session_id"] = session_id
         data = await self.request("POST", TOKEN_PATH, headers={"Authorization": f"Token {api_token}"}, json_body=body)
         data = data.get("data", data) if isinstance(data, dict) else data
         if not isinstance(data, dict) or not isinstance(data.get("token"), str):
@@ -174,6 +181,9 @@ class HttpApi:
 def api_token_provider(url: str, api_token: str, *, scopes, http: HttpApi | None = None):
     """A ``token_provider`` that mints a fresh sync token from an API token on every call.
 
+    Called with ``session_id`` (the client does so to refresh an open socket's token in band), it
+    asks the token endpoint to continue that session.
+
     ``scopes`` are the topics the client subscribes to; pass the same list as ``topics=``. The
     server's default scope is some other topic, so a provider without scopes would yield a token
     the join refuses (``forbidden_topic``); hence they are required. Every minted token's granted
@@ -184,9 +194,9 @@ def api_token_provider(url: str, api_token: str, *, scopes, http: HttpApi | None
     requested = _requested_scopes(scopes)
     api = http or HttpApi(url)
 
-    async def provide() -> str:
+    async def provide(session_id: str | None = None) -> str:
         try:
-            data = await api.mint_sync_token(api_token, scopes=requested)
+            data = await api.mint_sync_token(api_token, scopes=requested, session_id=session_id)
         except HttpError as exc:
             if exc.code == "invalid_scope":
                 raise FatalError(exc.code, exc.message, exc.details) from None

@@ -34,6 +34,7 @@ UPDATE_BATCH = "sync:update_batch"
 SYNC_HEARTBEAT = "sync:heartbeat"
 SYNC_ERROR = "sync:error"
 SYNC_FRAME = "sync:frame"
+REFRESH = "sync:refresh"
 
 DEFAULT_SOCKET_PATH = "/sync/socket/websocket"
 

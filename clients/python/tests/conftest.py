@@ -74,11 +74,12 @@ class KhalaEnv:
         return user, Token.objects.create(user=user).key, f"user:{user.pk}"
 
     def token_provider(self, api_token: str, scopes=None, calls: list | None = None):
-        """Mints a fresh sync token over HTTP on every call (what a real app does)."""
+        """Mints a fresh sync token over HTTP on every call (what a real app does); for an in-band
+        refresh the client passes the socket's ``session_id``, which the token endpoint continues."""
         from khala_client import HttpApi
 
-        async def provide():
-            data = await HttpApi(self.url).mint_sync_token(api_token, scopes=scopes or V1_TOPICS)
+        async def provide(session_id=None):
+            data = await HttpApi(self.url).mint_sync_token(api_token, scopes=scopes or V1_TOPICS, session_id=session_id)
             if calls is not None:
                 calls.append(data)
             return data["token"]

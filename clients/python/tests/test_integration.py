@@ -22,10 +22,14 @@ from khala_client import (
     KhalaClient,
     MemoryStore,
     Reconnecting,
+    RefreshFailed,
     SnapshotLoaded,
     SQLiteStore,
     StaleCursor,
     State,
+    TokenRefreshed,
+    api_token_provider,
+    token_claims,
 )
 
 from conftest import cache_state, converged, db, wait_until
@@ -304,6 +308,34 @@ async def test_token_expiry_during_a_long_session(khala_env):
         await db(khala_env.write, WORKERS, "cw/after-rejoin", 1, {"ok": 2}, owner)
         await wait_until(lambda: converged(client, khala_env, WORKERS, owner), message="live after rejoin")
         assert not [e for e in events if isinstance(e, ErrorEvent) and e.code.startswith("payload_hash")]
+    finally:
+        await client.close()
+
+
+async def test_the_socket_stays_open_across_three_token_lifetimes(khala_env):
+    """Tokens live 3 s and the server closes an unrefreshed socket 0.5 s after exp. The client
+    refreshes in band (``sync:refresh`` with a token for its own session, minted through
+    ``api_token_provider``) three times on ONE socket, which keeps receiving live updates."""
+    ttl = 3
+    khala_env.khala.update({"TOKEN_TTL_SECONDS": ttl, "TOKEN_TTL_MIN_SECONDS": 1, "SESSION_EXPIRY_GRACE_SECONDS": 0.5})
+    khala_env.start()
+    _, api_token, owner = await db(khala_env.make_user, "refresher")
+    client = KhalaClient(khala_env.url, api_token_provider(khala_env.url, api_token, scopes=[RUNS]), topics=[RUNS])
+    events = recorder(client)
+    client.start()
+    try:
+        await client.wait_live(timeout=30)
+        first = token_claims(client._token)
+        for round_ in range(3):
+            await wait_until(lambda: sum(isinstance(e, TokenRefreshed) for e in events) > round_, timeout=ttl * 3,
+                             message=f"refresh {round_ + 1}")
+            await db(khala_env.write, RUNS, f"refresh/{round_}", 1, {"round": round_}, owner)
+            await wait_until(lambda: converged(client, khala_env, RUNS, owner), message=f"a live update after refresh {round_ + 1}")
+        assert time.time() > first.expires_at + 0.5, "the first token's session deadline has passed"
+        assert client.connects == 1 and client.state == State.LIVE
+        assert not [e for e in events if isinstance(e, (Reconnecting, RefreshFailed))]
+        assert token_claims(client._token).session_id == first.session_id
+        assert set(client.documents(RUNS)) == {"refresh/0", "refresh/1", "refresh/2"}
     finally:
         await client.close()
 

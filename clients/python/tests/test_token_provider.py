@@ -15,9 +15,11 @@ class TokenEndpoint(HttpApi):
         super().__init__("http://khala.test")
         self.answer = answer
         self.requests = []
+        self.sessions = []
 
-    async def mint_sync_token(self, api_token, *, scopes=None, ttl_seconds=None):
+    async def mint_sync_token(self, api_token, *, scopes=None, ttl_seconds=None, session_id=None):
         self.requests.append((api_token, scopes))
+        self.sessions.append(session_id)
         return self.answer(scopes)
 
 
@@ -32,6 +34,14 @@ async def test_requests_exactly_the_given_scopes_on_every_call():
     assert await provide() == "a.b.c"
     assert await provide() == "a.b.c"
     assert endpoint.requests == [("api-tok", ["runtime.run_summaries", "runtime.notifications"])] * 2
+
+
+async def test_a_refresh_asks_the_endpoint_to_continue_the_session():
+    endpoint = TokenEndpoint(grant_asked)
+    provide = api_token_provider("http://khala.test", "api-tok", http=endpoint, scopes=["runtime.run_summaries"])
+    await provide()
+    await provide(session_id="sess_open_socket")
+    assert endpoint.sessions == [None, "sess_open_socket"]
 
 
 @pytest.mark.parametrize("scopes", [[], [""], "runtime.run_summaries", None])
