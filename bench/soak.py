@@ -13,9 +13,9 @@ What runs (all real processes on loopback):
   ends, reconnects (jittered 0.5–3 s) and resumes from the last watermark it applied. It applies
   an update only if it is the next watermark (a repeat is counted as delivered again, not applied;
   a jump is counted as missing updates). Every socket sends the Phoenix heartbeat every 20 s;
-- a writer thread ingesting ``--writes-per-second`` documents through the ingest API
-  (``POST /api/internal/sync/projections``), alternating workers and retrying an unanswered or
-  refused write until it is acknowledged. Each document carries its send time, so a client's
+- a writer (4 threads, each its own document keys) ingesting ``--writes-per-second`` documents in
+  total through the ingest API (``POST /api/internal/sync/projections``), alternating workers and
+  retrying an unanswered or refused write until it is acknowledged. Each document carries its send time, so a client's
   delivery lag is ``received - sent`` (ingest included);
 - a fault every ``--fault-seconds``, cycling through: ``kill -9`` of one worker (alternating) and
   its restart on the same port; Redis stopped for 10 s and started again; every connection to the
@@ -31,8 +31,9 @@ repeats, reconnects and sockets that did not catch up. Targets printed against:
 
 - RSS and fds flat: growth < 10 % between the sample at minute 5 (or at half the run, if shorter)
   and the end;
-- database connections <= the pool bounds: per worker ``DB_POOL_MAX_SIZE`` (the delivery pool)
-  + 1 (Django's request thread; ``CONN_MAX_AGE`` is 0);
+- database connections <= the bounds: per worker ``DB_POOL_MAX_SIZE`` (the delivery pool), plus
+  one per ingest request in flight (Django runs each request in its own thread and, with
+  ``CONN_MAX_AGE`` 0, closes its connection when the request ends), i.e. the writer's 4 lanes;
 - no missing update, every socket at the head;
 - lag p99 back under 1 s within 30 s of each fault's end (resolution: the 10 s sample).
 
@@ -62,9 +63,11 @@ from bench import harness  # noqa: E402
 TOPIC = "runtime.run_summaries"
 SERVICE_TOKEN = "soak-service-token-" + "s" * 24
 SAMPLE_SECONDS = 10.0
+SAMPLE_ALIGN_DELAY = 1.5  # the parent samples this long after each 10 s boundary of the clients' windows
 REDIS_OUTAGE_SECONDS = 10.0
 HEARTBEAT_SECONDS = 20.0
 DOC_KEYS = 500
+WRITER_LANES = 4
 FAULTS = ("kill_worker", "redis_outage", "db_terminate")
 # Lag histogram: bucket upper edges in milliseconds, 0.5 ms … ~5 min, 25 % apart (mergeable across
 # client processes; a percentile is reported as its bucket's upper edge, so at most 25 % high).
@@ -183,8 +186,8 @@ async def client_main(args) -> None:
     harness.report_ready(sum(s.subscribed.is_set() for s in sockets), sum(not s.subscribed.is_set() for s in sockets))
 
     async def sampler():
-        while True:
-            await asyncio.sleep(SAMPLE_SECONDS)
+        while True:  # windows aligned on the wall clock, so every process's window is the same 10 s
+            await asyncio.sleep(SAMPLE_SECONDS - time.time() % SAMPLE_SECONDS)
             window, stats.window = stats.window, [0] * len(LAG_EDGES_MS)
             line = {"at": time.time(), "lag_histogram": window, "reconnects": sum(s.reconnects for s in sockets),
                     "missing": sum(s.missing for s in sockets)}
@@ -231,44 +234,63 @@ def http_post(url: str, body: dict, timeout: float = 10.0) -> int | None:
         return None
 
 
-class Writer(threading.Thread):
-    """``rate`` acknowledged writes per second (paced on a schedule, so a slow or refused write is
-    followed by a quicker one), alternating workers, retrying until acknowledged."""
+class Writer:
+    """``rate`` acknowledged writes per second in total from ``lanes`` threads (each its own document
+    keys, paced on a schedule so a slow or refused write is followed by a quicker one), alternating
+    workers, retrying a write until it is acknowledged. One lane alone cannot keep 20/s when an
+    ingest takes longer than 50 ms on a loaded machine."""
 
-    def __init__(self, urls: list[str], owner: str, rate: float):
-        super().__init__(daemon=True)
+    def __init__(self, urls: list[str], owner: str, rate: float, lanes: int = WRITER_LANES):
         self.urls = urls
         self.owner = owner
-        self.interval = 1.0 / rate
-        self.versions: dict[str, int] = {}
+        self.interval = lanes / rate
         self.acked = 0
         self.failed_attempts = 0
+        self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._lane, args=(lane,), daemon=True) for lane in range(lanes)]
 
-    def run(self) -> None:
-        next_at = time.monotonic()
-        attempt = 0
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def is_alive(self) -> bool:
+        return any(thread.is_alive() for thread in self.threads)
+
+    def _lane(self, lane: int) -> None:
+        versions: dict[str, int] = {}
+        next_at = time.monotonic() + random.uniform(0, self.interval)
+        attempt = lane
+        written = 0
         while not self.stopping.is_set():
-            key = f"soak/{self.acked % DOC_KEYS}"
-            version = self.versions.get(key, 0) + 1
+            key = f"soak/{lane}/{written % DOC_KEYS}"
+            version = versions.get(key, 0) + 1
+            # One body for every attempt, so its lag counts from the first. A retry of a write whose
+            # answer was lost (a worker killed after the commit) is the same document at the same
+            # version, which the sink replaces and appends again by design: the journal may then
+            # hold a few more rows than acknowledged writes, all of them delivered.
+            body = {"topic": TOPIC, "doc_key": key, "doc_version": version, "owner": self.owner,
+                    "payload": {"t": time.time(), "n": written}}
             while not self.stopping.is_set():
                 attempt += 1
-                body = {"topic": TOPIC, "doc_key": key, "doc_version": version, "owner": self.owner,
-                        "payload": {"t": time.time(), "n": self.acked}}
                 if http_post(self.urls[attempt % len(self.urls)] + "/api/internal/sync/projections", body) == 200:
                     break
-                self.failed_attempts += 1
+                with self.lock:
+                    self.failed_attempts += 1
                 self.stopping.wait(0.2)
             else:
                 return
-            self.versions[key] = version
-            self.acked += 1
+            versions[key] = version
+            written += 1
+            with self.lock:
+                self.acked += 1
             next_at = max(next_at + self.interval, time.monotonic() - 1.0)  # catch up at most 1 s
             self.stopping.wait(max(0.0, next_at - time.monotonic()))
 
     def stop(self) -> None:
         self.stopping.set()
-        self.join(timeout=30)
+        for thread in self.threads:
+            thread.join(timeout=30)
 
 
 # ---- the soak -----------------------------------------------------------------------------------
@@ -398,7 +420,8 @@ def run(args) -> dict:
         next_fault = started + args.fault_seconds
         pending_client_samples: list[dict] = []
         with psycopg.connect(soak.env["database_url"], autocommit=True) as conn:
-            next_sample = started + SAMPLE_SECONDS
+            # just after a wall-clock multiple of 10 s: each client process has printed that window
+            next_sample = started - started % SAMPLE_SECONDS + SAMPLE_SECONDS + SAMPLE_ALIGN_DELAY
             while True:
                 now = time.time()
                 if now >= next_fault and now < end - 5 and (fault_thread is None or not fault_thread.is_alive()):
@@ -412,8 +435,8 @@ def run(args) -> dict:
                     while not samples_in.empty():
                         pending_client_samples.append(samples_in.get())
                     window = [0] * len(LAG_EDGES_MS)
-                    used = [s for s in pending_client_samples if s["at"] <= now + 1]
-                    pending_client_samples = [s for s in pending_client_samples if s["at"] > now + 1]
+                    used = [s for s in pending_client_samples if s["at"] <= now]
+                    pending_client_samples = [s for s in pending_client_samples if s["at"] > now]
                     for s in used:
                         window = [a + b for a, b in zip(window, s["lag_histogram"])]
                     try:
@@ -476,7 +499,7 @@ def fmt(seconds) -> str:
 def summarize(args, soak: Soak, samples, journal, results, writer, subscribed, started) -> dict:
     head = journal[-1] if journal else 0
     pool = int(soak.khala.get("DB_POOL_MAX_SIZE") or DB_POOL_MAX_SIZE)
-    db_bound = 2 * (pool + 1)
+    db_bound = 2 * pool + WRITER_LANES
     baseline_t = min(300.0, args.minutes * 60 / 2)
     baseline = next((s for s in samples if s["t"] >= baseline_t), samples[0] if samples else None)
     last = samples[-1] if samples else None
@@ -517,6 +540,7 @@ def summarize(args, soak: Soak, samples, journal, results, writer, subscribed, s
                        "sample_seconds": SAMPLE_SECONDS, "redis_outage_seconds": REDIS_OUTAGE_SECONDS},
         "subscribed_at_start": subscribed,
         "writes_acked": writer.acked,
+        "writes_per_second_achieved": round(writer.acked / (args.minutes * 60), 1),
         "write_attempts_failed": writer.failed_attempts,
         "journal_head": head,
         "clients": totals,
@@ -545,10 +569,10 @@ def print_report(result: dict) -> None:
         print(f"fault {fault['kind']:<13} at {fault['started']:>6.0f}s–{fault['ended']:>4.0f}s ({fault['detail']}): "
               f"p99 < 1 s again {'never' if back is None else f'{back:.0f} s'} after its end (target <= {TARGET_RECOVERY_S:.0f} s)")
     c = result["clients"]
-    print(f"\nwrites acked {result['writes_acked']} (failed attempts {result['write_attempts_failed']}), journal head {result['journal_head']}")
+    print(f"\nwrites acked {result['writes_acked']} ({result['writes_per_second_achieved']}/s) (failed attempts {result['write_attempts_failed']}), journal head {result['journal_head']}")
     print(f"sockets {c['sockets']}: behind {c['behind']}, missing updates {c['missing']} (on {c['sockets_with_missing']} sockets), "
           f"repeats (delivered again, not applied) {c['repeats']}, reconnects {c['reconnects']}")
-    print(f"db connections max {result['db_connections_max']} (bound {result['db_connection_bound']} = 2 workers x (DB_POOL_MAX_SIZE + 1))")
+    print(f"db connections max {result['db_connections_max']} (bound {result['db_connection_bound']} = 2 workers x DB_POOL_MAX_SIZE + {WRITER_LANES} ingest requests in flight)")
     growth = ", ".join(f"{k} {'n/a' if v is None else f'{v * 100:+.1f}%'}" for k, v in result["growth"].items())
     print(f"growth from t={result['baseline_sample_t']}s to the end: {growth} (target < {TARGET_GROWTH * 100:.0f} %; "
           "n/a: the worker was restarted after the baseline)")
