@@ -21,7 +21,7 @@ from sync.errors import CONNECT_RATE_LIMITED_CLOSE_CODE, close_code
 from sync.hub import get_hub
 from sync.outbound import OutboundQueue, run_writer
 from sync.protocol import SUPPORTED_VSN
-from sync.session import Session
+from sync.session import Session, connect_params_refusal
 from sync.transport import SocketWriter
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,11 @@ class SyncSocket(AsyncConsumer):
         if params.get("vsn", SUPPORTED_VSN) != SUPPORTED_VSN:
             # No frame: the client's serializer is unknown. The close code says "upgrade".
             await self.base_send({"type": "websocket.close", "code": close_code("upgrade_required")})
+            return
+        unstorable = connect_params_refusal(params)
+        if unstorable is not None:  # e.g. a NUL in the token: refused before the verifier and the hub
+            await self.base_send({"type": "websocket.send", "text": unstorable})
+            await self.base_send({"type": "websocket.close", "code": close_code("malformed_frame")})
             return
         refusal = await admission.connect_refusal(self.scope)
         if refusal is not None:  # a connection flood: refused before the hub (and its pool) is touched

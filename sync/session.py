@@ -68,6 +68,22 @@ MAX_PENDING_REQUESTS = 32
 RATE_LIMIT_RETRY_AFTER_MS = 1000
 
 
+def connect_params_refusal(params: dict) -> str | None:
+    """The frame refusing a socket whose connect URL holds unstorable text in a query parameter
+    (its name or value: the token, ``vsn``, the compatibility parameters), else None.
+
+    The same check as every frame's (below) and as the HTTP boundary's: the token would otherwise
+    reach the verifier, and any parameter a future join step reads could reach PostgreSQL. Such a
+    socket is refused at connect, before the hub or its pool is touched, as a ``malformed_frame``
+    (close 4400) whose ``field`` names the parameter: a client sending it is broken, not unlucky."""
+    for name, value in params.items():
+        found = find_unstorable(name, "query parameter name") or find_unstorable(value, f"query parameter {name[:64]!r}")
+        if found is not None:
+            payload = error_payload("malformed_frame", UnstorableText(*found).message, field=found[0])
+            return encode_frame(None, None, PHOENIX_TOPIC, SYNC_ERROR, payload)
+    return None
+
+
 class Status(enum.Enum):
     CONNECTED = "connected"
     JOINED = "joined"

@@ -170,6 +170,36 @@ async def test_unstorable_text_in_a_frame_is_malformed(topics, mint, text, field
     assert await client.wait_closed() == 4400
 
 
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("token={token}%00&vsn=2.0.0", "query parameter 'token'"),
+        ("token=%00{token}&vsn=2.0.0", "query parameter 'token'"),
+        ("token={token}&vsn=2.0.0&client_build_id=b%00", "query parameter 'client_build_id'"),
+        ("token={token}&vsn=2.0.0&x%00=1", "query parameter name"),
+    ],
+)
+async def test_unstorable_text_in_a_query_parameter_is_refused_at_connect(topics, mint, monkeypatch, query, field):
+    """The token on the socket's URL (and every other parameter) passes the frames' unstorable-text
+    check at connect: the socket is refused as malformed_frame (4400), and the token never reaches
+    the verifier (nor the join's revocation read)."""
+    import tokens.verifier
+
+    verified = []
+    real = tokens.verifier.verify_sync_token
+    monkeypatch.setattr(tokens.verifier, "verify_sync_token", lambda token, **kw: verified.append(token) or real(token, **kw))
+    client = await PhoenixClient.communicator(query.format(token=mint(1)))
+    frames = await client.recv_until(lambda f: f[3] == "sync:error")
+    assert frames == [[None, None, "phoenix", "sync:error", {
+        "code": "malformed_frame", "message": f"{field} contains a NUL character, which cannot be stored", "field": field,
+    }]]
+    assert await client.wait_closed() == 4400
+    assert verified == []
+    # The same token without the NUL joins (the refusal was the parameter's text, nothing else).
+    good = await joined(mint(1))
+    await good.close()
+
+
 async def test_oversized_frame_is_refused(topics, mint, khala):
     khala(MAX_FRAME_BYTES=4096)
     client = await joined(mint(1))
