@@ -11,7 +11,8 @@ that shard's hint channel (a worker subscribes on every shard: ``khala_project.b
 the shards), each PUBLISHing ``--publishes`` ÷ N hint-sized messages (~120 bytes: the channel
 layer's msgpack of ``{type, topic, watermark, stream_epoch}``) from ``--clients`` ÷ N connections.
 Reported: publishes/s (all shards' publishes ÷ wall time from the first start to the last end) and
-messages delivered/s (publishes/s × K). Everything runs on this machine: with N shards the Redis
+messages delivered/s (publishes/s × K), and each Redis server's own CPU seconds (per publish and per
+delivered message: what a shard on a core of its own would serve). Everything runs on this machine: with N shards the Redis
 servers, the publishers and the subscribers share its cores, so the N-shard figure is a lower bound
 of N separate Redis machines. Used by ``bench/capacity_model.py`` for the number of Redis shards
 (the one-shard rows). Writes ``bench/results/hint_bus.json``.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import os
 import subprocess
 import sys
 import time
@@ -42,7 +44,14 @@ def subscribers_ready(port: int, count: int) -> bool:
     return len(lines) == 2 and int(lines[1]) >= count
 
 
-def measure(ports: list[int], publishes: int, clients: int, subscribers: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(servers: list, publishes: int, clients: int, subscribers: int) -> dict:
+    ports = [server.port for server in servers]
     shards = len(ports)
     subs = [
         subprocess.Popen(["redis-cli", "-p", str(port), "SUBSCRIBE", CHANNEL], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -54,6 +63,7 @@ def measure(ports: list[int], publishes: int, clients: int, subscribers: int) ->
         for port in ports:
             wait_for(lambda port=port: subscribers_ready(port, subscribers), 20, f"{subscribers} subscribers on port {port}")
         started = time.perf_counter()
+        cpu_before = [cpu_seconds(server.process.pid) for server in servers]
         runs = [
             subprocess.Popen(
                 ["redis-benchmark", "-p", str(port), "-n", str(per_shard), "-c", str(max(1, clients // shards)), "--csv",
@@ -64,6 +74,7 @@ def measure(ports: list[int], publishes: int, clients: int, subscribers: int) ->
         ]
         outputs = [run.communicate(timeout=600) for run in runs]
         seconds = time.perf_counter() - started
+        redis_cpu = [cpu_seconds(server.process.pid) - before for server, before in zip(servers, cpu_before)]
         for run, (_, err) in zip(runs, outputs):
             if run.returncode != 0:
                 raise RuntimeError(f"redis-benchmark failed: {err}")
@@ -81,6 +92,11 @@ def measure(ports: list[int], publishes: int, clients: int, subscribers: int) ->
         "messages_delivered_per_second": round(rps * subscribers),
         "per_shard_publishes_per_second": [round(r) for r in per_shard_rps],
         "seconds": round(seconds, 2),
+        # Each Redis server's own CPU over the run: what one shard costs per message, whatever the
+        # other processes on the machine took (the figure that scales to one core per shard).
+        "redis_cpu_seconds": [round(c, 3) for c in redis_cpu],
+        "redis_cpu_us_per_publish": round(sum(redis_cpu) / (per_shard * shards) * 1e6, 3),
+        "redis_cpu_us_per_delivered_message": round(sum(redis_cpu) / (per_shard * shards * subscribers) * 1e6, 3) if subscribers else None,
     }
 
 
@@ -99,7 +115,7 @@ def main() -> None:
             server.start()
         for shards in shard_counts:
             for count in [int(c) for c in args.subscribers.split(",")]:
-                results.append(measure([s.port for s in servers[:shards]], args.publishes, args.clients, count))
+                results.append(measure(servers[:shards], args.publishes, args.clients, count))
                 print(results[-1], flush=True)
     finally:
         for server in servers:
