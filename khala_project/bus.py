@@ -611,10 +611,15 @@ class PresenceWriter:
                 pass
 
 
+class ShardReadError(Exception):
+    """One of several Redis shards could not be read; the message names it (no credentials)."""
+
+
 def read_presence(urls, prefix: str, topics, minutes) -> tuple[list[bytes], dict[str, int]]:
     """The raw presence records of the live workers (from every shard), and per topic the sum of its
-    stale-cursor counters over ``minutes`` (from the topic's shard). Raises the client's error,
-    naming the shard, when a shard cannot be read: partial figures would undercount silently."""
+    stale-cursor counters over ``minutes`` (from the topic's shard). Raises the client's error (with
+    several shards: ``ShardReadError`` naming the shard) when a shard cannot be read: partial
+    figures would undercount silently."""
     import redis
 
     urls = redis_urls(urls) if isinstance(urls, str) else list(urls)
@@ -634,7 +639,9 @@ def read_presence(urls, prefix: str, topics, minutes) -> tuple[list[bytes], dict
                 for topic, values in zip(mine, pipe.execute()):
                     stale[topic] = sum(int(v) for v in values if v is not None)
         except redis.RedisError as exc:
-            raise type(exc)(f"Redis shard {shard} ({redacted_address(url)}): {exc}") from exc
+            if len(urls) == 1:
+                raise
+            raise ShardReadError(f"{type(exc).__name__} on shard {shard} ({redacted_address(url)})") from exc
         finally:
             client.close()
     return raw, stale

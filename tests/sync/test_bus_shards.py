@@ -9,8 +9,14 @@ import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from channels_redis.utils import _consistent_hash
 
+import redis as sync_redis
+
 from khala_project.bus import (
     REVOCATIONS_GROUP,
+    PresenceWriteError,
+    PresenceWriter,
+    ShardReadError,
+    read_presence,
     ShardedSubscription,
     bus_for_layers,
     current_bus,
@@ -128,5 +134,41 @@ async def test_a_topics_hints_flow_while_another_shard_is_dead(dead):
                 await layer.flush()
             except Exception:
                 pass
+        for server in servers:
+            server.close()
+
+
+async def test_presence_records_and_stale_counters_spread_over_the_shards_and_are_read_from_all():
+    servers = [RedisServer(), RedisServer()]
+    for server in servers:
+        server.start()
+    urls = ",".join(server.url for server in servers)
+    writer = PresenceWriter(urls, PREFIX, timeout=2.0)
+    workers = [f"host:{i}" for i in range(12)]
+    candidates = [f"topic.{i}" for i in range(100)]
+    topics = [t for t in candidates if topic_shard(t, 2, PREFIX) == 0][:3] + [t for t in candidates if topic_shard(t, 2, PREFIX) == 1][:3]
+    try:
+        assert {writer.record_shard(w) for w in workers} == {0, 1}  # both shards hold records
+        for worker in workers:
+            await writer.write(worker, f'{{"worker_id": "{worker}"}}', 60_000, {(topic, 7): 1 for topic in topics}, 600)
+        raw, stale = await asyncio.to_thread(read_presence, urls, PREFIX, topics, [6, 7])
+        assert sorted(raw) == sorted(f'{{"worker_id": "{w}"}}'.encode() for w in workers)
+        assert stale == {topic: len(workers) for topic in topics}
+        for index, server in enumerate(servers):
+            keys = sync_redis.Redis(port=server.port).keys(f"{PREFIX}:*")
+            assert all(shard_index(k.decode(), 2) == index for k in keys if b":presence:" in k)
+            assert all(topic_shard(k.decode().split(":")[2], 2, PREFIX) == index for k in keys if b":stale:" in k)
+
+        servers[1].stop()  # a dead shard: the writes to the live one land, the rest are handed back
+        on_live, on_dead = topics[0], topics[-1]
+        with pytest.raises(PresenceWriteError) as failure:
+            await writer.write(workers[0], None, 60_000, {(on_live, 8): 1, (on_dead, 8): 1}, 600)
+        assert failure.value.unsent == {(on_dead, 8): 1}
+        assert int(sync_redis.Redis(port=servers[0].port).get(f"{PREFIX}:stale:{on_live}:8")) == 1
+        with pytest.raises(ShardReadError, match="shard 1"):
+            await asyncio.to_thread(read_presence, urls, PREFIX, topics, [7])
+    finally:
+        for worker in workers:
+            await writer.close(worker)
         for server in servers:
             server.close()

@@ -9,6 +9,8 @@ both), real daphne workers, and this process as the writer.
   worker whose check is short; /readyz answers 200 "degraded" naming the shard.
 - The shard restarted: the workers re-attach to it, catch up what they missed (the head check that
   follows an attach), and its topic is hint-delivered again.
+- Presence records and stale-cursor counters are spread over the shards and summed by the admin;
+  with a shard down the admin's read names it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ import urllib.request
 import pytest
 from channels.layers import channel_layers
 
-from khala_project.bus import current_bus, group_channel_name, topic_group, topic_shard
+from django.conf import settings
+
+from khala_project.bus import ShardReadError, current_bus, group_channel_name, shard_index, topic_group, topic_shard
 from khala_project.metrics import BUS_PUBLISHES
 from projector.models import V1_TOPICS
+from sync.presence import read_cluster
 from tests.support.private_services import RedisServer
 from tests.support.waiting import wait_until
 from tests.support.wsclient import PhoenixClient, updates_of
@@ -134,6 +139,17 @@ def metric(server, name: str, **labels) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def presence_figures(prefix: str, topic: str) -> tuple[int, int]:
+    """(workers with a presence record, stale cursors of ``topic`` in the last hour), all shards."""
+    figures = read_cluster(settings.REDIS_URL, prefix, [topic])
+    return len(figures.workers), figures.stale_last_hour.get(topic, 0)
+
+
+def redis_keys(redis: RedisServer, pattern: str) -> list[str]:
+    out = subprocess.run(["redis-cli", "-p", str(redis.port), "--scan", "--pattern", pattern], capture_output=True, text=True, timeout=10)
+    return out.stdout.split()
+
+
 def subscribers(redis: RedisServer, channel: str) -> int:
     out = subprocess.run(["redis-cli", "-p", str(redis.port), "PUBSUB", "NUMSUB", channel], capture_output=True, text=True, timeout=10)
     return int(out.stdout.split()[1])
@@ -164,6 +180,19 @@ async def test_each_shard_carries_its_topics_and_a_dead_shard_delays_only_its_ow
     assert status == 200 and body["redis_shards"] == {"0": f"127.0.0.1:{servers[0].port}/0", "1": f"127.0.0.1:{servers[1].port}/0"}
     assert set(body["checks"]) == {"database", "channel_layer.0", "channel_layer.1"}
 
+    # Presence follows the shards: a worker's record on the shard of its key, a topic's stale-cursor
+    # counters on the topic's shard; the admin's read sums all shards. (Only the checker writes a
+    # record here: a worker writes it on its head-check tick, 600 s on the others.)
+    late = await PhoenixClient.connect(checker.ws_url(token=mint(1)))
+    assert (await late.join())["status"] == "ok"
+    reply, _ = await late.subscribe([on_1], {on_1: 999})  # ahead of the head: refused as stale
+    assert reply["response"]["code"] == "stale_cursor", reply
+    await wait_until(lambda: presence_figures(prefix, on_1) == (1, 1), timeout=WINDOW, message="presence summed over both shards")
+    for index, redis in enumerate(servers):
+        keys = redis_keys(redis, f"{prefix}:*")
+        assert all(shard_index(key, 2) == index for key in keys if ":presence:" in key), keys
+        assert any(f":stale:{on_1}:" in key for key in keys) == (index == 1), keys
+
     first_0 = await asyncio.to_thread(write_rows, on_0, 1, 2)
     first_1 = await asyncio.to_thread(write_rows, on_1, 1, 2)
     for client in (a, b):
@@ -181,6 +210,10 @@ async def test_each_shard_carries_its_topics_and_a_dead_shard_delays_only_its_ow
         status, body = http_json(server, "/readyz")
         assert status == 200 and body["status"] == "degraded" and body["degraded"] == ["channel_layer.1"], body
         assert body["checks"]["channel_layer.0"] == "ok" and metric(server, "khala_bus_shard_attached", shard="0") == 1
+
+    # The admin cannot read shard 1, and says so (it falls back to its own process's figures).
+    with pytest.raises(ShardReadError, match=f"shard 1 \\(127.0.0.1:{servers[1].port}/0\\)"):
+        await asyncio.to_thread(read_cluster, settings.REDIS_URL, prefix, [on_0, on_1])
 
     # Writes succeed on both topics; the publishes to the dead shard fail (counted), not the writes.
     failed_before = local_publishes("1", "failed") + local_publishes("1", "skipped")
