@@ -205,9 +205,13 @@ def current_bus() -> Bus:
     from django.conf import settings
 
     config = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get("default") or {}
+    last = _last_bus
+    if last is not None and last[0] is config and (len(last[1].shards) > 1 or last[1].shards[0].layer is get_channel_layer()):
+        return last[1]  # the hot path (every hint submitted): no serialisation of the config
     key = json.dumps(config, sort_keys=True, default=str)
     bus = _buses.get(key)
     if bus is not None and (len(bus.shards) > 1 or bus.shards[0].layer is get_channel_layer()):
+        _remember(config, bus)
         return bus
     options = dict(config.get("CONFIG") or {})
     hosts = list(options.get("hosts") or [])
@@ -222,7 +226,16 @@ def current_bus() -> Bus:
             address = redacted_address(hosts[0]) if hosts else "local"
             shards = [Shard(0, address, get_channel_layer())]
         bus = _buses[key] = Bus(shards, prefix)
+    _remember(config, bus)
     return bus
+
+
+_last_bus: tuple | None = None  # (the config dict object, its bus): current_bus's identity cache
+
+
+def _remember(config: dict, bus: Bus) -> None:
+    global _last_bus
+    _last_bus = (config, bus)  # keeps ``config`` alive, so its identity cannot be reused
 
 
 # ---- publishing (after commit; best effort) -----------------------------------------------------
