@@ -31,10 +31,12 @@ the default multi-host ``CHANNEL_LAYERS`` layer routes a ``group_send`` to the v
 - a topic's stale-cursor counters live on the topic's shard, a worker's presence record on the
   shard of its key; the admin reads every shard (``read_presence``).
 
-Losing a shard delays only its topics, by at most the journal head-check interval; publishes to it
-fail fast (and are skipped for ``PUBLISH_RETRY_SECONDS`` after a failure, so a blackholed host
-cannot stall the publisher); ``/readyz`` names it (``khala_project.health``); the shard's
-``Subscription`` re-attaches when it is back. Metrics per shard: ``khala_project.metrics``.
+Losing a shard delays only its topics, by at most the journal head-check interval: publishes to it
+fail (at most after ``PUBLISH_TIMEOUT_SECONDS``, then the shard is skipped for
+``PUBLISH_RETRY_SECONDS``), and the hint publisher has one lane per shard
+(``projector.hints.HintPublisher``), so a host that stops answering stalls only its own topics'
+hints; ``/readyz`` names it (``khala_project.health``); the shard's ``Subscription`` re-attaches
+when it is back. Metrics per shard: ``khala_project.metrics``.
 
 Why this module lives in ``khala_project`` and not in ``sync``: the publishers are the write path
 (``projector``) and the token service (``tokens``), which are lower layers than delivery and must

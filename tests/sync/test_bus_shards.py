@@ -172,3 +172,47 @@ async def test_presence_records_and_stale_counters_spread_over_the_shards_and_ar
             await writer.close(worker)
         for server in servers:
             server.close()
+
+
+async def test_a_shard_that_stops_answering_holds_up_only_its_own_topics_hints(settings, monkeypatch):
+    # A host that accepts connections and never answers (a hung machine, a blackhole) costs a
+    # publish its whole timeout. The publisher has one lane per shard: while shard 1's publish
+    # hangs, the hints of shard 0's topics still go out.
+    import socket
+
+    from channels.layers import channel_layers
+
+    from khala_project import bus as bus_module
+    from projector.hints import HintPublisher
+
+    monkeypatch.setattr(bus_module, "PUBLISH_TIMEOUT_SECONDS", 60.0)  # hangs for the whole test
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # never accepted: connects succeed, commands get no answer
+    live = RedisServer()
+    live.start()
+    urls = [live.url, f"redis://127.0.0.1:{silent.getsockname()[1]}/0"]
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": urls, "prefix": PREFIX}}
+    }
+    channel_layers.backends.clear()
+    candidates = [f"topic.{i}" for i in range(100)]
+    on_live = next(t for t in candidates if topic_shard(t, 2, PREFIX) == 0)
+    on_silent = next(t for t in candidates if topic_shard(t, 2, PREFIX) == 1)
+    listener = RedisPubSubChannelLayer(hosts=[live.url], prefix=PREFIX)
+    publisher = HintPublisher()
+    try:
+        channel = await listener.new_channel()
+        await listener.group_add(topic_group(on_live), channel)
+        publisher.submit(on_silent, 1, "e")
+        hanging = lambda: sum(lane.in_flight for lane in publisher._lanes.values()) == 1  # noqa: E731
+        await wait_until(hanging, timeout=10, message="shard 1's publish under way")
+        publisher.submit(on_live, 1, "e")
+        message = await asyncio.wait_for(listener.receive(channel), 20)
+        assert message["topic"] == on_live
+        assert hanging()  # shard 1's publish still hangs
+    finally:
+        await listener.flush()
+        channel_layers.backends.clear()
+        live.close()
+        silent.close()
