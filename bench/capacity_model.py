@@ -57,7 +57,10 @@ def measured_inputs() -> dict[str, Input]:
     batch = next(x for x in sink["results"] if x["scenario"] == "batch100_4topics")
     single = next(x for x in sink["results"] if x["scenario"] == "single_4topics")
     hint_reads = sum(m['khala_hub_journal_reads_total{trigger="hint"}'] for m in f["server_metrics"])
-    bus = max(hint_bus["results"], key=lambda x: x["subscribers"])
+    # The hint bus: Redis CPU per delivered hint message, at the most shards measured (any cost of
+    # sharding included); a shard is one Redis process on a core of its own.
+    busy = [x for x in hint_bus["results"] if x["subscribers"] and x.get("redis_cpu_us_per_delivered_message")]
+    bus = max(busy, key=lambda x: (x.get("shards", 1), x["subscribers"]))
     inputs = [
         Input("cpu_per_delivery_us", sum(f["server_cpu_seconds_during_writes"].values()) / f["deliveries"] * 1e6,
               "µs of worker CPU per delivered update", "fanout.json servers.daphne (cpu seconds ÷ deliveries)", fanout["command"]),
@@ -82,9 +85,10 @@ def measured_inputs() -> dict[str, Input]:
               "sink.json single_4topics.sink_docs_per_s", sink["command"]),
         Input("token_verify_us", tokens["scenarios"]["HS256"]["verify_us_per_join_median"], "µs per socket join (HS256 verify)",
               "tokens.json scenarios.HS256.verify_us_per_join_median", tokens["command"]),
-        Input("redis_deliveries_per_s", bus["messages_delivered_per_second"],
-              f"hint messages/s one Redis process delivers ({bus['subscribers']} subscribers)",
-              "hint_bus.json results[-1].messages_delivered_per_second", hint_bus["command"]),
+        Input("redis_cpu_us_per_message", bus["redis_cpu_us_per_delivered_message"],
+              f"µs of one Redis process's CPU per delivered hint message ({bus['shards']} shards, {bus['subscribers']} subscribers each)",
+              f"hint_bus.json results[shards={bus['shards']}, subscribers={bus['subscribers']}].redis_cpu_us_per_delivered_message",
+              hint_bus["command"]),
         Input("postgres_max_connections", connections["postgres_max_connections"], "max_connections of the measured server",
               "connections.json postgres_max_connections", connections["command"]),
     ]
@@ -123,7 +127,8 @@ def predict(m: dict[str, float], sockets: int, writes: int) -> Prediction:
     replicas = max(0, math.ceil(db_cores_for_reads / DB_CORES) - 1)  # the primary serves one machine's worth
     primaries = math.ceil(writes / m["primary_batched_writes_per_s"])
     redis_messages = hints * workers
-    shards = max(1, math.ceil(redis_messages / (m["redis_deliveries_per_s"] * REDIS_CPU_TARGET)))
+    redis_cores = redis_messages * m["redis_cpu_us_per_message"] / 1e6  # shards scale out: one core each
+    shards = max(1, math.ceil(redis_cores / REDIS_CPU_TARGET))
     # Load on ONE unit of each resource, relative to what it serves: the largest saturates first.
     load = {
         "worker CPU": cpu / WORKER_CPU_TARGET,
@@ -131,7 +136,7 @@ def predict(m: dict[str, float], sockets: int, writes: int) -> Prediction:
         "primary writes": writes / m["primary_batched_writes_per_s"],
         "primary journal reads": db_cores_for_reads / DB_CORES,
         "primary connections": workers * (pool + 1) / m["postgres_max_connections"],
-        "Redis": redis_messages / (m["redis_deliveries_per_s"] * REDIS_CPU_TARGET),
+        "Redis": redis_cores / REDIS_CPU_TARGET,
     }
     first = max(load, key=load.get)
     return Prediction(sockets, writes, workers, "cpu" if by_cpu >= by_memory else "memory", pool,

@@ -16,6 +16,28 @@ consumer has a database re-check that turns a lost hint into a delay (the hub's 
 revocation re-check on the heartbeat tick). So ``publish`` never raises: a committed write must not
 fail because its hint could not be sent.
 
+**Shards.** ``REDIS_URL`` may list several Redis servers, comma-separated (one URL is one shard:
+exactly the unsharded bus). Every message and key goes to a shard by a stable hash, the same one on
+every process (``shard_index``: channels-redis's own ring over the group's Redis channel name, so
+the default multi-host ``CHANNEL_LAYERS`` layer routes a ``group_send`` to the very same shard):
+
+- a topic's hints go to ITS shard only; a worker subscribes on every shard (one ``Subscription``
+  per shard, each with its own connection, channel and probe, so one dead shard detaches only that
+  shard's topics; see ``ShardedSubscription`` for why every shard and not only the followed
+  topics' ones);
+- revocations go to EVERY shard (``BROADCAST_GROUPS``): they are rare and must reach every worker
+  promptly, so losing one shard must not leave them to the heartbeat re-check; the hub's revoke is
+  idempotent, so the copies cost nothing;
+- a topic's stale-cursor counters live on the topic's shard, a worker's presence record on the
+  shard of its key; the admin reads every shard (``read_presence``).
+
+Losing a shard delays only its topics, by at most the journal head-check interval: publishes to it
+fail (at most after ``PUBLISH_TIMEOUT_SECONDS``, then the shard is skipped for
+``PUBLISH_RETRY_SECONDS``), and the hint publisher has one lane per shard
+(``projector.hints.HintPublisher``), so a host that stops answering stalls only its own topics'
+hints; ``/readyz`` names it (``khala_project.health``); the shard's ``Subscription`` re-attaches
+when it is back. Metrics per shard: ``khala_project.metrics``.
+
 Why this module lives in ``khala_project`` and not in ``sync``: the publishers are the write path
 (``projector``) and the token service (``tokens``), which are lower layers than delivery and must
 not import ``sync``. Every app may import ``khala_project``, so the names, the message shapes and
@@ -26,12 +48,19 @@ file only.
 from __future__ import annotations
 
 import asyncio
+import binascii
+import json
 import logging
 import random
+import threading
 import time
+import urllib.parse
+from dataclasses import dataclass, field
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+
+from khala_project.metrics import BUS_ATTACHES, BUS_PUBLISHES, BUS_SHARD_ATTACHED
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +68,12 @@ HINT_TYPE = "sync.hint"
 REVOKED_TYPE = "sync.revoked"
 REVOCATIONS_GROUP = "khala.revocations"
 HUB_CHANNEL_PREFIX = "khala.hub."
+# Groups published on every shard and subscribed on every shard (the rest live on one shard each).
+BROADCAST_GROUPS = frozenset({REVOCATIONS_GROUP})
+# A publish waits at most this long for its shard; after a failure the shard is skipped this long
+# (its topics are delivered by the head check meanwhile), then tried again.
+PUBLISH_TIMEOUT_SECONDS = 2.0
+PUBLISH_RETRY_SECONDS = 1.0
 
 
 # ---- names and message shapes -----------------------------------------------------------------
@@ -73,19 +108,176 @@ def stale_key(prefix: str, topic: str, minute: int) -> str:
     return f"{prefix}:stale:{topic}:{minute}"
 
 
+# ---- shards ------------------------------------------------------------------------------------
+
+
+def redis_urls(value: str | None = None) -> list[str]:
+    """The Redis servers of ``REDIS_URL`` (comma-separated; empty: none), in their configured order:
+    the order is the shard numbering, so every process must be given the same list."""
+    if value is None:
+        from django.conf import settings
+
+        value = getattr(settings, "REDIS_URL", "") or ""
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
+def shard_index(name: str, count: int) -> int:
+    """The shard of a Redis channel or key name among ``count``: channels-redis's consistent hash
+    (CRC32 onto a 4096-slot ring split into ``count`` equal arcs), the same in every process.
+    Adding a shard moves some names to another shard: deploy the new list to every process at once
+    (hints sent meanwhile to the old shard are lost, and the head check delivers them)."""
+    if count <= 1:
+        return 0
+    return int((binascii.crc32(name.encode("utf8")) & 0xFFF) / (4096 / float(count)))
+
+
+def group_channel_name(prefix: str, group: str) -> str:
+    """The Redis pub/sub channel channels-redis uses for ``group`` (what its ring hashes)."""
+    return f"{prefix}__group__{group}"
+
+
+def topic_shard(topic: str, count: int, prefix: str) -> int:
+    """The shard of ``topic``: where its hints are published and its stale counters kept."""
+    return shard_index(group_channel_name(prefix, topic_group(topic)), count)
+
+
+def redacted_address(host) -> str:
+    """``host:port/db`` of a channels-redis host (URL or dict), without credentials: safe for
+    ``/readyz`` bodies, logs and metric help."""
+    if isinstance(host, dict):
+        if "address" in host:
+            host = host["address"]
+        else:
+            return f"{host.get('host', '?')}:{host.get('port', 6379)}"
+    if isinstance(host, (tuple, list)):
+        return f"{host[0]}:{host[1]}"
+    parsed = urllib.parse.urlsplit(str(host))
+    if parsed.scheme == "unix":
+        return parsed.path
+    return f"{parsed.hostname}:{parsed.port or 6379}{parsed.path or ''}"
+
+
+@dataclass(eq=False)
+class Shard:
+    """One Redis server of the bus: its channel layer (this server only) and publish state."""
+
+    index: int
+    address: str  # redacted: host:port/db
+    layer: object
+    down_until: float = 0.0  # publishes skip the shard until then (monotonic clock)
+
+    @property
+    def label(self) -> str:
+        return str(self.index)
+
+
+@dataclass(eq=False)
+class Bus:
+    """The shards of one channel-layer configuration and the routing between them."""
+
+    shards: list
+    prefix: str
+    clock: object = field(default=time.monotonic)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.shards) and self.shards[0].layer is not None
+
+    def shard_of_group(self, group: str) -> Shard:
+        return self.shards[shard_index(group_channel_name(self.prefix, group), len(self.shards))]
+
+    def shard_of_topic(self, topic: str) -> Shard:
+        return self.shard_of_group(topic_group(topic))
+
+    def shards_of_group(self, group: str) -> list:
+        return list(self.shards) if group in BROADCAST_GROUPS else [self.shard_of_group(group)]
+
+
+def bus_for_layers(layers: list, prefix: str = "asgi", addresses: list | None = None) -> Bus:
+    """A bus over given layers, one per shard (tests; ``current_bus`` for the configured one)."""
+    addresses = addresses or [f"shard{i}" for i in range(len(layers))]
+    return Bus([Shard(i, addresses[i], layer) for i, layer in enumerate(layers)], prefix)
+
+
+_buses: dict[str, Bus] = {}
+_buses_lock = threading.Lock()
+
+
+def current_bus() -> Bus:
+    """The bus of ``CHANNEL_LAYERS["default"]``: with a channels-redis pub/sub layer of N > 1
+    hosts, N shards, each its own single-host layer of the same class and options (so that each
+    has its own connection and its own probe, and a dead one fails alone); otherwise one shard,
+    the default layer itself (one Redis URL, the in-memory layer, or none: as before sharding).
+    Built once per configuration and process; read again when tests change the settings."""
+    from django.conf import settings
+
+    config = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get("default") or {}
+    last = _last_bus
+    if last is not None and last[0] is config and (len(last[1].shards) > 1 or last[1].shards[0].layer is get_channel_layer()):
+        return last[1]  # the hot path (every hint submitted): no serialisation of the config
+    key = json.dumps(config, sort_keys=True, default=str)
+    bus = _buses.get(key)
+    if bus is not None and (len(bus.shards) > 1 or bus.shards[0].layer is get_channel_layer()):
+        _remember(config, bus)
+        return bus
+    options = dict(config.get("CONFIG") or {})
+    hosts = list(options.get("hosts") or [])
+    prefix = options.get("prefix", "asgi")
+    with _buses_lock:
+        if str(config.get("BACKEND", "")).endswith("RedisPubSubChannelLayer") and len(hosts) > 1:
+            from django.utils.module_loading import import_string
+
+            layer_class = import_string(config["BACKEND"])
+            shards = [Shard(i, redacted_address(h), layer_class(**{**options, "hosts": [h]})) for i, h in enumerate(hosts)]
+        else:
+            address = redacted_address(hosts[0]) if hosts else "local"
+            shards = [Shard(0, address, get_channel_layer())]
+        bus = _buses[key] = Bus(shards, prefix)
+    _remember(config, bus)
+    return bus
+
+
+_last_bus: tuple | None = None  # (the config dict object, its bus): current_bus's identity cache
+
+
+def _remember(config: dict, bus: Bus) -> None:
+    global _last_bus
+    _last_bus = (config, bus)  # keeps ``config`` alive, so its identity cannot be reused
+
+
 # ---- publishing (after commit; best effort) -----------------------------------------------------
 
 
-async def publish(group: str, message: dict) -> None:
-    """Send ``message`` to every worker listening on ``group``. Fire-and-forget: the layer may
-    drop it, and a failure is logged, never raised (the caller's write is already committed)."""
-    layer = get_channel_layer()
-    if layer is None:
+async def publish(group: str, message: dict, bus: Bus | None = None) -> None:
+    """Send ``message`` to every worker listening on ``group``: on the group's shard, or on every
+    shard for ``BROADCAST_GROUPS``, concurrently. Fire-and-forget: the layer may drop it, and a
+    failure is logged and counted, never raised (the caller's write is already committed)."""
+    bus = bus or current_bus()
+    if not bus.enabled:
+        return
+    targets = bus.shards_of_group(group)
+    if len(targets) == 1:
+        await _publish_on(bus, targets[0], group, message)
+    else:
+        await asyncio.gather(*(_publish_on(bus, shard, group, message) for shard in targets))
+
+
+async def _publish_on(bus: Bus, shard: Shard, group: str, message: dict) -> None:
+    if bus.clock() < shard.down_until:
+        BUS_PUBLISHES.labels(shard=shard.label, outcome="skipped").inc()
         return
     try:
-        await layer.group_send(group, message)
-    except Exception:
-        log.warning("could not publish %s to %s", message.get("type"), group, exc_info=True)
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await shard.layer.group_send(group, message)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        shard.down_until = bus.clock() + PUBLISH_RETRY_SECONDS
+        BUS_PUBLISHES.labels(shard=shard.label, outcome="failed").inc()
+        log.warning("bus: could not publish %s to %s on shard %s (%s) (%s); skipping the shard for %.1fs",
+                    message.get("type"), group, shard.label, shard.address, _brief(exc), PUBLISH_RETRY_SECONDS)
+        return
+    BUS_PUBLISHES.labels(shard=shard.label, outcome="sent").inc()
 
 
 def publish_blocking(group: str, message: dict) -> None:
@@ -122,8 +314,13 @@ class Subscription:
     """
 
     def __init__(self, layer=None, *, clock=time.monotonic, rng=None, sleep=asyncio.sleep, probe_interval: float = 1.0,
-                 probe_timeout: float = 3.0, retry_initial: float = 0.2, retry_max: float = 5.0, attach_timeout: float = 3.0):
+                 probe_timeout: float = 3.0, retry_initial: float = 0.2, retry_max: float = 5.0, attach_timeout: float = 3.0,
+                 shard: str = "0", address: str = ""):
         self.layer = layer if layer is not None else get_channel_layer()
+        self.shard = shard  # the metrics label and log name of the shard this subscription is on
+        self.address = address
+        if self.layer is not None:
+            BUS_SHARD_ATTACHED.labels(shard=shard).set(0)
         self.channel: str | None = None
         self.topics: set[str] = set()
         self.attached = False
@@ -163,13 +360,16 @@ class Subscription:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("bus: cannot attach (%s); delivery goes on through the database checks", _brief(exc))
+                log.warning("bus: cannot attach to shard %s %s (%s); its topics are delivered through the database checks",
+                            self.shard, self.address, _brief(exc))
                 await self._reset()
                 await self.sleep(next(delays))
                 continue
             delays = self.retry_delays()
             self.attachments += 1
-            log.info("bus: attached (%d topic groups)", len(self.topics))
+            BUS_ATTACHES.labels(shard=self.shard).inc()
+            BUS_SHARD_ATTACHED.labels(shard=self.shard).set(1)
+            log.info("bus: attached to shard %s %s (%d topic groups)", self.shard, self.address, len(self.topics))
             if on_attached is not None:
                 on_attached()
             try:
@@ -177,7 +377,7 @@ class Subscription:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("bus: subscription failed (%s); re-attaching", _brief(exc))
+                log.warning("bus: subscription on shard %s %s failed (%s); re-attaching", self.shard, self.address, _brief(exc))
             self.attached = False
             await self._reset()
             await self.sleep(next(delays))
@@ -215,7 +415,7 @@ class Subscription:
                         on_message(message)
                 now = self.clock()
                 if probe_sent is not None and now - probe_sent > self.probe_timeout:
-                    log.warning("bus: probe not back after %.1fs", now - probe_sent)
+                    log.warning("bus: probe on shard %s %s not back after %.1fs", self.shard, self.address, now - probe_sent)
                     return
                 if probe_sent is None and now >= next_probe:
                     probe_sent, next_probe = now, now + self.probe_interval
@@ -228,6 +428,7 @@ class Subscription:
     async def _reset(self) -> None:
         """Drop the dead subscription and the layer's connections (the next attach opens new ones)."""
         self.attached = False
+        BUS_SHARD_ATTACHED.labels(shard=self.shard).set(0)
         self.channel = None
         flush = getattr(self.layer, "flush", None)
         if flush is None:
@@ -270,6 +471,62 @@ class Subscription:
         self.channel = None
 
 
+class ShardedSubscription:
+    """A worker's subscriptions on every shard of the bus: one ``Subscription`` per shard, each
+    attaching, probing and re-attaching on its own, so a dead shard detaches only the topics routed
+    to it (hints on the others keep flowing) and re-attaches alone when it is back.
+
+    Every shard, not only the shards of the followed topics: the revocation group is on every shard
+    (``BROADCAST_GROUPS``), so every shard's subscription exists anyway; a shard without followed
+    topics then costs one idle connection and a probe per ``probe_interval``, and following a new
+    topic is one SUBSCRIBE on an already attached connection (no attach on the join path).
+    With one shard this is exactly one ``Subscription``."""
+
+    def __init__(self, bus: Bus, **options):
+        self.bus = bus
+        self.parts = [Subscription(shard.layer, shard=shard.label, address=shard.address, **options) for shard in bus.shards]
+
+    @property
+    def enabled(self) -> bool:
+        return self.bus.enabled
+
+    @property
+    def attached(self) -> bool:
+        """Attached on every shard."""
+        return all(part.attached for part in self.parts)
+
+    @property
+    def attachments(self) -> int:
+        return sum(part.attachments for part in self.parts)
+
+    @property
+    def topics(self) -> set[str]:
+        return set().union(*(part.topics for part in self.parts))
+
+    def part_of(self, topic: str) -> Subscription:
+        return self.parts[self.bus.shard_of_topic(topic).index]
+
+    async def run(self, on_message, on_attached=None) -> None:
+        """Every shard's ``Subscription.run`` at once, until cancelled (``on_attached`` after each
+        shard's (re)attach)."""
+        tasks = [asyncio.ensure_future(part.run(on_message, on_attached)) for part in self.parts]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def follow(self, topic: str) -> None:
+        await self.part_of(topic).follow(topic)
+
+    async def unfollow(self, topic: str) -> None:
+        await self.part_of(topic).unfollow(topic)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(part.close() for part in self.parts))
+
+
 def _raise_if_cancelling() -> None:
     """Re-raise a cancellation some awaited library call swallowed (the Redis client can, when
     a cancel lands inside a command), so that ``run`` ends when its task is cancelled."""
@@ -285,74 +542,126 @@ def _brief(exc: BaseException) -> str:
 # ---- presence records (plain Redis keys, best effort) -------------------------------------------
 
 
-class PresenceWriter:
-    """A worker's one Redis connection for its presence record and stale-cursor counters. The
-    caller serialises writes (``sync.presence`` runs one flush at a time) and handles failures."""
+class PresenceWriteError(RuntimeError):
+    """Some shards could not be written; ``unsent`` are the stale-cursor increments not counted."""
 
-    def __init__(self, redis_url: str, prefix: str, *, timeout: float):
-        self.redis_url = redis_url
+    def __init__(self, message: str, unsent: dict):
+        super().__init__(message)
+        self.unsent = unsent
+
+
+class PresenceWriter:
+    """A worker's Redis connections (one per shard it writes to) for its presence record and
+    stale-cursor counters. The record goes to the shard of its key, each topic's counters to the
+    topic's shard (``topic_shard``, where its hints go). The caller serialises writes
+    (``sync.presence`` runs one flush at a time) and handles failures."""
+
+    def __init__(self, urls, prefix: str, *, timeout: float):
+        self.redis_urls = redis_urls(urls) if isinstance(urls, str) else list(urls)
         self.prefix = prefix
         self.timeout = timeout
-        self._client = None
+        self._clients: dict[int, object] = {}
 
-    def _redis(self):
-        if self._client is None:
+    def _redis(self, shard: int):
+        client = self._clients.get(shard)
+        if client is None:
             import redis.asyncio as aioredis
 
-            self._client = aioredis.Redis.from_url(
-                self.redis_url,
-                single_connection_client=True,  # one connection per worker; flushes are serialised
+            client = self._clients[shard] = aioredis.Redis.from_url(
+                self.redis_urls[shard],
+                single_connection_client=True,  # one connection per worker and shard; flushes are serialised
                 socket_timeout=self.timeout,
                 socket_connect_timeout=self.timeout,
             )
-        return self._client
+        return client
+
+    def record_shard(self, worker_id: str) -> int:
+        return shard_index(presence_key(self.prefix, worker_id), len(self.redis_urls))
 
     async def write(self, worker_id: str, record: str | None, ttl_ms: int, stale: dict, stale_ttl_seconds: int) -> None:
         """Set the record (with its TTL) and add ``stale`` — ``{(topic, minute): n}`` — to the
-        per-minute counters, in one pipeline."""
-        pipe = self._redis().pipeline(transaction=False)
+        per-minute counters: one pipeline per shard, all shards at once. Raises
+        ``PresenceWriteError`` naming the shards that failed, with their increments (the others
+        are written)."""
+        count = len(self.redis_urls)
+        work: dict[int, list] = {}
         if record is not None:
-            pipe.set(presence_key(self.prefix, worker_id), record, px=ttl_ms)
+            work.setdefault(self.record_shard(worker_id), []).append(("record", record))
         for (topic, minute), n in stale.items():
-            key = stale_key(self.prefix, topic, minute)
-            pipe.incrby(key, n)
-            pipe.expire(key, stale_ttl_seconds)
-        await pipe.execute()
+            work.setdefault(topic_shard(topic, count, self.prefix), []).append(("stale", (topic, minute), n))
+
+        async def write_shard(shard: int, items: list) -> None:
+            pipe = self._redis(shard).pipeline(transaction=False)
+            for item in items:
+                if item[0] == "record":
+                    pipe.set(presence_key(self.prefix, worker_id), item[1], px=ttl_ms)
+                else:
+                    key = stale_key(self.prefix, *item[1])
+                    pipe.incrby(key, item[2])
+                    pipe.expire(key, stale_ttl_seconds)
+            await pipe.execute()
+
+        shards = sorted(work)
+        outcomes = await asyncio.gather(*(write_shard(shard, work[shard]) for shard in shards), return_exceptions=True)
+        failed = [(shard, exc) for shard, exc in zip(shards, outcomes) if isinstance(exc, BaseException)]
+        for _, exc in failed:
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc
+        if failed:
+            unsent = {item[1]: item[2] for shard, _ in failed for item in work[shard] if item[0] == "stale"}
+            raise PresenceWriteError(
+                "; ".join(f"shard {shard} {redacted_address(self.redis_urls[shard])}: {_brief(exc)}" for shard, exc in failed), unsent
+            )
 
     async def close(self, worker_id: str) -> None:
-        """Delete the record (the worker is leaving) and the connection; best effort."""
-        client, self._client = self._client, None
-        if client is None:
+        """Delete the record (the worker is leaving) and the connections; best effort."""
+        clients, self._clients = self._clients, {}
+        if not clients:
             return
-        import asyncio
+        record_client = clients.get(self.record_shard(worker_id))
+        if record_client is not None:
+            try:
+                await asyncio.wait_for(record_client.delete(presence_key(self.prefix, worker_id)), self.timeout)
+            except Exception:
+                pass
+        for client in clients.values():
+            try:
+                await client.aclose()
+            except Exception:
+                pass
 
-        try:
-            await asyncio.wait_for(client.delete(presence_key(self.prefix, worker_id)), self.timeout)
-        except Exception:
-            pass
-        try:
-            await client.aclose()
-        except Exception:
-            pass
+
+class ShardReadError(Exception):
+    """One of several Redis shards could not be read; the message names it (no credentials)."""
 
 
-def read_presence(redis_url: str, prefix: str, topics, minutes) -> tuple[list[bytes], dict[str, int]]:
-    """The raw presence records of the live workers, and per topic the sum of its stale-cursor
-    counters over ``minutes``. Raises the client's error when Redis cannot be read."""
+def read_presence(urls, prefix: str, topics, minutes) -> tuple[list[bytes], dict[str, int]]:
+    """The raw presence records of the live workers (from every shard), and per topic the sum of its
+    stale-cursor counters over ``minutes`` (from the topic's shard). Raises the client's error (with
+    several shards: ``ShardReadError`` naming the shard) when a shard cannot be read: partial
+    figures would undercount silently."""
     import redis
 
-    client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
-    try:
-        keys = sorted(client.scan_iter(match=presence_key(prefix, "*"), count=1000))
-        raw = [value for value in (client.mget(keys) if keys else []) if value is not None]  # None: expired meanwhile
-        stale: dict[str, int] = {}
-        topics = list(topics)
-        if topics:
-            pipe = client.pipeline(transaction=False)
-            for topic in topics:
-                pipe.mget([stale_key(prefix, topic, m) for m in minutes])
-            for topic, values in zip(topics, pipe.execute()):
-                stale[topic] = sum(int(v) for v in values if v is not None)
-        return raw, stale
-    finally:
-        client.close()
+    urls = redis_urls(urls) if isinstance(urls, str) else list(urls)
+    topics = list(topics)
+    raw: list[bytes] = []
+    stale: dict[str, int] = {}
+    for shard, url in enumerate(urls):
+        client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            keys = sorted(client.scan_iter(match=presence_key(prefix, "*"), count=1000))
+            raw += [value for value in (client.mget(keys) if keys else []) if value is not None]  # None: expired meanwhile
+            mine = [topic for topic in topics if topic_shard(topic, len(urls), prefix) == shard]
+            if mine:
+                pipe = client.pipeline(transaction=False)
+                for topic in mine:
+                    pipe.mget([stale_key(prefix, topic, m) for m in minutes])
+                for topic, values in zip(mine, pipe.execute()):
+                    stale[topic] = sum(int(v) for v in values if v is not None)
+        except redis.RedisError as exc:
+            if len(urls) == 1:
+                raise
+            raise ShardReadError(f"{type(exc).__name__} on shard {shard} ({redacted_address(url)})") from exc
+        finally:
+            client.close()
+    return raw, stale

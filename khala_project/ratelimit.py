@@ -298,11 +298,16 @@ _default_lock = threading.Lock()
 
 
 def default_limiter() -> Limiter:
-    """The limiter of this process, on ``REDIS_URL`` with the deployment's ``KHALA_CHANNEL_PREFIX``."""
+    """The limiter of this process, on ``REDIS_URL`` with the deployment's ``KHALA_CHANNEL_PREFIX``.
+    With several Redis shards, on the first one: limits are counters every worker must share, and
+    they are small (a few keys per user and window); when that Redis is down the limiter counts per
+    process (``_redis_failed``), as with one Redis."""
     from django.conf import settings
 
+    from khala_project.bus import redis_urls
+
     config = (
-        getattr(settings, "REDIS_URL", "") or None,
+        (redis_urls(getattr(settings, "REDIS_URL", "") or "") or [None])[0],
         getattr(settings, "KHALA_CHANNEL_PREFIX", "khala"),
         float(khala_setting("RATE_LIMIT_REDIS_RETRY_SECONDS")),
     )

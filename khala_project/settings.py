@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -130,13 +131,20 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Channel layer --------------------------------------------------------------------------
 # Channel-layer messages are *hints* ("topic T is now at watermark N"); the journal is the truth.
 # RedisPubSubChannelLayer costs one PUBLISH per group message whatever the member count.
+# REDIS_URL may list several Redis servers, comma-separated: the hint bus shards topics across them
+# (khala_project/bus.py; docs/sync/OPERATIONS.md "Redis shards"). Every process must get the same
+# list in the same order. Rate limits and socket leases use the first one.
 REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_URLS = [url.strip() for url in REDIS_URL.split(",") if url.strip()]
+for _url in REDIS_URLS:
+    if "://" not in _url:
+        raise ImproperlyConfigured(f"REDIS_URL: {_url!r} is not a URL (redis://host:port/db; several: comma-separated)")
 KHALA_CHANNEL_PREFIX = os.environ.get("KHALA_CHANNEL_PREFIX", "khala")
-if REDIS_URL:
+if REDIS_URLS:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": KHALA_CHANNEL_PREFIX},
+            "CONFIG": {"hosts": REDIS_URLS, "prefix": KHALA_CHANNEL_PREFIX},
         }
     }
 else:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from khala_project.bus import ShardReadError
 from sync import metrics
 from sync.hub import running_hubs
 from sync.presence import read_cluster
@@ -110,7 +111,7 @@ def delivery_status() -> DeliveryStatus:
             cluster = read_cluster(redis_url, settings.KHALA_CHANNEL_PREFIX, _topics())
         except Exception as exc:  # the admin page must render; say what happened instead
             log.warning("admin: cannot read worker presence from Redis", exc_info=True)
-            why = REDIS_FAILED.format(error=type(exc).__name__)
+            why = REDIS_FAILED.format(error=str(exc) if isinstance(exc, ShardReadError) else type(exc).__name__)
         else:
             servers = sorted({str(w.get("server")) for w in cluster.workers})
             return DeliveryStatus(

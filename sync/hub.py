@@ -3,8 +3,8 @@
 What it does:
 
 - owns the worker's journal reader (``sync.journal.Journal``: one bounded connection pool) and
-  one channel-layer channel. It joins ``sync_topic.<topic>`` for topics that have local followers
-  and ``khala.revocations``;
+  one channel-layer channel per Redis shard. It joins ``sync_topic.<topic>`` (on the topic's
+  shard) for topics that have local followers, and ``khala.revocations`` (on every shard);
 - on a hint for a followed topic — or when the periodic head check (every
   ``HEAD_CHECK_INTERVAL_SECONDS``, one query for all followed topics) finds a head beyond what it
   read — it reads the new journal rows ONCE per topic (topic-wide, no owner filter), encodes each
@@ -29,7 +29,7 @@ import weakref
 
 
 from khala_project.conf import khala_setting
-from khala_project.bus import HINT_TYPE, REVOKED_TYPE, Subscription
+from khala_project.bus import HINT_TYPE, REVOKED_TYPE, ShardedSubscription, bus_for_layers, current_bus
 from sync import metrics
 from sync.journal import default_journal
 from sync.journal_reader import Freshness, JournalReader
@@ -75,9 +75,10 @@ class Hub:
     def __init__(self, *, journal: JournalReader | None = None, layer=None, clock=time.monotonic, rng=None):
         self.journal = journal or default_journal()
         self.rng = rng or random.Random()
-        # The worker's one channel (``khala_project.bus``); it attaches whenever Redis is there.
-        self.bus = Subscription(
-            layer, clock=clock, rng=self.rng,
+        # The worker's channel on each Redis shard (``khala_project.bus``); each attaches whenever
+        # its Redis is there. ``layer``: one given layer as the only shard (tests).
+        self.bus = ShardedSubscription(
+            bus_for_layers([layer]) if layer is not None else current_bus(), clock=clock, rng=self.rng,
             probe_interval=float(khala_setting("BUS_PROBE_INTERVAL_SECONDS")),
             probe_timeout=float(khala_setting("BUS_PROBE_TIMEOUT_SECONDS")),
             retry_max=float(khala_setting("BUS_RETRY_MAX_SECONDS")),

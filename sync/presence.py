@@ -2,7 +2,8 @@
 
 Delivery keeps no shared state (sockets never touch the database; the channel layer carries only
 hints), so an admin page served by one worker could only show that worker's sockets. Each worker's
-hub therefore publishes, on its head-check tick, a small presence record::
+hub therefore publishes, on its head-check tick, a small presence record (with several Redis shards:
+on the shard of its key; each topic's stale counters on the topic's shard; the admin reads them all)::
 
     <KHALA_CHANNEL_PREFIX>:presence:<worker id>  (a string, TTL = PRESENCE_TTL_TICKS head-check ticks)
     {"worker_id", "pid", "host", "server", "connections", "subscribers": {topic: n},
@@ -66,7 +67,7 @@ class WorkerPresence:
     """The presence publisher of one hub (one per worker event loop). See the module docstring."""
 
     def __init__(self, redis_url: str | None, prefix: str, *, clock=time.time):
-        self.redis_url = redis_url or None
+        self.redis_url = redis_url or None  # one URL, or several comma-separated (shards)
         self.prefix = prefix
         self.clock = clock
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -157,9 +158,9 @@ class WorkerPresence:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # Best effort: delivery never depends on this. Keep the counts for the next try
-                # (the record is rebuilt on the next tick anyway).
-                self._stale.update(stale)
+                # Best effort: delivery never depends on this. Keep the counts that were not
+                # written for the next try (the record is rebuilt on the next tick anyway).
+                self._stale.update(getattr(exc, "unsent", stale))
                 if not self.failing:
                     log.warning("presence: could not write to Redis (%s); admin figures will lag", exc)
                 self.failing = True

@@ -412,6 +412,8 @@ class Session:
                 self._commands.put_nowait((RENEW, None))  # keeps this socket's place among its user's
 
     def revoke(self, reason: str) -> None:
+        if self.closed:  # already closing: a revocation heard on several bus shards counts once
+            return
         metrics.REVOCATION_CLOSES.inc()
         self.out.close("reauth_required", reauth_payload(reason))
 

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "docs" / "ops" / "alerts.yml"
 DASHBOARD = ROOT / "docs" / "ops" / "grafana-khala.json"
-METRIC_MODULES = ("projector.metrics", "projector.parity", "sync.metrics", "tokens.metrics")
+METRIC_MODULES = ("projector.metrics", "projector.parity", "sync.metrics", "tokens.metrics", "khala_project.metrics")
 METRIC_NAME = re.compile(r"\bkhala_[a-z0-9_]+\b")
 STRING_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')  # label values such as reason="khala_missing"
 
