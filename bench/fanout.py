@@ -192,9 +192,9 @@ def start_kind(kind: Kind, env: dict, args, user) -> None:
     elif args.compare_tree:
         # Paired comparison: one worker of this tree, one of another checkout (e.g. the previous
         # revision), same writes, same client processes; sockets alternate between them.
-        kind.servers = [harness.start(kind.name, env), harness.start(kind.name, env, root=args.compare_tree)]
+        kind.servers = [harness.start(kind.name, env, khala=args.khala), harness.start(kind.name, env, khala=args.khala, root=args.compare_tree)]
     else:
-        kind.servers = [harness.start(kind.name, env) for _ in range(args.workers)]
+        kind.servers = [harness.start(kind.name, env, khala=args.khala) for _ in range(args.workers)]
     token = harness.mint(user, [kind.topic])
     urls = [s.ws_url(token=token) for s in kind.servers]
     harness.start_clients(
@@ -374,6 +374,8 @@ def main(argv=None) -> int:
     parser.add_argument("--client-processes", type=int, default=2, help="load-client processes per kind")
     parser.add_argument("--servers", default="daphne,uvicorn,raw", help="comma-separated kinds: daphne,uvicorn,raw")
     parser.add_argument("--result-name", default="fanout", help="bench/results/<name>.json")
+    parser.add_argument("--khala", type=orjson.loads, default=None, metavar="JSON",
+                        help='Khala settings for the servers, e.g. \'{"SOCKET_DIRECT_WRITES": false}\'')
     parser.add_argument("--py-spy", metavar="DIR", help="profile each server process during the writes into DIR")
     parser.add_argument(
         "--compare-tree", metavar="DIR",
@@ -447,6 +449,7 @@ def main(argv=None) -> int:
             "rounds": args.rounds,
             "client_processes": args.client_processes,
             "compare_tree": args.compare_tree,
+            "khala_settings": args.khala,
             "ratios": compared,
             "kinds": results,
         },

@@ -1,0 +1,206 @@
+"""Queued frames reach their sockets once per loop turn, each socket's in ONE transport write.
+
+The per-socket writer task (``sync.outbound.run_writer``) wakes once per frame and hands each frame
+to the server separately: a task switch, an ASGI ``send`` and a transport write per (socket,
+frame). When the server's transport takes ready-made frames (``SocketWriter.direct``: daphne and
+uvicorn's default implementation), sockets use this module instead:
+
+- ``DirectSocket.queue`` is the socket's ``OutboundQueue`` (same bounds, same ``offer`` result, so
+  the session's slow-consumer and backpressure rules are unchanged); queuing a frame marks the
+  socket pending with the event loop's ``Flusher``;
+- the ``Flusher`` runs once per loop turn (``call_soon`` when the first socket becomes pending) and
+  flushes every pending socket: everything queued for it, in order, becomes one transport write
+  of WebSocket frames (``sync.wire``; a frame shared by many sockets is framed once). So the
+  frames the hub offers to all followers of a topic in one pass go out together at the end of
+  that pass, one write per socket, with no task switch per socket;
+- a socket whose transport is above its high-water mark (the client stopped reading) is skipped:
+  its frames stay queued, one small task waits for the transport to drain and marks it pending
+  again. Its queue fills while it is stuck, and the session closes it as ``slow_consumer`` as
+  before. Other sockets are never delayed by it: a write never blocks, and a flush takes at most
+  ``FLUSH_MAX_BYTES`` from one socket per turn before the others get theirs.
+
+Frames are never merged or reordered: each keeps its own batch (≤ 200 updates / 2 MiB, cut by the
+hub and the follower), only the writes are fewer. Batch frames above the server's message limit
+(daphne's ``--websocket-max-message-size``) are refused as ``send`` would refuse them: the socket is
+closed (1011), never sent a frame its server could not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+
+from sync import metrics
+from sync.outbound import LIVE_LAG_SAMPLER, OutboundQueue
+from sync.wire import wire_bytes
+
+log = logging.getLogger(__name__)
+
+# One transport write carries whole frames up to about this many bytes (at least one frame): the
+# size of the servers' write buffer high-water mark (Twisted's ``bufferSize``, asyncio's default),
+# so a socket whose client stopped reading gets at most about that much more buffered than with a
+# ``send`` per frame, which also stopped at that mark.
+WRITE_BYTES = 64 * 1024
+# Most one socket gets written per loop turn; the rest goes next turn, after the other sockets.
+FLUSH_MAX_BYTES = 1024 * 1024
+
+
+class FrameTooLarge(Exception):
+    """A frame above the server's message limit (``SocketWriter.max_message_bytes``)."""
+
+
+class FlushedQueue(OutboundQueue):
+    """An ``OutboundQueue`` that marks its socket pending when a frame is queued."""
+
+    def __init__(self, max_items: int, max_bytes: int, on_offer):
+        super().__init__(max_items, max_bytes)
+        self._on_offer = on_offer
+
+    def offer(self, text: str, committed_at: float | None = None) -> bool:
+        if not super().offer(text, committed_at):
+            return False
+        if not self.closed:
+            self._on_offer()
+        return True
+
+
+class DirectSocket:
+    """One socket's outbound queue, written by the loop's ``Flusher`` (see module docstring).
+
+    ``on_failure()`` is called (inside the exception handler) when a write failed; the caller
+    closes the socket."""
+
+    __slots__ = ("queue", "writer", "flusher", "on_failure", "stopped", "_drain_waiter", "sampler", "wall_clock", "__weakref__")
+
+    def __init__(self, writer, max_items: int, max_bytes: int, *, on_failure, flusher=None, sampler=None, wall_clock=time.time):
+        self.writer = writer
+        self.queue = FlushedQueue(max_items, max_bytes, self.schedule)
+        self.flusher = flusher or flusher_of_running_loop()
+        self.on_failure = on_failure
+        self.stopped = False
+        self._drain_waiter: asyncio.Task | None = None
+        self.sampler = sampler or LIVE_LAG_SAMPLER
+        self.wall_clock = wall_clock
+
+    def schedule(self) -> None:
+        if not self.stopped:
+            self.flusher.add(self)
+
+    def stop(self) -> None:
+        """No more writes from here (the socket is closing or gone)."""
+        self.stopped = True
+        if self._drain_waiter is not None:
+            self._drain_waiter.cancel()
+            self._drain_waiter = None
+
+    def flush(self) -> bool:
+        """Write what is queued, in writes of about ``WRITE_BYTES``, while the transport takes them
+        (at most ``FLUSH_MAX_BYTES`` this turn); False if nothing was written (nothing queued, the
+        socket closing, or its transport full)."""
+        queue, writer = self.queue, self.writer
+        if self.stopped or queue.closed or not len(queue) or not writer.is_open():
+            return False
+        if not writer.writable():
+            self._wait_for_drain()
+            return False
+        limit = writer.max_message_bytes
+        flusher = self.flusher
+        total = 0
+        while True:
+            chunks = []
+            size = 0
+            committed = []
+            while len(queue) and size < WRITE_BYTES:
+                text, committed_at = queue.take_nowait()
+                wire = wire_bytes(text)
+                if limit and len(wire) - _header_length(wire) > limit:
+                    raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
+                chunks.append(wire)
+                size += len(wire)
+                if committed_at is not None:
+                    committed.append(committed_at)
+            writer.write_frames(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            flusher.writes += 1
+            flusher.frames += len(chunks)
+            for committed_at in committed:
+                self.sampler.sent(committed_at, self.wall_clock)
+            total += size
+            if not len(queue):
+                return True
+            if not writer.writable():
+                # Above the transport's high-water mark, as a ``send`` of the same frames would
+                # have stopped: wait for it to drain (the queue fills meanwhile).
+                self._wait_for_drain()
+                return True
+            if total >= FLUSH_MAX_BYTES:
+                self.schedule()  # the next turn: the other sockets get theirs first
+                return True
+
+    def _wait_for_drain(self) -> None:
+        if self._drain_waiter is None and not self.stopped:
+            self._drain_waiter = asyncio.ensure_future(self._drained())
+
+    async def _drained(self) -> None:
+        try:
+            await self.writer.wait_writable()
+        finally:
+            self._drain_waiter = None
+        self.schedule()
+
+
+def _header_length(wire: bytes) -> int:
+    length = wire[1] & 0x7F
+    return 2 if length < 126 else 4 if length == 126 else 10
+
+
+class Flusher:
+    """The event loop's one flush per turn over every pending socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.pending: dict = {}
+        self.scheduled = False
+        self.flushes = 0  # loop turns that flushed
+        self.writes = 0  # transport writes (about one per socket written in a turn)
+        self.frames = 0  # frames in those writes
+
+    def add(self, socket: DirectSocket) -> None:
+        self.pending[socket] = None
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, {}
+        self.flushes += 1
+        writes, frames = self.writes, self.frames
+        for socket in pending:
+            try:
+                socket.flush()
+            except Exception:
+                log.warning("socket write failed; closing the socket", exc_info=True)
+                socket.stop()
+                socket.queue.close()
+                try:
+                    socket.on_failure()
+                except Exception:
+                    log.exception("closing a socket after a failed write failed")
+        _WRITES.inc(self.writes - writes)
+        _FRAMES.inc(self.frames - frames)
+
+
+_WRITES = metrics.TRANSPORT_WRITES.labels(path="direct")
+_FRAMES = metrics.FRAMES_WRITTEN.labels(path="direct")
+
+_flushers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher]" = weakref.WeakKeyDictionary()
+
+
+def flusher_of_running_loop() -> Flusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = Flusher(loop)
+    return flusher
