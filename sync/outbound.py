@@ -66,11 +66,6 @@ class OutboundQueue:
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        return self.take_nowait()
-
-    def take_nowait(self) -> tuple[str, float | None]:
-        """The oldest frame, without waiting (the queue must not be empty): a writer that drains
-        everything queued within one loop turn takes the frames this way."""
         text, committed_at = self._items.popleft()
         self._size -= len(text)
         if not self._items:

@@ -5,19 +5,24 @@ to the server separately: a task switch, an ASGI ``send`` and a transport write 
 frame). When the server's transport takes ready-made frames (``SocketWriter.direct``: daphne and
 uvicorn's default implementation), sockets use this module instead:
 
-- ``DirectSocket.queue`` is the socket's ``OutboundQueue`` (same bounds, same ``offer`` result, so
-  the session's slow-consumer and backpressure rules are unchanged); queuing a frame marks the
-  socket pending with the event loop's ``Flusher``;
+- ``DirectSocket.queue`` is the socket's outbound queue (``DirectQueue``: ``OutboundQueue``'s
+  bounds, ``offer`` result and waits, so the session's slow-consumer and backpressure rules are
+  unchanged); queuing a frame marks the socket pending with the event loop's ``Flusher``;
 - the ``Flusher`` runs once per loop turn (``call_soon`` when the first socket becomes pending) and
   flushes every pending socket: everything queued for it, in order, becomes one transport write
-  of WebSocket frames (``sync.wire``; a frame shared by many sockets is framed once). So the
-  frames the hub offers to all followers of a topic in one pass go out together at the end of
-  that pass, one write per socket, with no task switch per socket;
+  of WebSocket frames (``sync.wire``; a frame shared by many sockets is framed once), or several
+  of about ``WRITE_BYTES`` when more is queued. So the frames the hub offers to all followers of
+  a topic in one pass go out together at the end of that pass, one write per socket, with no
+  task switch per socket;
 - a socket whose transport is above its high-water mark (the client stopped reading) is skipped:
   its frames stay queued, one small task waits for the transport to drain and marks it pending
   again. Its queue fills while it is stuck, and the session closes it as ``slow_consumer`` as
   before. Other sockets are never delayed by it: a write never blocks, and a flush takes at most
   ``FLUSH_MAX_BYTES`` from one socket per turn before the others get theirs.
+
+Memory: an idle socket on this path holds no task and no ``asyncio.Event``: the queue's deque
+exists only while frames are queued, and its events only while someone waits on them (an idle
+socket's queue is otherwise four empty deques of 64 slots each, ~2.5 KiB).
 
 Frames are never merged or reordered: each keeps its own batch (≤ 200 updates / 2 MiB, cut by the
 hub and the follower), only the writes are fewer. Batch frames above the server's message limit
@@ -31,9 +36,10 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import deque
 
 from sync import metrics
-from sync.outbound import LIVE_LAG_SAMPLER, OutboundQueue
+from sync.outbound import LIVE_LAG_SAMPLER
 from sync.wire import wire_bytes
 
 log = logging.getLogger(__name__)
@@ -51,19 +57,97 @@ class FrameTooLarge(Exception):
     """A frame above the server's message limit (``SocketWriter.max_message_bytes``)."""
 
 
-class FlushedQueue(OutboundQueue):
-    """An ``OutboundQueue`` that marks its socket pending when a frame is queued."""
+class DirectQueue:
+    """FIFO of ``(text, committed_at)`` bounded by item count and total characters: the rules of
+    ``sync.outbound.OutboundQueue`` (``offer`` refuses when full, ``has_room``/``wait_room`` at
+    the half mark, ``wait_empty``, ``close``), with ``take_nowait`` for the flusher and
+    ``on_offer()`` called for every frame queued. Allocates nothing while idle (module docstring)."""
+
+    __slots__ = ("max_items", "max_bytes", "closed", "_items", "_size", "_on_offer", "_empty", "_room")
 
     def __init__(self, max_items: int, max_bytes: int, on_offer):
-        super().__init__(max_items, max_bytes)
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.closed = False
+        self._items: deque | None = None  # only while frames are queued
+        self._size = 0
         self._on_offer = on_offer
+        self._empty: asyncio.Event | None = None  # only while someone waits for it
+        self._room: asyncio.Event | None = None
+
+    def __len__(self) -> int:
+        items = self._items
+        return len(items) if items is not None else 0
+
+    @property
+    def size(self) -> int:
+        return self._size
 
     def offer(self, text: str, committed_at: float | None = None) -> bool:
-        if not super().offer(text, committed_at):
+        """Queue a frame; False when the queue is full (the caller closes the socket)."""
+        if self.closed:
+            return True  # the socket is going away; nothing to grow
+        items = self._items
+        count = len(items) if items is not None else 0
+        length = len(text)
+        if count >= self.max_items or (count and self._size + length > self.max_bytes):
             return False
-        if not self.closed:
-            self._on_offer()
+        if items is None:
+            items = self._items = deque()
+        items.append((text, committed_at))
+        self._size += length
+        self._on_offer()
         return True
+
+    @property
+    def has_room(self) -> bool:
+        """At most half full (the mark replay waits for, and below which replies are sent)."""
+        return len(self) <= self.max_items // 2 and self._size <= self.max_bytes // 2
+
+    def take_nowait(self) -> tuple[str, float | None]:
+        """The oldest frame (the queue must not be empty)."""
+        items = self._items
+        text, committed_at = items.popleft()
+        self._size -= len(text)
+        if not items:
+            self._items = None
+            self._release("_empty")
+        if self._room is not None and self.has_room:
+            self._release("_room")
+        return text, committed_at
+
+    async def wait_room(self, timeout: float) -> bool:
+        """Until the queue is at most half full; False if that took longer than ``timeout``."""
+        if self.has_room or self.closed:
+            return True
+        if self._room is None:
+            self._room = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def wait_empty(self) -> None:
+        """Until every queued frame was taken by the flusher (and handed to the transport)."""
+        if not len(self) or self.closed:
+            return
+        if self._empty is None:
+            self._empty = asyncio.Event()
+        await self._empty.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._items = None
+        self._size = 0
+        self._release("_empty")
+        self._release("_room")
+
+    def _release(self, name: str) -> None:
+        event = getattr(self, name)
+        if event is not None:
+            setattr(self, name, None)
+            event.set()
 
 
 class DirectSocket:
@@ -76,7 +160,7 @@ class DirectSocket:
 
     def __init__(self, writer, max_items: int, max_bytes: int, *, on_failure, flusher=None, sampler=None, wall_clock=time.time):
         self.writer = writer
-        self.queue = FlushedQueue(max_items, max_bytes, self.schedule)
+        self.queue = DirectQueue(max_items, max_bytes, self.schedule)
         self.flusher = flusher or flusher_of_running_loop()
         self.on_failure = on_failure
         self.stopped = False
@@ -100,13 +184,25 @@ class DirectSocket:
         (at most ``FLUSH_MAX_BYTES`` this turn); False if nothing was written (nothing queued, the
         socket closing, or its transport full)."""
         queue, writer = self.queue, self.writer
-        if self.stopped or queue.closed or not len(queue) or not writer.is_open():
+        count = len(queue)
+        if self.stopped or queue.closed or not count or not writer.is_open():
             return False
         if not writer.writable():
             self._wait_for_drain()
             return False
         limit = writer.max_message_bytes
         flusher = self.flusher
+        if count == 1:  # the common case of live fan-out: one frame per socket per turn
+            text, committed_at = queue.take_nowait()
+            wire = wire_bytes(text)
+            if limit and len(wire) - _header_length(wire) > limit:
+                raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
+            writer.write_frames(wire)
+            flusher.writes += 1
+            flusher.frames += 1
+            if committed_at is not None:
+                self.sampler.sent(committed_at, self.wall_clock)
+            return True
         total = 0
         while True:
             chunks = []
