@@ -100,24 +100,27 @@ async def test_a_burst_goes_out_in_order_in_few_frames_and_one_write_per_socket(
 
 @pytest.mark.parametrize("kind", SERVER_KINDS)
 async def test_a_stuck_socket_never_delays_a_reading_one(topics, mint, asgi_server, kind):
-    """Bursts of large rows to a socket that reads and one that never reads: the reading socket
-    gets every row, in order, burst after burst, while the silent one's transport stays full and
-    its queue grows until it is closed as ``slow_consumer`` (4008). Each burst is written only
-    after the reading socket got the previous one, so its queue never holds more than one burst,
-    however slow the machine."""
+    """Bursts of four 32 KiB rows (one batch frame each: the batch limit is 1 here, so every burst
+    is four frames queued in one turn, written together) to a socket that reads and one that never
+    reads: the reading socket gets every row, in order, burst after burst, while the silent one's
+    transport stays full and its queue grows until it is closed as ``slow_consumer`` (4008). Each
+    burst is written only after the reading socket got the previous one, so its queue never holds
+    more than one burst, however slow the machine."""
     limit = 12
-    server = asgi_server(kind, khala={"OUTBOUND_QUEUE_LIMIT": limit, "OUTBOUND_QUEUE_MAX_BYTES": 8 * 1024 * 1024})
+    server = asgi_server(kind, khala={"OUTBOUND_QUEUE_LIMIT": limit, "OUTBOUND_QUEUE_MAX_BYTES": 8 * 1024 * 1024, "REPLAY_BATCH_MAX_SIZE": 1})
     reader = await subscribed(server, mint(1))
     silent = await subscribed(server, mint(1), client=await PhoenixClient.raw(server.ws_url(token=mint(1))))
     seen = []
     first = 1
-    for _ in range(100):  # 100 bursts of 4 × 64 KiB: far more than kernel and transport buffers hold
-        watermarks = await asyncio.to_thread(write_burst, first, 4, "user:1", 64 * 1024)
+    for _ in range(200):  # up to 200 bursts of 4 × 32 KiB: far more than kernel and transport buffers hold
+        watermarks = await asyncio.to_thread(write_burst, first, 4, "user:1", 32 * 1024)
         first += 4
         batches = await batches_until(reader, watermarks[-1])
         seen += [u["watermark"] for b in batches for u in b[4]["updates"]]
         if metric(server, "khala_ws_slow_consumer_closes_total") >= 1:
             break
+    # Read the silent socket at once: daphne (autobahn) gives a peer 1 s to answer its close
+    # frame before dropping TCP, and the frame waits behind what the kernel buffers still hold.
     close_code = await silent.wait_closed(timeout=30)
     assert metric(server, "khala_ws_slow_consumer_closes_total") == 1, "the silent socket was never closed"
     assert close_code == 4008
