@@ -59,6 +59,7 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
     conns: list[harness.SyncSocket] = []
     failures: list[str] = []
     counts = {"server_heartbeats": 0, "phoenix_replies": 0, "other": 0, "closed": 0}
+    readers: list[asyncio.Task] = []
 
     async def open_one() -> None:
         async with limiter:
@@ -66,10 +67,9 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
                 sock = await harness.SyncSocket.connect(url, open_timeout=60)
                 await harness.join_and_subscribe(sock, topic)
                 conns.append(sock)
+                readers.append(asyncio.create_task(reader(sock)))  # read from the start, like a client
             except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
-
-    await asyncio.gather(*(open_one() for _ in range(sockets)))
 
     async def reader(sock: harness.SyncSocket) -> None:
         try:
@@ -86,19 +86,26 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
         counts["closed"] += 1
 
     async def heartbeats() -> None:
-        # Spread evenly over the interval, like many independent phoenix clients.
+        # Spread evenly over the interval, like many independent phoenix clients, kept on the clock
+        # (a sleep per socket overshoots on a loaded box and the cycle drifted past the server's
+        # 60 s idle timeout), and running from the first socket on: connecting 5,000 sockets can
+        # take longer than the idle timeout, and the first ones must not be closed meanwhile.
         while True:
             order = list(conns)
             random.shuffle(order)
-            for sock in order:
+            started = time.monotonic()
+            for i, sock in enumerate(order):
+                delay = started + i * CLIENT_HEARTBEAT_SECONDS / len(order) - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 try:
                     await sock.heartbeat()
                 except Exception:
                     pass
-                await asyncio.sleep(CLIENT_HEARTBEAT_SECONDS / max(len(order), 1))
+            await asyncio.sleep(max(started + CLIENT_HEARTBEAT_SECONDS - time.monotonic(), 0))
 
-    readers = [asyncio.create_task(reader(c)) for c in conns]
     beat = asyncio.create_task(heartbeats())
+    await asyncio.gather(*(open_one() for _ in range(sockets)))
     harness.report_ready(len(conns), len(failures))
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # "MARK": start of the idle window
