@@ -22,7 +22,7 @@ uvicorn's default implementation), sockets use this module instead:
 
 Memory: an idle socket on this path holds no task and no ``asyncio.Event``: the queue's deque
 exists only while frames are queued, and its events only while someone waits on them (an idle
-socket's queue is otherwise four empty deques of 64 slots each, ~2.5 KiB).
+``OutboundQueue`` holds four empty deques of 64 slots, ~2.5 KiB, and its writer task's frames).
 
 Frames are never merged or reordered: each keeps its own batch (≤ 200 updates / 2 MiB, cut by the
 hub and the follower), only the writes are fewer. Batch frames above the server's message limit
