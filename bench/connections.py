@@ -16,7 +16,13 @@ Measured:
   the maximum by ``application_name``. A socket never holding a connection means this stays at the
   worker's pool bound however many sockets there are (5,000 sockets vs ``max_connections`` 100);
 - server RSS: after a warm-up (a few sockets opened and closed) and with all sockets subscribed;
-  per socket = (subscribed − warm) / sockets. Target < 40 KiB;
+  per socket = (subscribed − warm) / sockets. Target < 32 KiB;
+- with ``--tracemalloc``: where that memory goes. The server runs with ``KHALA_TRACEMALLOC_DIR``
+  (``khala_project.heap_snapshots``) and is sent SIGUSR2 after the warm-up and again after the idle
+  window; the JSON gets the difference of the two snapshots per socket, by file and by allocating
+  line (Python allocations only: the kernel's socket buffers and the allocator's own overhead are
+  not in it). tracemalloc slows the server and inflates its RSS: take RSS figures from a run
+  without it;
 - heartbeat cost: server CPU seconds over the idle window, minus the worker's own no-socket CPU
   (measured for ``--baseline`` s after the warm-up), divided by the heartbeats in the window
   (server ``sync:heartbeat`` pushes counted by the clients + Phoenix heartbeats answered); and
@@ -44,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import connections_storm, harness  # noqa: E402
 
-TARGET_RSS_PER_SOCKET_BYTES = 40 * 1024
+TARGET_RSS_PER_SOCKET_BYTES = 32 * 1024  # issue 16 (was 40 KiB)
 CLIENT_HEARTBEAT_SECONDS = 25.0
 
 
@@ -56,6 +62,7 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
     conns: list[harness.SyncSocket] = []
     failures: list[str] = []
     counts = {"server_heartbeats": 0, "phoenix_replies": 0, "other": 0, "closed": 0}
+    readers: list[asyncio.Task] = []
 
     async def open_one() -> None:
         async with limiter:
@@ -63,10 +70,9 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
                 sock = await harness.SyncSocket.connect(url, open_timeout=60)
                 await harness.join_and_subscribe(sock, topic)
                 conns.append(sock)
+                readers.append(asyncio.create_task(reader(sock)))  # read from the start, like a client
             except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}")
-
-    await asyncio.gather(*(open_one() for _ in range(sockets)))
 
     async def reader(sock: harness.SyncSocket) -> None:
         try:
@@ -83,19 +89,26 @@ async def client_main(url: str, sockets: int, token: str, topic: str, out_path: 
         counts["closed"] += 1
 
     async def heartbeats() -> None:
-        # Spread evenly over the interval, like many independent phoenix clients.
+        # Spread evenly over the interval, like many independent phoenix clients, kept on the clock
+        # (a sleep per socket overshoots on a loaded box and the cycle drifted past the server's
+        # 60 s idle timeout), and running from the first socket on: connecting 5,000 sockets can
+        # take longer than the idle timeout, and the first ones must not be closed meanwhile.
         while True:
             order = list(conns)
             random.shuffle(order)
-            for sock in order:
+            started = time.monotonic()
+            for i, sock in enumerate(order):
+                delay = started + i * CLIENT_HEARTBEAT_SECONDS / len(order) - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
                 try:
                     await sock.heartbeat()
                 except Exception:
                     pass
-                await asyncio.sleep(CLIENT_HEARTBEAT_SECONDS / max(len(order), 1))
+            await asyncio.sleep(max(started + CLIENT_HEARTBEAT_SECONDS - time.monotonic(), 0))
 
-    readers = [asyncio.create_task(reader(c)) for c in conns]
     beat = asyncio.create_task(heartbeats())
+    await asyncio.gather(*(open_one() for _ in range(sockets)))
     harness.report_ready(len(conns), len(failures))
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # "MARK": start of the idle window
@@ -153,8 +166,46 @@ class DbSampler(threading.Thread):
         return peak, by_app
 
 
+def heap_snapshot(server, directory: str, number: int):
+    """Ask the server for its ``number``-th tracemalloc snapshot and load it."""
+    import os
+    import signal
+    import tracemalloc
+
+    path = Path(directory) / f"{server.pid}-{number}.snapshot"
+    os.kill(server.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 300
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no heap snapshot {path}")
+        time.sleep(0.2)  # waiting for the server's signal handler to write it
+    return tracemalloc.Snapshot.load(str(path))
+
+
+def heap_breakdown(before, after, sockets: int, top: int = 25) -> dict:
+    """Python allocations per socket between two snapshots, by file and by allocating line."""
+    def rows(key_type):
+        stats = after.compare_to(before, key_type)
+        out = []
+        for stat in stats[:top]:
+            frame = stat.traceback[0]
+            out.append({
+                "where": f"{frame.filename}:{frame.lineno}" if key_type == "lineno" else frame.filename,
+                "bytes_per_socket": round(stat.size_diff / max(sockets, 1), 1),
+                "blocks_per_socket": round(stat.count_diff / max(sockets, 1), 2),
+            })
+        return out
+
+    total = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    return {"traced_bytes_per_socket": round(total / max(sockets, 1), 1), "by_file": rows("filename"), "by_line": rows("lineno")}
+
+
 def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
-    server = harness.start(kind, env)
+    import tempfile
+
+    heap_dir = tempfile.mkdtemp(prefix="khala-heap-") if args.tracemalloc else None
+    server = harness.start(kind, env, khala=args.khala, env={"KHALA_TRACEMALLOC_DIR": heap_dir} if heap_dir else None)
+    heap = None
     clients = []
     sampler = DbSampler(env["database_url"])
     sampler.start()
@@ -175,6 +226,7 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         asyncio.run(warm_up())
         time.sleep(2)  # let the server finish closing the warm-up sockets before reading RSS
         rss_warm = server.rss_bytes()
+        heap_before = heap_snapshot(server, heap_dir, 1) if heap_dir else None
         # The worker's own background cost with no socket (hub head checks, …), subtracted below
         # so that the heartbeat figure is the marginal cost of sockets.
         cpu_base_start = harness.proc_cpu_seconds(server.pid)
@@ -201,6 +253,8 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
         cpu_idle = harness.proc_cpu_seconds(server.pid) - cpu_idle_start
         idle_seconds = time.monotonic() - t_idle
         rss_subscribed = server.rss_bytes()
+        if heap_dir:
+            heap = heap_breakdown(heap_before, heap_snapshot(server, heap_dir, 2), sum(r[0] for r in ready))
         if profiler is not None:
             print(f"  profile: {harness.stop_profiler(profiler)}")
         harness.tell_clients(clients, "STOP")
@@ -237,6 +291,7 @@ def run_kind(kind: str, env: dict, args, user, topic: str) -> dict:
             round(max(cpu_idle - base_cpu_per_second * idle_seconds, 0) / heartbeats * 1e6, 1) if heartbeats else None
         ),
         "sockets_closed_during_window": window["closed"],
+        "tracemalloc": heap,
     }
     data["meets_rss_target"] = data["rss_per_socket_bytes"] < TARGET_RSS_PER_SOCKET_BYTES
     print(
@@ -256,6 +311,9 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", type=float, default=10.0, help="seconds of the no-socket CPU baseline")
     parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne,uvicorn")
     parser.add_argument("--py-spy", metavar="DIR", help="profile the server (connect phase, idle window) into DIR")
+    parser.add_argument("--tracemalloc", action="store_true", help="where the per-socket memory goes (see the docstring)")
+    parser.add_argument("--khala", type=orjson.loads, default=None, metavar="JSON", help="Khala settings for the server")
+    parser.add_argument("--result-name", default="connections", help="bench/results/<name>.json")
     harness.add_client_options(parser)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
@@ -303,16 +361,23 @@ def main(argv=None) -> int:
             f"{kind:10s} {d['sockets_subscribed']:>10} {d['db_connections_peak']:>14} {d['rss_per_socket_bytes'] / 1024:>11.1f} "
             f"{d['idle_server_cpu_share_of_one_core'] * 100:>11.2f} {str(d['server_cpu_us_per_heartbeat']):>13s}"
         )
+    for kind, d in results.items():
+        if d["tracemalloc"]:
+            print(f"{kind}: Python allocations per socket {d['tracemalloc']['traced_bytes_per_socket'] / 1024:.1f} KiB; by file:")
+            for row in d["tracemalloc"]["by_file"][:12]:
+                print(f"  {row['bytes_per_socket']:>9.0f} B  {row['blocks_per_socket']:>6.2f} blocks  {row['where']}")
     path = harness.write_result(
-        "connections",
+        args.result_name,
         {
             "target_rss_per_socket_bytes": TARGET_RSS_PER_SOCKET_BYTES,
             "postgres_max_connections": max_connections,
             "db_pool_max_size": khala_setting("DB_POOL_MAX_SIZE"),
             "open_file_limit": limit,
+            "khala_settings": args.khala,
             "servers": results,
         },
         argv,
+        script="connections",
     )
     print(f"wrote {path}")
     return 0

@@ -17,6 +17,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from khala_project import daphne_writes, heap_snapshots  # noqa: E402
 from khala_project.origins import BrowserOriginValidator  # noqa: E402
 from projector.outbox_worker import start_in_process_drain  # noqa: E402
 from sync.routing import websocket_urlpatterns  # noqa: E402
@@ -26,6 +27,15 @@ if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"
         "REDIS_URL is unset: using the in-memory channel layer, which serves ONE process only. "
         "Set REDIS_URL before running more than one worker."
     )
+
+# Under daphne, Twisted's TCP transport sends at once when nothing is buffered instead of
+# registering the socket with epoll for every frame (khala_project/daphne_writes.py). daphne loads
+# this module before it listens, so every connection gets it.
+if daphne_writes.running_under_daphne():
+    daphne_writes.install()
+
+# Only with KHALA_TRACEMALLOC_DIR set (bench/connections.py --tracemalloc): heap snapshots on SIGUSR2.
+heap_snapshots.install_from_environment()
 
 # The projection outbox drained inside this process (KHALA OUTBOX_IN_PROCESS_DRAIN; on by default
 # only for the embedded SQLite database of `make run`, where no projector_worker runs): entries

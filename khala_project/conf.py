@@ -129,6 +129,10 @@ DEFAULTS: dict = {
     # Per-socket outbound queue bounds (frames, bytes); overflow closes the socket (slow_consumer).
     "OUTBOUND_QUEUE_LIMIT": 1000,
     "OUTBOUND_QUEUE_MAX_BYTES": 8 * 1024 * 1024,
+    # Write what is queued for a socket within one loop turn as one transport write of ready-made
+    # WebSocket frames (sync/socket_flush.py) where the server allows it (daphne, uvicorn's default
+    # WebSocket implementation); off: one ASGI send per frame from a writer task per socket.
+    "SOCKET_DIRECT_WRITES": True,
     "MAX_FRAME_BYTES": 1024 * 1024,
     # The largest WebSocket message the ASGI server itself accepts or sends (khala_project/serve.py
     # passes it to daphne and uvicorn). Above MAX_FRAME_BYTES so that Khala, not the server, answers

@@ -14,6 +14,14 @@ documented limits hold whichever ASGI server runs it and however it was started:
   a replay batch is up to ``REPLAY_BATCH_MAX_BYTES`` (2 MiB), so the same ceiling covers it.
 - **uvicorn**: per-message deflate off (Khala's frames are small JSON; compressing each costs more
   CPU than it saves on a LAN), no access log, no lifespan (Khala has no startup hooks).
+- **daphne's writes**: Twisted's TCP transport registers the socket with epoll for every frame
+  it sends and unregisters it once sent (~half of daphne's CPU per delivered frame). The ASGI app
+  module, which daphne loads before it listens, replaces that transport with one that sends at
+  once when nothing is buffered (``khala_project.daphne_writes``), so this holds however daphne
+  is started; no flag is needed here.
+- **Both**: Khala writes ready-made WebSocket frames to the server's transport itself, one write
+  per socket per loop turn (``sync.socket_flush``), which needs per-message deflate off (a
+  negotiated extension makes a socket fall back to one ``send`` per frame).
 
 This module reads only Khala's settings (no app registry), then replaces itself with the server
 (``os.execv``): no extra process, and signals go straight to the server.

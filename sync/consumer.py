@@ -22,6 +22,7 @@ from sync.hub import get_hub
 from sync.outbound import OutboundQueue, run_writer
 from sync.protocol import SUPPORTED_VSN
 from sync.session import Session, connect_params_refusal
+from sync.socket_flush import DirectSocket
 from sync.transport import SocketWriter
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,14 @@ class SyncSocket(AsyncConsumer):
     server's raw ``send`` (``self.base_send``), which waits for uvicorn's transport to drain and
     registers a Twisted producer with daphne (see ``sync.transport``). Receiving is not throttled:
     each frame is handled synchronously and slow work is queued with a bound (``Session``).
+
+    Writing: where the server's transport takes ready-made frames (``SocketWriter.direct``: daphne,
+    uvicorn's default WebSocket implementation) the outbound queue is a ``DirectSocket``'s and the
+    loop's flusher writes everything queued for the socket within one loop turn as one transport
+    write (``sync.socket_flush``); elsewhere one writer task per socket drains the queue through
+    ``send`` (``sync.outbound.run_writer``). Either way every frame of the session goes through its
+    one queue, in order; only the last error frame of a closing socket and the close itself are
+    handed to ``send`` directly (after the queue was stopped).
     """
 
     channel_layer_alias = None
@@ -65,6 +74,8 @@ class SyncSocket(AsyncConsumer):
         self.hub = None
         self.writer: SocketWriter | None = None
         self.outbound: OutboundQueue | None = None
+        self.direct: DirectSocket | None = None  # direct writes (``sync.socket_flush``), else a writer task
+        self.writer_task: asyncio.Task | None = None
         self.tasks: list[asyncio.Task] = []
         self.close_task: asyncio.Task | None = None
 
@@ -103,7 +114,12 @@ class SyncSocket(AsyncConsumer):
         self.hub = await get_hub()
         self.writer = SocketWriter(self.base_send)
         self.writer.attach()
-        self.outbound = OutboundQueue(int(khala_setting("OUTBOUND_QUEUE_LIMIT")), int(khala_setting("OUTBOUND_QUEUE_MAX_BYTES")))
+        limit, max_bytes = int(khala_setting("OUTBOUND_QUEUE_LIMIT")), int(khala_setting("OUTBOUND_QUEUE_MAX_BYTES"))
+        if self.writer.direct and khala_setting("SOCKET_DIRECT_WRITES"):  # the loop's flusher writes; no writer task
+            self.direct = DirectSocket(self.writer, limit, max_bytes, on_failure=self._write_failed)
+            self.outbound = self.direct.queue
+        else:
+            self.outbound = OutboundQueue(limit, max_bytes)
         self.session = Session(
             self.hub,
             params=params,
@@ -115,7 +131,9 @@ class SyncSocket(AsyncConsumer):
         )
         self.hub.add(self.session)
         metrics.ACTIVE_CONNECTIONS.inc()
-        self.tasks = [asyncio.create_task(self._write()), asyncio.create_task(self.session.run())]
+        self.tasks = [asyncio.create_task(self.session.run())]
+        if self.direct is None:
+            self.writer_task = asyncio.create_task(self._write())
 
     async def _receive(self, message) -> None:
         if self.session is not None:
@@ -127,6 +145,7 @@ class SyncSocket(AsyncConsumer):
             session.shutdown()
             self.hub.remove(session)
             metrics.ACTIVE_CONNECTIONS.dec()
+            self._stop_writer()
             for task in (*self.tasks, self.close_task):
                 if task is not None and not task.done():
                     task.cancel()
@@ -136,6 +155,16 @@ class SyncSocket(AsyncConsumer):
             except Exception:
                 log.warning("releasing the socket's place failed; its lease will lapse", exc_info=True)
         raise StopConsumer
+
+    def _stop_writer(self) -> None:
+        if self.direct is not None:
+            self.direct.stop()
+        if self.writer_task is not None and not self.writer_task.done():
+            self.writer_task.cancel()
+
+    def _write_failed(self) -> None:
+        # A direct write was refused (see ``_write`` for the same case with the writer task).
+        self._close_requested(close_code("internal"), False)
 
     async def _write(self) -> None:
         try:
@@ -164,7 +193,7 @@ class SyncSocket(AsyncConsumer):
                 await asyncio.wait_for(self.outbound.wait_empty(), CLOSE_FLUSH_SECONDS)
             except asyncio.TimeoutError:
                 pass
-        self.tasks[0].cancel()  # the writer
+        self._stop_writer()
         self.outbound.close()
         try:
             if last_frame is not None and not self.writer.paused:

@@ -38,6 +38,7 @@ from sync.protocol import (
     stale_cursor_error,
     stale_reason,
 )
+from sync.wire import SharedFrame
 
 # Live rows buffered per topic while that topic replays; past this the buffer is dropped and the
 # rows are read from the journal instead (the journal is the truth; the buffer is an optimisation).
@@ -109,6 +110,10 @@ class LiveBatch:
             through = self.end if index == len(pieces) - 1 else piece[-1][0]
             committed_at = min(committed[wm] for wm, _ in piece)
             out += batch_frames(join_ref, self.topic, piece, True, through, self.stream_epoch, with_frames, committed_at)
+        if join_ref is None:
+            # The same frames go to every socket that sees these rows: their WebSocket framing is
+            # built once too (``sync.wire``).
+            out = [(SharedFrame(text), committed_at) for text, committed_at in out]
         return out
 
 

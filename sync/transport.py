@@ -18,6 +18,18 @@ What each ASGI server does when a client stops reading:
 If a daphne build ever stops exposing the protocol through ``send`` (the partial's first
 argument), the writer falls back to plain sends and logs a warning once: correctness is unchanged,
 only the slow-consumer bound then relies on the outbound queue alone, which no longer fills.
+
+**Direct writes** (``direct``): on daphne (with the producer attached) and on uvicorn's default
+WebSocket implementation (``websockets-sansio``, no extension negotiated) the writer also reaches
+the server's transport itself, so ``sync.socket_flush`` can write everything queued for a socket
+within one loop turn as ONE transport write of ready-made WebSocket frames (``sync.wire``), the
+frames many sockets share framed once. It writes only while the server's own WebSocket state is
+open (daphne: autobahn ``STATE_OPEN`` with nothing in its chopped-write queue; uvicorn: no close
+sent, ``websockets`` state OPEN, transport not closing), so its frames never follow a close frame;
+whole frames only, so the server's own pings, pongs and close frames interleave at frame
+boundaries as they do with ``send``. Backpressure is the same signal: daphne's producer, uvicorn's
+``writable`` event (set by the transport's ``pause_writing``/``resume_writing``). Any other server
+(or uvicorn's ``websockets``/``wsproto`` implementations) gets ``send`` only.
 """
 
 from __future__ import annotations
@@ -32,16 +44,48 @@ try:  # Twisted (and zope.interface) come with daphne; uvicorn-only deployments 
 except ImportError:  # pragma: no cover
     IPushProducer = implementer = None
 
+from sync import metrics
+
 log = logging.getLogger(__name__)
 _warned = False
+_SEND_WRITES = metrics.TRANSPORT_WRITES.labels(path="send")
+_SEND_FRAMES = metrics.FRAMES_WRITTEN.labels(path="send")
+
+
+class _Gate:
+    """``asyncio.Event``'s ``is_set``/``set``/``clear``/``wait``, allocating a waiter only while one
+    is needed (an Event holds an empty deque of 64 slots: ~0.7 KiB per idle socket)."""
+
+    __slots__ = ("_open", "_waiter")
+
+    def __init__(self):
+        self._open = True
+        self._waiter: asyncio.Future | None = None
+
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        self._open = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._open = False
+
+    async def wait(self) -> None:
+        while not self._open:
+            if self._waiter is None:
+                self._waiter = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._waiter)  # one waiter's cancellation must not wake the others
 
 
 class _Writability:
-    """A Twisted streaming producer that mirrors the transport's pause state into an asyncio.Event."""
+    """A Twisted streaming producer that mirrors the transport's pause state into a ``_Gate``."""
 
     def __init__(self):
-        self.writable = asyncio.Event()
-        self.writable.set()
+        self.writable = _Gate()
         self.pauses = 0
 
     def pauseProducing(self):
@@ -78,12 +122,80 @@ def _daphne_protocol(send):
     return None
 
 
+class _DaphneChannel:
+    """Direct writes to daphne's (autobahn's) transport; writable per the registered producer."""
+
+    __slots__ = ("protocol", "producer")
+
+    def __init__(self, protocol, producer: _Writability):
+        self.protocol = protocol
+        self.producer = producer
+
+    def is_open(self) -> bool:
+        protocol = self.protocol
+        return protocol.state == protocol.STATE_OPEN and not protocol.send_queue and protocol.transport is not None
+
+    def writable(self) -> bool:
+        return self.producer.writable.is_set()
+
+    async def wait_writable(self) -> None:
+        await self.producer.writable.wait()
+
+    def write(self, data: bytes) -> None:
+        self.protocol.transport.write(data)
+
+
+class _UvicornChannel:
+    """Direct writes to uvicorn's asyncio transport (``websockets-sansio`` implementation)."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+
+    def is_open(self) -> bool:
+        protocol = self.protocol
+        return (
+            not protocol.close_sent and not protocol.disconnected and protocol.conn.state is _WS_OPEN
+            and not protocol.transport.is_closing()
+        )
+
+    def writable(self) -> bool:
+        return self.protocol.writable.is_set()
+
+    async def wait_writable(self) -> None:
+        await self.protocol.writable.wait()
+
+    def write(self, data: bytes) -> None:
+        self.protocol.transport.write(data)
+
+
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol as _UvicornSansIO
+    from websockets.protocol import State as _WSState
+
+    _WS_OPEN = _WSState.OPEN
+except ImportError:  # pragma: no cover
+    _UvicornSansIO = _WS_OPEN = None
+
+
+def _uvicorn_protocol(send):
+    """uvicorn's WebSocket protocol behind ``send`` (its bound method), when it can take direct writes."""
+    protocol = getattr(send, "__self__", None)
+    if _UvicornSansIO is None or not isinstance(protocol, _UvicornSansIO):
+        return None
+    if protocol.conn.extensions:  # e.g. permessage-deflate negotiated: frames must go through it
+        return None
+    return protocol
+
+
 class SocketWriter:
     """``send_text`` returns once the server's transport can take more (see module docstring)."""
 
     def __init__(self, send):
         self._send = send
         self._producer: _Writability | None = None
+        self._channel = None  # direct writes (see module docstring), None: ``send`` only
         self.server = "asgi"
         # Largest message the server will send, when it has such a limit. autobahn (daphne)
         # applies --websocket-max-message-size to outgoing messages too and raises on larger
@@ -95,6 +207,10 @@ class SocketWriter:
         global _warned
         protocol = _daphne_protocol(self._send)
         if protocol is None:
+            uvicorn = _uvicorn_protocol(self._send)
+            if uvicorn is not None:
+                self.server = "uvicorn"
+                self._channel = _UvicornChannel(uvicorn)
             return
         self.server = "daphne"
         limit = getattr(protocol, "maxMessagePayloadSize", 0)
@@ -117,13 +233,41 @@ class SocketWriter:
         self._producer = _Writability()
         protocol.registerProducer(self._producer, True)
         log.debug("daphne transport backpressure attached to %r", protocol.transport)
+        if getattr(protocol, "_perMessageCompress", None) is None:
+            self._channel = _DaphneChannel(protocol, self._producer)
 
     @property
     def paused(self) -> bool:
+        if self._channel is not None:
+            return not self._channel.writable()
         return self._producer is not None and not self._producer.writable.is_set()
+
+    # ---- direct writes (``sync.socket_flush``) ----------------------------------------------
+
+    @property
+    def direct(self) -> bool:
+        """The server's transport takes ready-made frames from this writer."""
+        return self._channel is not None
+
+    def is_open(self) -> bool:
+        """The server's WebSocket is open for data frames (no close sent or received)."""
+        return self._channel.is_open()
+
+    def writable(self) -> bool:
+        """The transport's buffer is below the server's high-water mark."""
+        return self._channel.writable()
+
+    async def wait_writable(self) -> None:
+        await self._channel.wait_writable()
+
+    def write_frames(self, data: bytes) -> None:
+        """Whole WebSocket frames, written as one transport write (only while ``is_open()``)."""
+        self._channel.write(data)
 
     async def send_text(self, text: str) -> None:
         await self._send({"type": "websocket.send", "text": text})
+        _SEND_WRITES.inc()
+        _SEND_FRAMES.inc()
         if self._producer is not None and not self._producer.writable.is_set():
             await self._producer.writable.wait()
 

@@ -1,0 +1,302 @@
+"""Queued frames reach their sockets once per loop turn, each socket's in ONE transport write.
+
+The per-socket writer task (``sync.outbound.run_writer``) wakes once per frame and hands each frame
+to the server separately: a task switch, an ASGI ``send`` and a transport write per (socket,
+frame). When the server's transport takes ready-made frames (``SocketWriter.direct``: daphne and
+uvicorn's default implementation), sockets use this module instead:
+
+- ``DirectSocket.queue`` is the socket's outbound queue (``DirectQueue``: ``OutboundQueue``'s
+  bounds, ``offer`` result and waits, so the session's slow-consumer and backpressure rules are
+  unchanged); queuing a frame marks the socket pending with the event loop's ``Flusher``;
+- the ``Flusher`` runs once per loop turn (``call_soon`` when the first socket becomes pending) and
+  flushes every pending socket: everything queued for it, in order, becomes one transport write
+  of WebSocket frames (``sync.wire``; a frame shared by many sockets is framed once), or several
+  of about ``WRITE_BYTES`` when more is queued. So the frames the hub offers to all followers of
+  a topic in one pass go out together at the end of that pass, one write per socket, with no
+  task switch per socket;
+- a socket whose transport is above its high-water mark (the client stopped reading) is skipped:
+  its frames stay queued, one small task waits for the transport to drain and marks it pending
+  again. Its queue fills while it is stuck, and the session closes it as ``slow_consumer`` as
+  before. Other sockets are never delayed by it: a write never blocks, and a flush takes at most
+  ``FLUSH_MAX_BYTES`` from one socket per turn before the others get theirs.
+
+Memory: an idle socket on this path holds no task and no ``asyncio.Event``: the queue's deque
+exists only while frames are queued, and its events only while someone waits on them (an idle
+``OutboundQueue`` holds four empty deques of 64 slots, ~2.5 KiB, and its writer task's frames).
+
+Frames are never merged or reordered: each keeps its own batch (≤ 200 updates / 2 MiB, cut by the
+hub and the follower), only the writes are fewer. Batch frames above the server's message limit
+(daphne's ``--websocket-max-message-size``) are refused as ``send`` would refuse them: the socket is
+closed (1011), never sent a frame its server could not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import deque
+
+from sync import metrics
+from sync.outbound import LIVE_LAG_SAMPLER
+from sync.wire import wire_bytes
+
+log = logging.getLogger(__name__)
+
+# One transport write carries whole frames up to about this many bytes (at least one frame): the
+# size of the servers' write buffer high-water mark (Twisted's ``bufferSize``, asyncio's default),
+# so a socket whose client stopped reading gets at most about that much more buffered than with a
+# ``send`` per frame, which also stopped at that mark.
+WRITE_BYTES = 64 * 1024
+# Most one socket gets written per loop turn; the rest goes next turn, after the other sockets.
+FLUSH_MAX_BYTES = 1024 * 1024
+
+
+class FrameTooLarge(Exception):
+    """A frame above the server's message limit (``SocketWriter.max_message_bytes``)."""
+
+
+class DirectQueue:
+    """FIFO of ``(text, committed_at)`` bounded by item count and total characters: the rules of
+    ``sync.outbound.OutboundQueue`` (``offer`` refuses when full, ``has_room``/``wait_room`` at
+    the half mark, ``wait_empty``, ``close``), with ``take_nowait`` for the flusher and
+    ``on_offer()`` called for every frame queued. Allocates nothing while idle (module docstring)."""
+
+    __slots__ = ("max_items", "max_bytes", "closed", "_items", "_size", "_on_offer", "_empty", "_room")
+
+    def __init__(self, max_items: int, max_bytes: int, on_offer):
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self.closed = False
+        self._items: deque | None = None  # only while frames are queued
+        self._size = 0
+        self._on_offer = on_offer
+        self._empty: asyncio.Event | None = None  # only while someone waits for it
+        self._room: asyncio.Event | None = None
+
+    def __len__(self) -> int:
+        items = self._items
+        return len(items) if items is not None else 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def offer(self, text: str, committed_at: float | None = None) -> bool:
+        """Queue a frame; False when the queue is full (the caller closes the socket)."""
+        if self.closed:
+            return True  # the socket is going away; nothing to grow
+        items = self._items
+        count = len(items) if items is not None else 0
+        length = len(text)
+        if count >= self.max_items or (count and self._size + length > self.max_bytes):
+            return False
+        if items is None:
+            items = self._items = deque()
+        items.append((text, committed_at))
+        self._size += length
+        self._on_offer()
+        return True
+
+    @property
+    def has_room(self) -> bool:
+        """At most half full (the mark replay waits for, and below which replies are sent)."""
+        return len(self) <= self.max_items // 2 and self._size <= self.max_bytes // 2
+
+    def take_nowait(self) -> tuple[str, float | None]:
+        """The oldest frame (the queue must not be empty)."""
+        items = self._items
+        text, committed_at = items.popleft()
+        self._size -= len(text)
+        if not items:
+            self._items = None
+            self._release("_empty")
+        if self._room is not None and self.has_room:
+            self._release("_room")
+        return text, committed_at
+
+    async def wait_room(self, timeout: float) -> bool:
+        """Until the queue is at most half full; False if that took longer than ``timeout``."""
+        if self.has_room or self.closed:
+            return True
+        if self._room is None:
+            self._room = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._room.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def wait_empty(self) -> None:
+        """Until every queued frame was taken by the flusher (and handed to the transport)."""
+        if not len(self) or self.closed:
+            return
+        if self._empty is None:
+            self._empty = asyncio.Event()
+        await self._empty.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._items = None
+        self._size = 0
+        self._release("_empty")
+        self._release("_room")
+
+    def _release(self, name: str) -> None:
+        event = getattr(self, name)
+        if event is not None:
+            setattr(self, name, None)
+            event.set()
+
+
+class DirectSocket:
+    """One socket's outbound queue, written by the loop's ``Flusher`` (see module docstring).
+
+    ``on_failure()`` is called (inside the exception handler) when a write failed; the caller
+    closes the socket."""
+
+    __slots__ = ("queue", "writer", "flusher", "on_failure", "stopped", "_drain_waiter", "sampler", "wall_clock", "__weakref__")
+
+    def __init__(self, writer, max_items: int, max_bytes: int, *, on_failure, flusher=None, sampler=None, wall_clock=time.time):
+        self.writer = writer
+        self.queue = DirectQueue(max_items, max_bytes, self.schedule)
+        self.flusher = flusher or flusher_of_running_loop()
+        self.on_failure = on_failure
+        self.stopped = False
+        self._drain_waiter: asyncio.Task | None = None
+        self.sampler = sampler or LIVE_LAG_SAMPLER
+        self.wall_clock = wall_clock
+
+    def schedule(self) -> None:
+        if not self.stopped:
+            self.flusher.add(self)
+
+    def stop(self) -> None:
+        """No more writes from here (the socket is closing or gone)."""
+        self.stopped = True
+        if self._drain_waiter is not None:
+            self._drain_waiter.cancel()
+            self._drain_waiter = None
+
+    def flush(self) -> bool:
+        """Write what is queued, in writes of about ``WRITE_BYTES``, while the transport takes them
+        (at most ``FLUSH_MAX_BYTES`` this turn); False if nothing was written (nothing queued, the
+        socket closing, or its transport full)."""
+        queue, writer = self.queue, self.writer
+        count = len(queue)
+        if self.stopped or queue.closed or not count or not writer.is_open():
+            return False
+        if not writer.writable():
+            self._wait_for_drain()
+            return False
+        limit = writer.max_message_bytes
+        flusher = self.flusher
+        if count == 1:  # the common case of live fan-out: one frame per socket per turn
+            text, committed_at = queue.take_nowait()
+            wire = wire_bytes(text)
+            if limit and len(wire) - _header_length(wire) > limit:
+                raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
+            writer.write_frames(wire)
+            flusher.writes += 1
+            flusher.frames += 1
+            if committed_at is not None:
+                self.sampler.sent(committed_at, self.wall_clock)
+            return True
+        total = 0
+        while True:
+            chunks = []
+            size = 0
+            committed = []
+            while len(queue) and size < WRITE_BYTES:
+                text, committed_at = queue.take_nowait()
+                wire = wire_bytes(text)
+                if limit and len(wire) - _header_length(wire) > limit:
+                    raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
+                chunks.append(wire)
+                size += len(wire)
+                if committed_at is not None:
+                    committed.append(committed_at)
+            writer.write_frames(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            flusher.writes += 1
+            flusher.frames += len(chunks)
+            for committed_at in committed:
+                self.sampler.sent(committed_at, self.wall_clock)
+            total += size
+            if not len(queue):
+                return True
+            if not writer.writable():
+                # Above the transport's high-water mark, as a ``send`` of the same frames would
+                # have stopped: wait for it to drain (the queue fills meanwhile).
+                self._wait_for_drain()
+                return True
+            if total >= FLUSH_MAX_BYTES:
+                self.schedule()  # the next turn: the other sockets get theirs first
+                return True
+
+    def _wait_for_drain(self) -> None:
+        if self._drain_waiter is None and not self.stopped:
+            self._drain_waiter = asyncio.ensure_future(self._drained())
+
+    async def _drained(self) -> None:
+        try:
+            await self.writer.wait_writable()
+        finally:
+            self._drain_waiter = None
+        self.schedule()
+
+
+def _header_length(wire: bytes) -> int:
+    length = wire[1] & 0x7F
+    return 2 if length < 126 else 4 if length == 126 else 10
+
+
+class Flusher:
+    """The event loop's one flush per turn over every pending socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.pending: dict = {}
+        self.scheduled = False
+        self.flushes = 0  # loop turns that flushed
+        self.writes = 0  # transport writes (about one per socket written in a turn)
+        self.frames = 0  # frames in those writes
+
+    def add(self, socket: DirectSocket) -> None:
+        self.pending[socket] = None
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, {}
+        self.flushes += 1
+        writes, frames = self.writes, self.frames
+        for socket in pending:
+            try:
+                socket.flush()
+            except Exception:
+                log.warning("socket write failed; closing the socket", exc_info=True)
+                socket.stop()
+                socket.queue.close()
+                try:
+                    socket.on_failure()
+                except Exception:
+                    log.exception("closing a socket after a failed write failed")
+        _WRITES.inc(self.writes - writes)
+        _FRAMES.inc(self.frames - frames)
+
+
+_WRITES = metrics.TRANSPORT_WRITES.labels(path="direct")
+_FRAMES = metrics.FRAMES_WRITTEN.labels(path="direct")
+
+_flushers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Flusher]" = weakref.WeakKeyDictionary()
+
+
+def flusher_of_running_loop() -> Flusher:
+    loop = asyncio.get_running_loop()
+    flusher = _flushers.get(loop)
+    if flusher is None:
+        flusher = _flushers[loop] = Flusher(loop)
+    return flusher
