@@ -123,7 +123,15 @@ async def test_a_stuck_socket_never_delays_a_reading_one(topics, mint, asgi_serv
     # frame before dropping TCP, and the frame waits behind what the kernel buffers still hold.
     close_code = await silent.wait_closed(timeout=30)
     assert metric(server, "khala_ws_slow_consumer_closes_total") == 1, "the silent socket was never closed"
-    assert close_code == 4008
+    if kind == "daphne" and close_code != 4008:
+        # autobahn drops TCP when the peer has not answered its close frame within 1 s, and the frame
+        # waits behind everything the kernel still buffers for this never-reading socket: on a
+        # loaded host the client may see the drop (no code) first. The metric above is the server's
+        # own word that it closed the socket as slow_consumer; the code itself is proven where the
+        # peer reads (test_ws_servers' slow-consumer test).
+        assert close_code in (None, 1006), close_code
+    else:
+        assert close_code == 4008
     assert seen == list(range(1, seen[-1] + 1))  # every row, in order, to the reading socket
     await wait_until(lambda: metric(server, "khala_ws_active_connections") == 1, 10, message="only the reading socket left")
 
