@@ -36,22 +36,34 @@ from sync.protocol import (
 
 
 class OutboundQueue:
-    """FIFO of ``(text, committed_at)`` bounded by item count and total characters."""
+    """FIFO of ``(text, committed_at)`` bounded by item count and total characters.
 
-    def __init__(self, max_items: int, max_bytes: int):
+    ``offer`` refuses a frame when the queue is full (the outbox then closes the socket as
+    ``slow_consumer``); ``has_room``/``wait_room`` are the half mark replay waits for and below
+    which replies are sent; ``wait_empty`` waits until every queued frame was taken. Two consumers
+    take frames: the consumer's writer task (``get``, through ``run_writer``) or the loop's flusher
+    (``take_nowait``; ``on_offer()`` tells it a frame was queued, ``sync.socket_flush``).
+
+    It allocates nothing while idle: the deque exists only while frames are queued and each event
+    only while someone waits for it (idle sockets are most sockets; measured in bench/README.md,
+    "Fan-out at the socket layer")."""
+
+    __slots__ = ("max_items", "max_bytes", "closed", "_items", "_size", "_on_offer", "_ready", "_empty", "_room")
+
+    def __init__(self, max_items: int, max_bytes: int, on_offer=None):
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self._items: deque = deque()
-        self._size = 0
-        self._ready = asyncio.Event()
-        self._empty = asyncio.Event()
-        self._empty.set()
-        self._room = asyncio.Event()  # set while the queue is at most half full
-        self._room.set()
         self.closed = False
+        self._items: deque | None = None  # only while frames are queued
+        self._size = 0
+        self._on_offer = on_offer
+        self._ready: asyncio.Event | None = None  # only while ``get`` waits
+        self._empty: asyncio.Event | None = None  # only while ``wait_empty`` waits
+        self._room: asyncio.Event | None = None  # only while ``wait_room`` waits
 
     def __len__(self) -> int:
-        return len(self._items)
+        items = self._items
+        return len(items) if items is not None else 0
 
     @property
     def size(self) -> int:
@@ -61,42 +73,52 @@ class OutboundQueue:
         """Queue a frame; False when the queue is full (the caller closes the socket)."""
         if self.closed:
             return True  # the socket is going away; nothing to grow
+        items = self._items
+        count = len(items) if items is not None else 0
         length = len(text)
-        if len(self._items) >= self.max_items or (self._items and self._size + length > self.max_bytes):
+        if count >= self.max_items or (count and self._size + length > self.max_bytes):
             return False
-        self._items.append((text, committed_at))
+        if items is None:
+            items = self._items = deque()
+        items.append((text, committed_at))
         self._size += length
-        self._ready.set()
-        self._empty.clear()
-        if not self._has_room():
-            self._room.clear()
+        self._release("_ready")
+        if self._on_offer is not None:
+            self._on_offer()
         return True
 
     @property
     def has_room(self) -> bool:
         """At most half full (the mark replay waits for, and below which replies are sent)."""
-        return self._has_room()
+        return len(self) <= self.max_items // 2 and self._size <= self.max_bytes // 2
 
-    def _has_room(self) -> bool:
-        return len(self._items) <= self.max_items // 2 and self._size <= self.max_bytes // 2
+    def take_nowait(self) -> tuple[str, float | None]:
+        """The oldest frame (the queue must not be empty)."""
+        items = self._items
+        text, committed_at = items.popleft()
+        self._size -= len(text)
+        if not items:
+            self._items = None
+            self._release("_empty")
+        if self._room is not None and self.has_room:
+            self._release("_room")
+        return text, committed_at
 
     async def get(self) -> tuple[str, float | None]:
-        while not self._items:
-            self._ready.clear()
+        """The oldest frame, waiting for one."""
+        while not len(self):
+            if self._ready is None:
+                self._ready = asyncio.Event()
             await self._ready.wait()
-        text, committed_at = self._items.popleft()
-        self._size -= len(text)
-        if not self._items:
-            self._empty.set()
-        if self._has_room():
-            self._room.set()
-        return text, committed_at
+        return self.take_nowait()
 
     async def wait_room(self, timeout: float) -> bool:
         """Wait until the queue is at most half full; False if that took longer than ``timeout``.
         Replay is paced this way (it may wait for the socket); live fan-out never waits."""
-        if self._room.is_set():
+        if self.has_room or self.closed:
             return True
+        if self._room is None:
+            self._room = asyncio.Event()
         try:
             await asyncio.wait_for(self._room.wait(), timeout)
             return True
@@ -104,15 +126,25 @@ class OutboundQueue:
             return False
 
     async def wait_empty(self) -> None:
-        """Until every queued frame was taken by the writer (and handed to the transport)."""
+        """Until every queued frame was taken (and handed to the transport)."""
+        if not len(self) or self.closed:
+            return
+        if self._empty is None:
+            self._empty = asyncio.Event()
         await self._empty.wait()
 
     def close(self) -> None:
         self.closed = True
-        self._items.clear()
+        self._items = None
         self._size = 0
-        self._empty.set()
-        self._room.set()
+        self._release("_empty")
+        self._release("_room")
+
+    def _release(self, name: str) -> None:
+        event = getattr(self, name)
+        if event is not None:
+            setattr(self, name, None)
+            event.set()
 
 
 class Outbox:

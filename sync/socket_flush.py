@@ -5,8 +5,8 @@ to the server separately: a task switch, an ASGI ``send`` and a transport write 
 frame). When the server's transport takes ready-made frames (``SocketWriter.direct``: daphne and
 uvicorn's default implementation), sockets use this module instead:
 
-- ``DirectSocket.queue`` is the socket's outbound queue (``DirectQueue``: ``OutboundQueue``'s
-  bounds, ``offer`` result and waits, so the session's slow-consumer and backpressure rules are
+- ``DirectSocket.queue`` is the socket's ``OutboundQueue`` (the same bounds, ``offer`` result and
+  waits as on the writer-task path, so the session's slow-consumer and backpressure rules are
   unchanged); queuing a frame marks the socket pending with the event loop's ``Flusher``;
 - the ``Flusher`` runs once per loop turn (``call_soon`` when the first socket becomes pending) and
   flushes every pending socket: everything queued for it, in order, becomes one transport write
@@ -20,9 +20,9 @@ uvicorn's default implementation), sockets use this module instead:
   before. Other sockets are never delayed by it: a write never blocks, and a flush takes at most
   ``FLUSH_MAX_BYTES`` from one socket per turn before the others get theirs.
 
-Memory: an idle socket on this path holds no task and no ``asyncio.Event``: the queue's deque
-exists only while frames are queued, and its events only while someone waits on them (an idle
-``OutboundQueue`` holds four empty deques of 64 slots, ~2.5 KiB, and its writer task's frames).
+Memory: an idle socket on this path holds no task, and its ``OutboundQueue`` no deque and no
+``asyncio.Event`` (they exist only while frames are queued or someone waits); the writer-task
+path keeps one task per socket and its frames.
 
 Frames are never merged or reordered: each keeps its own batch (≤ 200 updates / 2 MiB, cut by the
 hub and the follower), only the writes are fewer. Batch frames above the server's message limit
@@ -36,10 +36,9 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import deque
 
 from sync import metrics
-from sync.outbound import LIVE_LAG_SAMPLER
+from sync.outbound import LIVE_LAG_SAMPLER, OutboundQueue
 from sync.wire import wire_bytes
 
 log = logging.getLogger(__name__)
@@ -57,99 +56,6 @@ class FrameTooLarge(Exception):
     """A frame above the server's message limit (``SocketWriter.max_message_bytes``)."""
 
 
-class DirectQueue:
-    """FIFO of ``(text, committed_at)`` bounded by item count and total characters: the rules of
-    ``sync.outbound.OutboundQueue`` (``offer`` refuses when full, ``has_room``/``wait_room`` at
-    the half mark, ``wait_empty``, ``close``), with ``take_nowait`` for the flusher and
-    ``on_offer()`` called for every frame queued. Allocates nothing while idle (module docstring)."""
-
-    __slots__ = ("max_items", "max_bytes", "closed", "_items", "_size", "_on_offer", "_empty", "_room")
-
-    def __init__(self, max_items: int, max_bytes: int, on_offer):
-        self.max_items = max_items
-        self.max_bytes = max_bytes
-        self.closed = False
-        self._items: deque | None = None  # only while frames are queued
-        self._size = 0
-        self._on_offer = on_offer
-        self._empty: asyncio.Event | None = None  # only while someone waits for it
-        self._room: asyncio.Event | None = None
-
-    def __len__(self) -> int:
-        items = self._items
-        return len(items) if items is not None else 0
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def offer(self, text: str, committed_at: float | None = None) -> bool:
-        """Queue a frame; False when the queue is full (the caller closes the socket)."""
-        if self.closed:
-            return True  # the socket is going away; nothing to grow
-        items = self._items
-        count = len(items) if items is not None else 0
-        length = len(text)
-        if count >= self.max_items or (count and self._size + length > self.max_bytes):
-            return False
-        if items is None:
-            items = self._items = deque()
-        items.append((text, committed_at))
-        self._size += length
-        self._on_offer()
-        return True
-
-    @property
-    def has_room(self) -> bool:
-        """At most half full (the mark replay waits for, and below which replies are sent)."""
-        return len(self) <= self.max_items // 2 and self._size <= self.max_bytes // 2
-
-    def take_nowait(self) -> tuple[str, float | None]:
-        """The oldest frame (the queue must not be empty)."""
-        items = self._items
-        text, committed_at = items.popleft()
-        self._size -= len(text)
-        if not items:
-            self._items = None
-            self._release("_empty")
-        if self._room is not None and self.has_room:
-            self._release("_room")
-        return text, committed_at
-
-    async def wait_room(self, timeout: float) -> bool:
-        """Until the queue is at most half full; False if that took longer than ``timeout``."""
-        if self.has_room or self.closed:
-            return True
-        if self._room is None:
-            self._room = asyncio.Event()
-        try:
-            await asyncio.wait_for(self._room.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
-
-    async def wait_empty(self) -> None:
-        """Until every queued frame was taken by the flusher (and handed to the transport)."""
-        if not len(self) or self.closed:
-            return
-        if self._empty is None:
-            self._empty = asyncio.Event()
-        await self._empty.wait()
-
-    def close(self) -> None:
-        self.closed = True
-        self._items = None
-        self._size = 0
-        self._release("_empty")
-        self._release("_room")
-
-    def _release(self, name: str) -> None:
-        event = getattr(self, name)
-        if event is not None:
-            setattr(self, name, None)
-            event.set()
-
-
 class DirectSocket:
     """One socket's outbound queue, written by the loop's ``Flusher`` (see module docstring).
 
@@ -160,7 +66,7 @@ class DirectSocket:
 
     def __init__(self, writer, max_items: int, max_bytes: int, *, on_failure, flusher=None, sampler=None, wall_clock=time.time):
         self.writer = writer
-        self.queue = DirectQueue(max_items, max_bytes, self.schedule)
+        self.queue = OutboundQueue(max_items, max_bytes, on_offer=self.schedule)
         self.flusher = flusher or flusher_of_running_loop()
         self.on_failure = on_failure
         self.stopped = False

@@ -229,8 +229,7 @@ class Client:
 
     def _drain(self) -> None:
         while len(self.queue):
-            text, _ = self.queue._items.popleft()
-            self.queue._size -= len(text)
+            text, _ = self.queue.take_nowait()
             frame = json.loads(text)
             event, payload = frame[3], frame[4]
             segment = self.segments[-1] if self.segments else None

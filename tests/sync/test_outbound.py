@@ -29,7 +29,7 @@ def outbox(max_items=8, *, resync=False, wait_timeout=10.0):
 
 
 def queued(box: Outbox) -> list:
-    return [json.loads(text) for text, _ in box.queue._items]
+    return [json.loads(text) for text, _ in box.queue._items or ()]
 
 
 async def written(box: Outbox) -> list:

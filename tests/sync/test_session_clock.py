@@ -34,9 +34,8 @@ class FakeHub:
 def drain(queue: OutboundQueue) -> list:
     frames = []
     while len(queue):
-        text, _ = queue._items.popleft()
+        text, _ = queue.take_nowait()
         frames.append(json.loads(text))
-    queue._size = 0
     return frames
 
 
