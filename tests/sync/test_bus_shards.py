@@ -4,6 +4,7 @@ list, and revocations on every shard (two private Redis servers, one killed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
@@ -62,7 +63,11 @@ def test_one_url_is_one_shard_the_default_layer(settings):
     assert len(bus.shards) == 1 and bus.shards[0].layer is get_channel_layer()
 
 
-async def test_revocations_go_to_every_shard_and_survive_one_dead_shard():
+@contextlib.asynccontextmanager
+async def two_shards():
+    """Two private Redis servers as two bus shards: ``(servers, subscription, publisher, received)``,
+    the subscription running (every message it gets appended to ``received``) and the publisher a
+    bus of its own layers on the same servers."""
     servers = [RedisServer(), RedisServer()]
     for server in servers:
         server.start()
@@ -74,6 +79,22 @@ async def test_revocations_go_to_every_shard_and_survive_one_dead_shard():
     received: list[dict] = []
     task = asyncio.create_task(subscription.run(received.append))
     try:
+        yield servers, subscription, publisher, received
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await subscription.close()
+        for layer in layers + publisher_layers:
+            try:
+                await layer.flush()
+            except Exception:
+                pass
+        for server in servers:
+            server.close()
+
+
+async def test_revocations_go_to_every_shard_and_survive_one_dead_shard():
+    async with two_shards() as (servers, subscription, publisher, received):
         await wait_until(lambda: subscription.attached, timeout=20, message="attached on both shards")
 
         first = revoked_message(["s1"], [], "user_requested")
@@ -86,33 +107,12 @@ async def test_revocations_go_to_every_shard_and_survive_one_dead_shard():
         second = revoked_message(["s2"], [], "user_requested")
         await publish(REVOCATIONS_GROUP, second, publisher)  # never raises: shard 1 fails alone
         await wait_until(lambda: second in received, timeout=10, message="the revocation through the live shard")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await subscription.close()
-        for layer in layers + publisher_layers:
-            try:
-                await layer.flush()
-            except Exception:
-                pass
-        for server in servers:
-            server.close()
 
 
 @pytest.mark.parametrize("dead", [0, 1])
 async def test_a_topics_hints_flow_while_another_shard_is_dead(dead):
-    servers = [RedisServer(), RedisServer()]
-    for server in servers:
-        server.start()
-    layers = [RedisPubSubChannelLayer(hosts=[s.url], prefix=PREFIX) for s in servers]
-    publisher_layers = [RedisPubSubChannelLayer(hosts=[s.url], prefix=PREFIX) for s in servers]
-    subscription = ShardedSubscription(bus_for_layers(layers, PREFIX), probe_interval=0.2, probe_timeout=1.0,
-                                       retry_initial=0.05, retry_max=0.2, attach_timeout=1.0)
-    publisher = bus_for_layers(publisher_layers, PREFIX)
     topic = next(t for t in (f"topic.{i}" for i in range(100)) if topic_shard(t, 2, PREFIX) == 1 - dead)
-    received: list[dict] = []
-    task = asyncio.create_task(subscription.run(received.append))
-    try:
+    async with two_shards() as (servers, subscription, publisher, received):
         await subscription.follow(topic)
         await wait_until(lambda: subscription.attached, timeout=20, message="attached on both shards")
         assert subscription.part_of(topic) is subscription.parts[1 - dead] and subscription.parts[1 - dead].topics == {topic}
@@ -125,17 +125,6 @@ async def test_a_topics_hints_flow_while_another_shard_is_dead(dead):
             return message in received
 
         await wait_until(delivered, timeout=10, interval=0.1, message="the hint on the topic's live shard")
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await subscription.close()
-        for layer in layers + publisher_layers:
-            try:
-                await layer.flush()
-            except Exception:
-                pass
-        for server in servers:
-            server.close()
 
 
 async def test_presence_records_and_stale_counters_spread_over_the_shards_and_are_read_from_all():
