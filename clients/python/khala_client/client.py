@@ -54,7 +54,7 @@ from .errors import AuthError, DeadSocket, FatalError, KhalaError, TransientErro
 from .hashing import verify
 from .http import HttpApi, HttpError
 from .protocol import Frame, Update
-from .refresh import RefreshFailure, TokenRefresher
+from .refresh import RefreshFailure, TokenRefresher, provided_token
 from .stores import Document, WatermarkStore
 
 log = logging.getLogger("khala_client")
@@ -455,13 +455,8 @@ class KhalaClient:
     # --- one connection ---------------------------------------------------------------------------
 
     async def _fresh_token(self) -> str:
-        try:
-            token = await self.token_provider()
-        except KhalaError:
-            raise
-        except Exception as exc:  # the app's provider failed (network, its backend): retry later
-            raise TransientError("token_provider_failed", f"token_provider raised {exc!r}") from exc
-        if not isinstance(token, str) or not token:
+        token = await provided_token(self.token_provider)
+        if token is None:
             raise FatalError("token_provider_failed", "token_provider returned no token")
         self._token = token
         return token

@@ -63,6 +63,20 @@ class TokenClaims:
         return max(0.0, left)
 
 
+async def provided_token(call: Callable[[], Awaitable[Any]]) -> str | None:
+    """What the app's token provider gives (``call`` calls it): its own ``KhalaError`` passes
+    through, any other exception (network, its backend) is a ``TransientError``
+    (``token_provider_failed``, tried again later); None when it gave no token (the caller
+    decides how bad that is)."""
+    try:
+        token = await call()
+    except KhalaError:
+        raise
+    except Exception as exc:
+        raise TransientError("token_provider_failed", f"token_provider raised {exc!r}") from exc
+    return token if isinstance(token, str) and token else None
+
+
 def token_claims(token: Any) -> TokenClaims | None:
     """The claims of a JWT (``header.payload.signature``), or None when ``token`` is not one."""
     if not isinstance(token, str) or token.count(".") != 2:
@@ -182,13 +196,8 @@ class TokenRefresher:
             await self.clock.sleep(min(left, max(self.retry_min, backoff.next_delay())))
 
     async def _fresh_token(self, claims: TokenClaims) -> str:
-        try:
-            token = await self.provide(claims.session_id)
-        except KhalaError:
-            raise
-        except Exception as exc:  # the app's provider failed (network, its backend): retry later
-            raise TransientError("token_provider_failed", f"token_provider raised {exc!r}") from exc
-        if not isinstance(token, str) or not token:
+        token = await provided_token(lambda: self.provide(claims.session_id))
+        if token is None:
             raise TransientError("token_provider_failed", "token_provider returned no token")
         fresh = token_claims(token)
         if fresh is not None and (fresh.subject, fresh.session_id) != (claims.subject, claims.session_id):
