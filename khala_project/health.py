@@ -24,6 +24,7 @@ non-empty, ``redis_shards`` only with several shards). docs/sync/OPERATIONS.md
 """
 
 import asyncio
+import contextlib
 import logging
 
 from asgiref.sync import async_to_sync
@@ -49,10 +50,27 @@ async def _ping_layer(layer) -> None:
         raise RuntimeError("no channel layer configured")
     # Round trip through the layer: a message sent to a fresh channel must come back.
     channel = await layer.new_channel()
-    await layer.send(channel, {"type": "khala.readyz"})
-    message = await layer.receive(channel)
+    try:
+        await layer.send(channel, {"type": "khala.readyz"})
+    except BaseException:
+        await _release(layer, channel)
+        raise
+    message = await layer.receive(channel)  # a receive cancelled by the timeout releases the channel itself
+    await _release(layer, channel)
     if message.get("type") != "khala.readyz":
         raise RuntimeError("channel layer returned an unexpected message")
+
+
+async def _release(layer, channel: str) -> None:
+    """Forget the probe's channel. channels-redis's pub/sub layer subscribes a channel on Redis
+    (and keeps a queue for it) from ``new_channel`` until a ``receive`` on it is cancelled, which
+    is how a consumer's exit releases its channel; without this every probe left one behind. The
+    probe does the same: a receive that starts waiting, cancelled."""
+    waiter = asyncio.ensure_future(layer.receive(channel))
+    await asyncio.sleep(0)  # the receive runs up to its wait on the channel's queue
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
 
 
 async def _ping_shards(shards) -> list:
