@@ -65,7 +65,9 @@ def http(url: str, method: str = "GET", body=None, headers: dict | None = None, 
 
 class Writer(threading.Thread):
     """Ingests versioned documents at a steady rate, alternating workers, retrying a refused or
-    unanswered write (same key and version: the sink makes the repeat a no-op) until acknowledged."""
+    unanswered write with the same key and version until acknowledged. A repeat of a write that
+    did commit is harmless but not free: an equal version replaces the document and appends a second
+    journal row (docs/sync/SCHEMA.md, invariant 2), which clients apply as the same document."""
 
     def __init__(self, urls: list[str], rate: float = 20.0):
         super().__init__(daemon=True)
