@@ -15,8 +15,8 @@ Layout (measured choice: docs/sync/SCHEMA.md, "Partitioned journal")::
 
 Why by topic first: each topic has its own retention window and write rate, so its floor moves on
 its own; a watermark range shared by all topics could only be dropped once the slowest topic's
-floor passed it. Dropping a range partition locks its topic's partition (ACCESS EXCLUSIVE, for
-milliseconds), never the other topics.
+floor passed it. Dropping a range partition touches its topic's partition only, and queues none
+of its readers or writers (``drop_through``).
 
 Why edge ranges and not a DEFAULT partition per topic: a DEFAULT may hold any watermark, so the
 planner could no longer read the ranges in order and merged one index scan per partition above a
@@ -48,7 +48,6 @@ from khala_project.conf import khala_setting
 
 ROOT = "sync_stream_events"
 ROOT_DEFAULT = "sync_stream_events_default"
-DETACH_PER_TRANSACTION = 16
 LEAF_LOCK_TIMEOUT_FACTOR = 10  # doomed partitions may wait this many JOURNAL_DDL_LOCK_TIMEOUT_MS
 _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 
@@ -248,74 +247,129 @@ class Dropped:
 
 def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
     """Remove, oldest first, every range partition of ``topic`` whose end is at or below
-    ``cutoff_watermark``; raise ``pruned_through`` to the highest watermark they held in the
-    transaction that detaches them (so in every snapshot the rows at or below the floor are gone and
-    those above it are all there).
+    ``cutoff_watermark``, after raising ``pruned_through`` to the highest watermark they hold.
 
-    Detaching is the part readers see: it needs ACCESS EXCLUSIVE on the topic's partition until
-    COMMIT, and COMMIT waits for the WAL flush. So up to ``DETACH_PER_TRANSACTION``
-    partitions are detached per transaction (one flush for all: measured ~3 ms of DDL per partition
-    against ~30 ms per commit), and the detached tables are dropped afterwards, each in its own
-    transaction that no reader waits for (dropping unlinks files at commit). A table left detached
-    by a crash in between is dropped by the next call.
+    No reader or writer of the topic waits for it. The floor goes up first, in one short
+    transaction that locks only the topic's sequence row: from that commit on, no reader is served a
+    row at or below it (a cursor below the floor is ``stale_cursor``, and every read starts above
+    its cursor). Then each partition is detached ``CONCURRENTLY``, which takes SHARE UPDATE
+    EXCLUSIVE on the topic's partition (readers and writers go on) and then waits for the
+    transactions that were using it, and is dropped in a transaction of its own. Detaching them all
+    in one plain transaction instead held ACCESS EXCLUSIVE on the topic's partition until COMMIT:
+    every replay page and every write of the topic queued behind it (replay at 0.75× of idle
+    during a 2,000,000-row pass, bench/README.md). Last, the lower edge is moved up to the first
+    range left (one short transaction, the only lock readers see).
 
-    Stops at the first batch it cannot lock in time (``lock_timeout``): retention only ever removes
-    a prefix, so the caller must then touch nothing above it in this pass."""
-    dropped = rows = 0
+    A detach that cannot get its locks in time (``lock_timeout``: a long reader of the partition,
+    autovacuum) leaves the rest for the next pass, which first finishes what an earlier pass or a
+    crash left half done (a pending detach, a detached table, an edge left low). Meanwhile those rows
+    stay on disk below the floor, where no read reaches them.
+
+    Runs outside any transaction (``DETACH … CONCURRENTLY`` cannot run inside one)."""
     with connection.cursor() as cursor:
         if not is_partitioned(cursor):
             return Dropped(0, 0, False)
-        _drop_detached(cursor, topic)
+        parent = topic_partition(topic)
+        try:
+            _finish_earlier_pass(cursor, topic)
+        except OperationalError as exc:
+            if not is_lock_timeout(exc):
+                raise
+            return Dropped(0, 0, True)
         doomed = [part for part in range_partitions(cursor, topic) if part.last <= cutoff_watermark]
-        for at in range(0, len(doomed), DETACH_PER_TRANSACTION):
-            batch = doomed[at : at + DETACH_PER_TRANSACTION]
-            try:
-                with transaction.atomic():
-                    # The doomed partitions first, alone: nothing current reads or writes them, but
-                    # autovacuum may be working on one (it yields to a waiting lock after
-                    # deadlock_timeout, 1 s by default, hence the longer wait). Taken while holding
-                    # the topic's partition instead, that wait would queue every reader of the topic
-                    # (measured: 3 s stalls with a fresh 2M-row journal being vacuumed).
-                    cursor.execute(f"SET LOCAL lock_timeout = {LEAF_LOCK_TIMEOUT_FACTOR * int(khala_setting('JOURNAL_DDL_LOCK_TIMEOUT_MS'))}")
-                    cursor.execute(f"LOCK TABLE {', '.join(part.name for part in batch)} IN ACCESS EXCLUSIVE MODE")
-                    _lock_timeout(cursor)
-                    # Then the sequence row (the writers' order: row, then partition), then the
-                    # topic's partition (DETACH below). A replay from an old cursor that holds the
-                    # topic's partition and waits for a doomed one would deadlock with this; the short
-                    # lock_timeout (below deadlock_timeout) makes retention the one that gives way.
-                    cursor.execute("SELECT pruned_through FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [topic])
-                    (floor,) = cursor.fetchone()
-                    removed = 0
-                    for part in batch:
-                        # Committed rows are contiguous (commit order = watermark order) and those at
-                        # or below the floor are gone, so the partition holds (max(floor, first-1),
-                        # highest]: one index probe instead of counting its rows.
-                        cursor.execute(f"SELECT max(watermark) FROM {part.name}")
-                        (highest,) = cursor.fetchone()
-                        if highest is not None and highest > floor:
-                            removed += highest - max(floor, part.first - 1)
-                            floor = highest
-                    cursor.execute(
-                        """UPDATE sync_topic_sequences
-                              SET pruned_through = GREATEST(pruned_through, %s), updated_at = now()
-                            WHERE topic = %s""",
-                        [floor, topic],
-                    )
-                    for part in batch:
-                        cursor.execute(f"ALTER TABLE {topic_partition(topic)} DETACH PARTITION {part.name}")
-                    # The lower edge now reaches the first range left, so no watermark is uncovered
-                    # (only a reset sequence would write there; rows at or below the floor are gone).
-                    below = below_edge(topic)
-                    cursor.execute(f"ALTER TABLE {topic_partition(topic)} DETACH PARTITION {below}")
-                    _move_edge(cursor, topic, below, "FOR VALUES FROM (MINVALUE) TO (%s)", [batch[-1].last + 1])
-            except OperationalError as exc:
-                if not is_lock_timeout(exc):
-                    raise
-                return Dropped(dropped, rows, True)
-            dropped += len(batch)
-            rows += removed
-            _drop_detached(cursor, topic)
-    return Dropped(dropped, rows, False)
+        if not doomed:
+            return Dropped(0, 0, False)
+        if connection.in_atomic_block:
+            raise RuntimeError("drop_through detaches partitions CONCURRENTLY: call it outside a transaction")
+        removed = _raise_floor(cursor, topic, doomed)
+        dropped = 0
+        try:
+            for part in doomed:
+                _detach_concurrently(cursor, parent, part.name)
+                cursor.execute(f"DROP TABLE IF EXISTS {part.name}")
+                dropped += 1
+            _cover_below(cursor, topic)
+        except OperationalError as exc:
+            if not is_lock_timeout(exc):
+                raise
+            return Dropped(dropped, removed, True)
+    return Dropped(dropped, removed, False)
+
+
+def _raise_floor(cursor, topic: str, doomed: list[RangePartition]) -> int:
+    """Raise ``pruned_through`` over every row of ``doomed``; the number of rows it passed.
+
+    Every watermark at or below the cutoff is committed (commit order = watermark order), so the
+    doomed partitions change no more and need no lock: only the sequence row, as writers take it."""
+    with transaction.atomic():
+        cursor.execute("SELECT pruned_through FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [topic])
+        (floor,) = cursor.fetchone()
+        removed = 0
+        for part in doomed:
+            # Committed rows are contiguous and those at or below the floor are not counted, so the
+            # partition adds (max(floor, first-1), highest]: one index probe instead of a count.
+            cursor.execute(f"SELECT max(watermark) FROM {part.name}")
+            (highest,) = cursor.fetchone()
+            if highest is not None and highest > floor:
+                removed += highest - max(floor, part.first - 1)
+                floor = highest
+        cursor.execute(
+            """UPDATE sync_topic_sequences
+                  SET pruned_through = GREATEST(pruned_through, %s), updated_at = now()
+                WHERE topic = %s""",
+            [floor, topic],
+        )
+    return removed
+
+
+def _detach_concurrently(cursor, parent: str, name: str) -> None:
+    # The wait may be for autovacuum on the partition (it yields to a waiting lock only after
+    # deadlock_timeout, 1 s by default), hence the longer timeout; nobody queues behind this one.
+    cursor.execute(f"SET lock_timeout = {LEAF_LOCK_TIMEOUT_FACTOR * int(khala_setting('JOURNAL_DDL_LOCK_TIMEOUT_MS'))}")
+    try:
+        cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {name} CONCURRENTLY")
+    finally:
+        cursor.execute("RESET lock_timeout")
+
+
+def _finish_earlier_pass(cursor, topic: str) -> None:
+    """Complete what an interrupted pass left: a detach still pending (only one may be pending per
+    table, and a new one would fail until it is finished), detached tables, a lower edge below the
+    first range."""
+    parent = topic_partition(topic)
+    cursor.execute(
+        """SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+            WHERE i.inhparent = to_regclass(%s) AND i.inhdetachpending""",
+        [parent],
+    )
+    for (name,) in cursor.fetchall():
+        cursor.execute(f"SET lock_timeout = {LEAF_LOCK_TIMEOUT_FACTOR * int(khala_setting('JOURNAL_DDL_LOCK_TIMEOUT_MS'))}")
+        try:
+            cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {name} FINALIZE")
+        finally:
+            cursor.execute("RESET lock_timeout")
+    _drop_detached(cursor, topic)
+    _cover_below(cursor, topic)
+
+
+_TO_BOUND = re.compile(r"TO \('?(-?\d+)'?\)")
+
+
+def _cover_below(cursor, topic: str) -> None:
+    """Move the lower edge up to the first range, so no watermark is left uncovered (only a reset
+    sequence would write there; no row of it is above the floor). ACCESS EXCLUSIVE on the topic's
+    partition for one short transaction; nothing when the edge already reaches the first range."""
+    ranges = range_partitions(cursor, topic)
+    below = below_edge(topic)
+    cursor.execute("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = to_regclass(%s)", [below])
+    row = cursor.fetchone()
+    match = _TO_BOUND.search((row and row[0]) or "")
+    if not ranges or match is None or int(match[1]) >= ranges[0].first:
+        return
+    with transaction.atomic():
+        _lock_timeout(cursor)
+        cursor.execute(f"ALTER TABLE {topic_partition(topic)} DETACH PARTITION {below}")
+        _move_edge(cursor, topic, below, "FOR VALUES FROM (MINVALUE) TO (%s)", [ranges[0].first])
 
 
 def _drop_detached(cursor, topic: str) -> None:

@@ -20,13 +20,14 @@ commit a watermark above every committed one, hence above the cutoff.
 Only journal rows are deleted; read models and checkpoints are never compacted.
 
 On the partitioned journal (PostgreSQL, ``projector.journal_partitions``) the same prefix goes in
-two steps: every range partition whose end is at or below the cutoff is dropped whole (one catalog
-change, no per-row WAL, the floor raised in the same transaction), then the batches above delete
-the rest of the prefix, which now lies only in the boundary partition (and in an edge partition,
-if a writer outran the partitions created ahead). The final floor and the rows left are exactly
-those of deleting row by row. A partition that cannot be locked in time stops the pass for that
-topic before any row above it is touched (a prefix only), and the next pass retries. Each pass
-also creates the partitions ahead of the head.
+two steps: every range partition whose end is at or below the cutoff is dropped whole (a catalog
+change, no per-row WAL; the floor is raised over it first, then it is detached concurrently, so no
+reader or writer waits: ``journal_partitions.drop_through``), then the batches above delete the
+rest of the prefix, which now lies only in the boundary partition (and in an edge partition, if a
+writer outran the partitions created ahead). The final floor and the rows left are exactly those
+of deleting row by row. A partition whose detach must give way (a long reader of it) stays, below
+the floor where no read reaches it, until the next pass finishes it; that topic's pass ends there.
+Each pass also creates the partitions ahead of the head.
 """
 
 import datetime as dt
@@ -106,8 +107,9 @@ def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_s
             cutoff_watermark = row[0]
             whole = journal_partitions.drop_through(topic, cutoff_watermark)
             dropped, deleted, timed_out = whole.partitions, whole.rows, whole.lock_timeout
-            if dropped:
+            if deleted:
                 metrics.RETENTION_DELETED.labels(topic=topic).inc(deleted)
+            if dropped:
                 metrics.RETENTION_DROPPED_PARTITIONS.labels(topic=topic).inc(dropped)
             # Whole partitions only: the floor stops at the last partition end below the cutoff,
             # keeping up to one partition of rows past the window (see RETENTION_BOUNDARY_DELETES).

@@ -7,7 +7,8 @@ hub, the followers and the revocation check use only what is declared here.
 
 Every read that delivers rows returns the topic's head, ``pruned_through`` and ``stream_epoch``
 from the SAME snapshot as the rows, so a reader can prove that no row after its cursor was pruned
-or replaced under it: retention raises ``pruned_through`` in the transaction that deletes the rows.
+or replaced under it: retention raises ``pruned_through`` in the transaction that deletes the rows,
+or (whole partitions) before it detaches them.
 """
 
 from __future__ import annotations

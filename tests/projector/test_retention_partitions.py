@@ -9,6 +9,7 @@ data) and its pure ``stale_cursor`` rule."""
 import asyncio
 import datetime as dt
 import threading
+import time
 
 import pytest
 from django.db import connection, transaction
@@ -181,10 +182,10 @@ def test_partitions_are_created_ahead_and_a_writer_outrunning_them_loses_nothing
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_partition_that_cannot_be_locked_stops_the_pass_before_any_row_above_it(small_partitions):
-    """A reader holds the second partition, so the batch that detaches the first two cannot lock it:
-    retention must stop there. Deleting the boundary rows anyway would raise the floor over rows
-    still present."""
+def test_a_partition_held_by_a_reader_stays_below_the_floor_until_the_next_pass(small_partitions):
+    """A reader holds the second doomed partition: the floor passes it anyway (no read reaches a
+    row at or below the floor), its detach gives way and stays pending, and the next pass finishes
+    it and the boundary deletes."""
     write(10, age_hours=30)
     ready, release = threading.Event(), threading.Event()
     second = ranges()[1]
@@ -204,14 +205,76 @@ def test_a_partition_that_cannot_be_locked_stops_the_pass_before_any_row_above_i
         assert ready.wait(10)
         with override_settings(KHALA=SMALL):
             [report] = retention.run_once(now=NOW, topic=EVENTS)
+        assert report.partition_lock_timeout and (report.dropped_partitions, report.deleted) == (1, 8)
+        assert journal_snapshot() == (8, [9, 10])  # the pending partition's rows are no longer read
+        state, view = delivery_view([4, 8])
+        assert view[4][0] == "retention_floor_breach" and view[8] == (None, [9, 10], [9, 10])
     finally:
         release.set()
         thread.join(10)
-    assert report.partition_lock_timeout and (report.dropped_partitions, report.deleted) == (0, 0)
-    assert report.pruned_through == 0 and watermarks() == list(range(1, 11))
     with override_settings(KHALA=SMALL):
         [later] = retention.run_once(now=NOW, topic=EVENTS)
     assert (later.pruned_through, later.partition_lock_timeout) == (10, False) and watermarks() == []
+    assert ranges()[0][0] == second[1] + 1  # the pending one finished; the boundary one stays
+    assert sink.project(EVENTS, "after", 1, {}, "user:1").watermark == 11
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_pass_never_queues_the_topics_readers_behind_it(small_partitions):
+    """A long transaction reads the topic, so the pass's detach has to wait for it. Meanwhile a
+    new reader of the topic must not queue behind that detach: a plain DETACH (ACCESS EXCLUSIVE on
+    the topic's partition) would hold every replay page and write of the topic until it gets its
+    lock; DETACH … CONCURRENTLY waits without a lock that readers conflict with."""
+    write(10, age_hours=30)
+    write(2, age_hours=1)
+    holding, release = threading.Event(), threading.Event()
+    passes = []
+
+    def long_reader():
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM sync_stream_events WHERE topic = %s AND watermark > 8", [EVENTS])
+                holding.set()
+                release.wait(20)
+        finally:
+            connection.close()
+
+    def retention_pass():
+        try:
+            with override_settings(KHALA={**SMALL, "JOURNAL_DDL_LOCK_TIMEOUT_MS": 2000}):
+                passes.append(retention.run_once(now=NOW, topic=EVENTS))
+        finally:
+            connection.close()
+
+    reader, pruner = threading.Thread(target=long_reader), threading.Thread(target=retention_pass)
+    reader.start()
+    try:
+        assert holding.wait(10)
+        pruner.start()
+        with connection.cursor() as cursor:
+            for _ in range(400):  # until the pass's DDL waits for the long reader
+                cursor.execute(  # the long reader waits for its client: the only lock waiter is the pass
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+                if cursor.fetchone()[0]:
+                    break
+                time.sleep(0.025)
+            else:
+                pytest.fail("the pass never waited for the long reader")
+            with transaction.atomic():
+                cursor.execute("SET LOCAL lock_timeout = '200ms'")
+                cursor.execute(
+                    "SELECT watermark FROM sync_stream_events WHERE topic = %s AND watermark > 8 ORDER BY watermark", [EVENTS]
+                )
+                assert [w for (w,) in cursor.fetchall()] == [9, 10, 11, 12]
+    finally:
+        release.set()
+        reader.join(20)
+        pruner.join(60)
+    assert passes, "the pass did not finish"
+    with override_settings(KHALA=SMALL):
+        [later] = retention.run_once(now=NOW, topic=EVENTS)
+    assert (later.pruned_through, later.partition_lock_timeout) == (10, False) and watermarks() == [11, 12]
 
 
 @pytest.mark.django_db(transaction=True)
