@@ -253,6 +253,8 @@ class _Connection:
             await self.ws.send(protocol.encode_frame(join_ref, ref, topic, event, payload))
         except Exception as exc:
             self.pending.pop(ref, None)
+            if fut.done():
+                fut.exception()  # failed by a close that raced this send; the raise below reports it
             self.fail(TransientError("socket_closed", f"send failed: {exc}"))
             raise self.error from None
         return fut
