@@ -270,3 +270,37 @@ test('a hydration answered 429 is retried after its Retry-After', async () => {
   assert.ok(limited[0].delayMs >= 200);
   assert.deepEqual(client.seen.filter((e) => e.type === 'error'), []);
 });
+
+test('a hydration answered 503 floors the reconnect at its Retry-After', async () => {
+  const good = { ok: true };
+  const pointer = { topic: TOPIC, doc_key: 'd', doc_version: 1, payload: null, payload_hash: null, watermark: 1, hydration_required: true };
+  const p = await peer((ws, frame) => {
+    if (frame[3] === 'sync:subscribe') {
+      ws.send(JSON.stringify([frame[0], null, 'sync:v1', 'sync:update_batch', { updates: [pointer], replay_complete: true, head_watermarks: [{ topic: TOPIC, watermark: 1 }] }]));
+    }
+    okReply(ws, frame);
+  });
+  const goodHash = toWire(await payloadHash(good));
+  let calls = 0;
+  const http = {
+    async getDocument(topic, docKey) {
+      calls += 1; // the database is down at first: the batch is replayed after a reconnect
+      if (calls === 1) throw new HttpError('database_unavailable', 'the database is unavailable; retry later', { retry_after: 0.3 }, 503, 300);
+      return { doc_key: docKey, doc_version: 1, payload: good, payload_hash: goodHash, watermark: 1 };
+    },
+  };
+  const client = hintedClient(p.url, { http });
+  client.start();
+  try {
+    const deadline = Date.now() + 10000;
+    while ((await client.watermark(TOPIC)) < 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  } finally {
+    await client.close();
+    await p.close();
+  }
+  assert.deepEqual((await client.documents(TOPIC)).get('d').payload, good);
+  assert.equal(p.connections, 2);
+  const reconnects = client.seen.filter((e) => e.type === 'reconnecting');
+  assert.deepEqual(reconnects.map((e) => [e.reason, e.retryAfterMs]), [['hydration_failed', 300]]);
+  assert.ok(reconnects[0].delayMs >= 300);
+});
