@@ -22,14 +22,24 @@
 // reply dedupe) and recovered by snapshot instead of silently replaying from 0, reconnects use
 // full jitter.
 //
+// A refusal that says when to come back is obeyed, never undercut by the jitter (a client that
+// returns early in a reconnect storm is refused again, and counts against the limit once more). A
+// connection flood (a rate_limited push on `phoenix`, then close 4429) makes the next reconnect wait
+// at least its retry_after_ms; a join or subscribe refused with rate_limited leaves the socket open,
+// so it is asked again on the same socket after retry_after_ms (`rateLimitAttempts` times in all,
+// then the socket is dropped and the reconnect waits the hint too); a hydration answered 429 is
+// retried after its Retry-After the same way. Each hinted wait is spread over [hint, 1.25 × hint)
+// (backoff.js hintedDelay) and reported as a `rate_limited` event (in place) or as the
+// `reconnecting` event's retryAfterMs.
+//
 // Ordering: every frame goes through one queue processed in socket order (replay batches come
 // before the subscribe reply; a heartbeat's watermark means "all sent up to here"), so cursors
 // only move in socket order. Heartbeat replies are resolved on arrival (liveness must not wait
 // behind a slow hydration fetch).
-import { Backoff } from './backoff.js';
+import { Backoff, hintedDelay } from './backoff.js';
 import { DocumentCache } from './cache.js';
 import { realClock } from './clock.js';
-import { AuthError, FatalError, KhalaError, TransientError, classify } from './errors.js';
+import { AuthError, FatalError, KhalaError, TransientError, classify, retryAfterMs } from './errors.js';
 import { verify } from './hashing.js';
 import { HttpApi } from './http.js';
 import * as protocol from './protocol.js';
@@ -124,14 +134,15 @@ export class KhalaClient {
     socketPath = protocol.DEFAULT_SOCKET_PATH, connectParams = {}, replayBatchSize, heartbeatIntervalMs = 15_000,
     heartbeatTimeoutMs = 10_000, joinTimeoutMs = 15_000, subscribeTimeoutMs = 120_000, staleWindowMs = 30_000,
     backoff, staleBackoff, clock = realClock, random = Math.random, verifyHashes = true, http, onState, onEvent,
-    eventQueueSize = 10_000, tokenRefresh = true,
+    eventQueueSize = 10_000, tokenRefresh = true, rateLimitAttempts = 5,
   } = {}) {
     if (!url || typeof tokenProvider !== 'function') throw new TypeError('KhalaClient needs {url, tokenProvider}');
+    if (!(Number.isInteger(rateLimitAttempts) && rateLimitAttempts >= 1)) throw new RangeError('rateLimitAttempts must be an integer >= 1');
     if (!WebSocket) throw new TypeError('KhalaClient needs a WebSocket implementation (browsers have one; in Node pass {WebSocket} from "ws")');
     Object.assign(this, {
       url, tokenProvider, WebSocket, socketPath, connectParams, replayBatchSize, heartbeatIntervalMs, heartbeatTimeoutMs,
       joinTimeoutMs, subscribeTimeoutMs, staleWindowMs, clock, random, verifyHashes, onState, onEvent, eventQueueSize,
-      tokenRefresh,
+      tokenRefresh, rateLimitAttempts,
     });
     this.cache = new DocumentCache(store);
     this.topics = [...new Set(topics)];
@@ -284,12 +295,14 @@ export class KhalaClient {
         this._setState(this.connects === 0 ? State.CONNECTING : State.RECONNECTING);
         const joinsBefore = this.connects;
         let reason = 'socket_closed';
+        let hint = null;
         try {
           await this._session();
         } catch (err) {
           if (this._closing) break;
           if (err instanceof FatalError) throw err;
           reason = err.code ?? err.name ?? 'connection_failed';
+          hint = retryAfterMs(err);
           if (this.connects > joinsBefore) authFailures = 0;
           this._emit({ type: 'error', code: err.code ?? 'connection_failed', message: err.message, details: err.details ?? {} });
           if (err instanceof KhalaError && classify(err.code) === 'auth') {
@@ -300,9 +313,9 @@ export class KhalaClient {
         }
         if (this.connects > joinsBefore) authFailures = 0;
         if (this._closing) break;
-        const delay = this.backoff.nextDelay();
+        const delay = this.backoff.nextDelay(hint);
         this._setState(State.RECONNECTING);
-        this._emit({ type: 'reconnecting', attempt: this.backoff.attempt, delayMs: delay, reason });
+        this._emit({ type: 'reconnecting', attempt: this.backoff.attempt, delayMs: delay, reason, retryAfterMs: hint });
         await this._sleep(delay);
       }
     } catch (err) {
@@ -340,7 +353,15 @@ export class KhalaClient {
         return;
       }
       const timer = setTimeout(() => { try { ws.close(); } catch { /* ignore */ } reject(new TransientError('connect_timeout', `no open within ${this.joinTimeoutMs} ms`)); }, this.joinTimeoutMs);
-      ws.onopen = () => { clearTimeout(timer); resolve(ws); };
+      ws.onopen = () => {
+        clearTimeout(timer);
+        // Frames that came with the handshake (a refusal pushed at once, then the close) are
+        // dispatched right after this event, before _session can attach its handlers: keep them.
+        const early = [];
+        ws.onmessage = (e) => early.push(['message', e]);
+        ws.onclose = (e) => early.push(['close', e]);
+        resolve({ ws, early });
+      };
       ws.onerror = () => {};
       ws.onclose = (e) => { clearTimeout(timer); reject(new TransientError('connection_failed', `socket closed before open (code ${e?.code})`)); };
     });
@@ -350,12 +371,16 @@ export class KhalaClient {
     this.connectAttempts.push(this.clock.now()); // the attempt starts with fetching its token
     const token = await this._freshToken();
     const url = protocol.socketUrl(this.url, token, { path: this.socketPath, params: this.connectParams });
-    const ws = await this._open(url);
+    const { ws, early } = await this._open(url);
     const conn = new Connection(ws, token);
     conn.lastReceived = this.clock.now();
     this._conn = conn;
     ws.onmessage = (e) => this._onMessage(conn, e.data);
     ws.onclose = (e) => this._enqueue(conn, { [END]: closeError(e?.code, e?.reason) });
+    for (const [kind, e] of early) {
+      if (kind === 'message') ws.onmessage(e);
+      else ws.onclose(e);
+    }
     ws.onerror = () => {};
     this.backoff.connected(this.clock.now());
     const heartbeat = { stop: false };
@@ -424,8 +449,35 @@ export class KhalaClient {
     return response;
   }
 
+  /**
+   * _request on sync:v1, asked again on the same socket while the server refuses it with
+   * rate_limited and a retry_after_ms (an admission limit, or too many requests in flight; the
+   * socket stays open). After `rateLimitAttempts` refusals, or when the socket itself ended, the
+   * refusal is thrown: the reconnect then waits at least its hint.
+   */
+  async _admittedRequest(conn, event, payload, timeoutMs) {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await this._request(conn, SYNC_CHANNEL, event, payload, timeoutMs);
+      } catch (err) {
+        const hint = retryAfterMs(err);
+        if (err.code !== 'rate_limited' || hint === null || conn.error || attempt >= this.rateLimitAttempts) throw err;
+        await this._waitOut(event, err, hint, attempt);
+        if (conn.error) throw conn.error;
+      }
+    }
+  }
+
+  /** Report a rate_limited refusal of `request` and wait at least its hint. */
+  async _waitOut(request, err, hint, attempt) {
+    const delayMs = hintedDelay(hint, this.random);
+    const limit = typeof err.details?.limit === 'string' ? err.details.limit : null;
+    this._emit({ type: 'rate_limited', request, limit, retryAfterMs: hint, attempt, delayMs });
+    await this._sleep(delayMs);
+  }
+
   async _join(conn) {
-    const response = await this._request(conn, SYNC_CHANNEL, EVENTS.JOIN, { frames: false }, this.joinTimeoutMs);
+    const response = await this._admittedRequest(conn, EVENTS.JOIN, { frames: false }, this.joinTimeoutMs);
     conn.heartbeatIntervalMs = this.heartbeatIntervalMs;
     const serverTimeout = response?.heartbeat_timeout_ms;
     // at least three heartbeats per server idle timeout, so one lost reply never idles us out
@@ -479,6 +531,13 @@ export class KhalaClient {
     const { event, payload } = frame;
     if (frame.topic === PHOENIX_TOPIC) {
       if (event === EVENTS.REPLY) conn.resolve(frame);
+      else if (event === EVENTS.SYNC_ERROR) {
+        // A refusal of the socket itself (a connection flood: rate_limited with retry_after_ms);
+        // the close follows. It names the reason before the close code does and carries the hint
+        // the reconnect must wait for.
+        const details = payload && typeof payload === 'object' ? payload : {};
+        conn.fail(new TransientError(protocol.errorCode(details), String(details.message ?? ''), details));
+      }
       return;
     }
     if (frame.topic !== SYNC_CHANNEL) return;
@@ -600,13 +659,22 @@ export class KhalaClient {
     return this.hydrate(doc.topic, doc.docKey, { fallback: doc });
   }
 
+  /** Run call(token); on a rejected token, once more with a fresh token. A 429 is asked again after its Retry-After, rateLimitAttempts times in all. */
   async _httpWithToken(call) {
-    const token = this._token ?? await this._freshToken();
-    try {
-      return await call(token);
-    } catch (err) {
-      if (err.status === 401 && classify(err.code) === 'auth') return call(await this._freshToken());
-      throw err;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        const token = this._token ?? await this._freshToken();
+        try {
+          return await call(token);
+        } catch (err) {
+          if (err.status === 401 && classify(err.code) === 'auth') return await call(await this._freshToken());
+          throw err;
+        }
+      } catch (err) {
+        const hint = retryAfterMs(err);
+        if (err.status !== 429 || hint === null || attempt >= this.rateLimitAttempts || this._closing) throw err;
+        await this._waitOut('hydration', err, hint, attempt);
+      }
     }
   }
 
@@ -614,10 +682,17 @@ export class KhalaClient {
   async hydrate(topic, docKey, { fallback } = {}) {
     let data;
     try {
-      data = await this._httpWithToken((token) => this.http.getDocument(topic, docKey, token));
+      // The pointer's watermark and epoch let the server read a replica that has that write.
+      const epoch = fallback ? (await this.cache.topicState(topic)).streamEpoch : null;
+      const freshness = epoch ? { minWatermark: fallback.watermark, streamEpoch: epoch } : {};
+      data = await this._httpWithToken((token) => this.http.getDocument(topic, docKey, token, freshness));
     } catch (err) {
       this._emit({ type: 'error', code: 'hydration_failed', message: `${topic} ${docKey}: ${err.code} ${err.message}`, details: { topic, docKey, httpCode: err.code } });
-      if (err.code === 'http_unreachable' || (err.status ?? 0) >= 500) throw new TransientError('hydration_failed', err.message);
+      if (err.code === 'http_unreachable' || (err.status ?? 0) >= 500 || err.status === 429) {
+        // The batch is not committed: the reconnect replays it (after the hint, if any).
+        const hint = retryAfterMs(err);
+        throw new TransientError('hydration_failed', err.message, hint === null ? {} : { retry_after_ms: hint });
+      }
       return fallback?.hydrationRequired ? fallback : null; // e.g. document_not_found: keep the pointer entry
     }
     const doc = {
@@ -663,7 +738,7 @@ export class KhalaClient {
       this._subscribing += 1;
       let pushed;
       try {
-        await this._request(conn, SYNC_CHANNEL, EVENTS.SUBSCRIBE, payload, this.subscribeTimeoutMs);
+        await this._admittedRequest(conn, EVENTS.SUBSCRIBE, payload, this.subscribeTimeoutMs);
         pushed = this._takeStalePushes(topics);
       } catch (err) {
         if (err.code !== 'stale_cursor') throw err;

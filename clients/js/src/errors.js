@@ -36,6 +36,15 @@ export class TransientError extends KhalaError {
   constructor(...args) { super(...args); this.name = 'TransientError'; }
 }
 
+/**
+ * The server's hint (ms) of when a refused request may be made again, or null: `retry_after_ms`
+ * of a socket refusal (the error's details), `Retry-After` of an HTTP 429 (HttpError.retryAfterMs).
+ */
+export function retryAfterMs(err) {
+  const hint = err?.retryAfterMs ?? err?.details?.retry_after_ms;
+  return typeof hint === 'number' && Number.isFinite(hint) && hint > 0 ? hint : null;
+}
+
 export function classify(code) {
   if (FATAL_CODES.has(code)) return 'fatal';
   if (AUTH_CODES.has(code)) return 'auth';

@@ -8,12 +8,23 @@
 import { FatalError, KhalaError } from './errors.js';
 import { httpBase } from './protocol.js';
 
+/** `retryAfterMs`: how long the server asked to wait (429 and 503 `Retry-After`), else null. */
 export class HttpError extends KhalaError {
-  constructor(code, message = '', details = {}, status = null) {
+  constructor(code, message = '', details = {}, status = null, retryAfterMs = null) {
     super(code, message, details);
     this.name = 'HttpError';
     this.status = status;
+    this.retryAfterMs = retryAfterMs;
   }
+}
+
+// Retry-After in seconds (Khala never sends the HTTP-date form), else the body's retry_after.
+function retryAfterMs(header, err) {
+  for (const value of [header, err?.retry_after]) {
+    const seconds = value === null || value === undefined || value === '' ? NaN : Number(value);
+    if (Number.isFinite(seconds) && seconds > 0) return seconds * 1000;
+  }
+  return null;
 }
 
 export class HttpApi {
@@ -46,8 +57,9 @@ export class HttpApi {
     }
     if (!response.ok) {
       const err = data && typeof data === 'object' ? data.error : null;
-      if (err && typeof err.code === 'string') throw new HttpError(err.code, String(err.message ?? ''), err, response.status);
-      throw new HttpError(`http_${response.status}`, text.slice(0, 200), {}, response.status);
+      const hint = retryAfterMs(response.headers?.get?.('Retry-After'), err);
+      if (err && typeof err.code === 'string') throw new HttpError(err.code, String(err.message ?? ''), err, response.status, hint);
+      throw new HttpError(`http_${response.status}`, text.slice(0, 200), {}, response.status, hint);
     }
     return data;
   }
@@ -68,10 +80,17 @@ export class HttpApi {
     return inner;
   }
 
-  /** GET /api/sync/v1/doc/<topic>/<doc_key> → {doc_key, doc_version, payload, payload_hash, watermark}. */
-  async getDocument(topic, docKey, token) {
+  /**
+   * GET /api/sync/v1/doc/<topic>/<doc_key> → {doc_key, doc_version, payload, payload_hash, watermark}.
+   * `minWatermark` and `streamEpoch` (together): the watermark of the update that pointed here and
+   * its epoch. They let the server answer from a read replica that has that write (never an older
+   * version of the document); without them it reads its primary.
+   */
+  async getDocument(topic, docKey, token, { minWatermark, streamEpoch } = {}) {
     const key = docKey.split('/').map((part) => encodeURIComponent(part).replace(/%3A/gi, ':')).join('/');
-    const data = await this.request('GET', `/api/sync/v1/doc/${encodeURIComponent(topic)}/${key}`, {
+    const fresh = Number.isInteger(minWatermark) && streamEpoch
+      ? `?${new URLSearchParams({ min_watermark: String(minWatermark), stream_epoch: streamEpoch })}` : '';
+    const data = await this.request('GET', `/api/sync/v1/doc/${encodeURIComponent(topic)}/${key}${fresh}`, {
       headers: { Authorization: `Bearer ${token}` },
     });
     if (!data || typeof data.doc_version !== 'number') throw new HttpError('bad_response', 'document response lacks doc_version');

@@ -97,7 +97,8 @@ export declare class Backoff {
   constructor(options?: { baseMs?: number; capMs?: number; random?: () => number; stableAfterMs?: number });
   attempt: number;
   ceiling(attempt?: number): number;
-  nextDelay(): number;
+  /** Never less than `retryAfterMs` (the server's hint) when given: spread over [hint, 1.25 × hint). */
+  nextDelay(retryAfterMs?: number | null): number;
   reset(): void;
   connected(nowMs: number): void;
   disconnected(nowMs: number): void;
@@ -130,6 +131,8 @@ export declare function classify(code: string): 'fatal' | 'auth' | 'transient';
 
 export declare class HttpError extends KhalaError {
   status: number | null;
+  /** How long the server asked to wait (429 and 503 `Retry-After`), in ms; null when it did not say. */
+  retryAfterMs: number | null;
 }
 
 export interface Snapshot {
@@ -142,7 +145,7 @@ export interface Snapshot {
 export declare class HttpApi {
   constructor(url: string, options?: { fetch?: typeof fetch; timeoutMs?: number });
   mintSyncToken(apiToken: string, options?: { scopes?: string[]; ttlSeconds?: number; sessionId?: string | null }): Promise<{ token: string; expires_in: number; scopes: string[]; [key: string]: unknown }>;
-  getDocument(topic: string, docKey: string, token: string): Promise<{ doc_key: string; doc_version: number; payload: JsonValue; payload_hash: string; watermark: number }>;
+  getDocument(topic: string, docKey: string, token: string, freshness?: { minWatermark?: number; streamEpoch?: string | null }): Promise<{ doc_key: string; doc_version: number; payload: JsonValue; payload_hash: string; watermark: number }>;
   listPage(topic: string, token: string, options?: { cursor?: string; limit?: number }): Promise<{ documents: Snapshot['documents']; headWatermark: number; streamEpoch: string | null; nextCursor: string | null }>;
   snapshot(topic: string, token: string, options?: { limit?: number; attempts?: number }): Promise<Snapshot>;
 }
@@ -162,7 +165,10 @@ export type KhalaEvent =
   | { type: 'heartbeat'; watermarks: Record<string, number> }
   | { type: 'snapshot'; topic: string; documents: number; headWatermark: number; streamEpoch: string | null }
   | { type: 'stale_cursor'; topics: string[]; payload: Record<string, unknown> }
-  | { type: 'reconnecting'; attempt: number; delayMs: number; reason: string }
+  /** retryAfterMs: the server's hint when it refused the last attempt with one (delayMs is then at least that). */
+  | { type: 'reconnecting'; attempt: number; delayMs: number; reason: string; retryAfterMs: number | null }
+  /** The server refused `request` with rate_limited; it is asked again on the same socket in delayMs (at least retryAfterMs). */
+  | { type: 'rate_limited'; request: 'phx_join' | 'sync:subscribe' | 'hydration'; limit: string | null; retryAfterMs: number; attempt: number; delayMs: number }
   | { type: 'token_refreshed'; expiresAt: number | null; refreshes: number }
   | { type: 'refresh_failed'; code: string; message: string; attempt: number; expiresInMs: number }
   | { type: 'error'; code: string; message: string; details: Record<string, unknown> };
@@ -209,6 +215,8 @@ export interface KhalaClientOptions {
   eventQueueSize?: number;
   /** Refresh the token in band ahead of its exp (default true). */
   tokenRefresh?: boolean;
+  /** How many times a join, subscribe or hydration refused with rate_limited is asked in all before the socket is dropped (default 5). */
+  rateLimitAttempts?: number;
 }
 
 export type TokenProvider = (options?: { sessionId?: string | null }) => Promise<string>;

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { Backoff } from '../src/backoff.js';
+import { Backoff, HINT_SPREAD } from '../src/backoff.js';
 import { rng } from './support/random.js';
 
 test('ceilings double until the cap', () => {
@@ -41,4 +41,26 @@ test('resets only after a stable connection', () => {
   b.connected(200_000); b.disconnected(215_000);
   assert.equal(b.attempt, 0);
   assert.throws(() => new Backoff({ baseMs: 0 }), RangeError);
+});
+
+test('a server hint is a floor, spread by at most a quarter, and still counts as an attempt', () => {
+  const random = rng(7);
+  for (let i = 0; i < 1000; i += 1) {
+    const r = random();
+    const b = new Backoff({ baseMs: 500, capMs: 30_000, random: () => r });
+    b.attempt = Math.floor(random() * 20);
+    const own = r * b.ceiling();
+    const attempt = b.attempt;
+    const hint = 1 + random() * 3_600_000;
+    const d = b.nextDelay(hint);
+    assert.ok(d >= hint && d >= own, `${d} vs hint ${hint}, own ${own}`);
+    assert.ok(d < Math.max(own, hint * (1 + HINT_SPREAD)) + 1e-6);
+    assert.equal(b.attempt, attempt + 1);
+  }
+});
+
+test('hinted delays of many clients do not return in lockstep', () => {
+  const delays = Array.from({ length: 200 }, (_, seed) => new Backoff({ random: rng(seed + 1) }).nextDelay(10_000));
+  assert.ok(Math.min(...delays) >= 10_000 && Math.max(...delays) < 12_500);
+  assert.ok(new Set(delays.map((d) => Math.round(d / 10))).size > 100);
 });

@@ -5,12 +5,13 @@ import { test } from 'node:test';
 
 import WebSocket, { WebSocketServer } from 'ws';
 
-import { Backoff, KhalaClient, State } from '../src/index.js';
+import { Backoff, HttpError, KhalaClient, State, payloadHash, toWire } from '../src/index.js';
 
 const TOPIC = 'runtime.run_summaries';
 const reply = (frame, status = 'ok', response = {}) => JSON.stringify([frame[0], frame[1], frame[2], 'phx_reply', { status, response }]);
 
-async function peer(onFrame) {
+// onConnect(ws, state), when given, is what a new socket gets before any frame.
+async function peer(onFrame, onConnect) {
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
   await new Promise((resolve) => server.on('listening', resolve));
   const state = { connections: 0, tokens: [] };
@@ -18,6 +19,7 @@ async function peer(onFrame) {
     state.connections += 1;
     state.tokens.push(new URL(req.url, 'http://x').searchParams.get('token'));
     ws.on('message', (data) => onFrame(ws, JSON.parse(String(data)), state));
+    onConnect?.(ws, state);
   });
   state.url = `http://127.0.0.1:${server.address().port}`;
   state.close = () => new Promise((resolve) => { for (const c of server.clients) c.terminate(); server.close(resolve); });
@@ -111,4 +113,194 @@ test('an ok subscribe reply followed by a stale_cursor push is recovered (snapsh
   assert.equal(snapshots, 1);
   assert.equal(subscribes.length, 2);
   assert.deepEqual(subscribes[1].resume_after, [{ topic: TOPIC, watermark: 10, stream_epoch: 'epoch' }]);
+});
+
+// --- rate-limit hints ------------------------------------------------------------------------
+// The fallback backoff here is at most 50 ms, so a delay of at least the hint can only come from it.
+
+function hintedClient(url, options = {}) {
+  const client = new KhalaClient({ url, WebSocket, tokenProvider: counter(), topics: [TOPIC], backoff: new Backoff({ baseMs: 10, capMs: 50 }), ...options });
+  client.seen = [];
+  client.onEvent = (e) => client.seen.push(e);
+  return client;
+}
+
+const okReply = (ws, frame) => ws.send(reply(frame, 'ok', { current_watermarks: [] }));
+
+test('a connection flood refusal makes the reconnect wait its retry_after_ms', async () => {
+  const refusal = { code: 'rate_limited', message: 'too many requests (connects_per_ip)', limit: 'connects_per_ip', retry_after_ms: 300 };
+  const p = await peer(okReply, (ws, state) => {
+    if (state.connections > 1) return;
+    ws.send(JSON.stringify([null, null, 'phoenix', 'sync:error', refusal])); // what the server does to a flood
+    ws.close(4429);
+  });
+  const client = hintedClient(p.url);
+  client.start();
+  try {
+    await client.waitLive({ timeoutMs: 10000 });
+  } finally {
+    await client.close();
+    await p.close();
+  }
+  const first = client.seen.find((e) => e.type === 'reconnecting');
+  assert.equal(first.reason, 'rate_limited');
+  assert.equal(first.retryAfterMs, 300);
+  assert.ok(first.delayMs >= 300 && first.delayMs < 300 * 1.25, `at least the hint, spread by at most a quarter (${first.delayMs})`);
+  assert.equal(p.connections, 2);
+});
+
+test('a join refused with rate_limited is asked again on the same socket', async () => {
+  const joins = [];
+  const p = await peer((ws, frame) => {
+    if (frame[3] === 'phx_join') {
+      joins.push(frame);
+      if (joins.length === 1) {
+        ws.send(reply(frame, 'error', { code: 'rate_limited', message: 'too many requests (connects_per_user)', limit: 'connects_per_user', retry_after_ms: 200 }));
+        return;
+      }
+    }
+    okReply(ws, frame);
+  });
+  const client = hintedClient(p.url);
+  client.start();
+  try {
+    await client.waitLive({ timeoutMs: 10000 });
+  } finally {
+    await client.close();
+    await p.close();
+  }
+  assert.equal(p.connections, 1, 'the socket stays open: no new connection for a refused join');
+  assert.equal(joins.length, 2);
+  const limited = client.seen.filter((e) => e.type === 'rate_limited');
+  assert.equal(limited.length, 1);
+  const [{ request, limit, retryAfterMs, attempt, delayMs }] = limited;
+  assert.deepEqual({ request, limit, retryAfterMs, attempt }, { request: 'phx_join', limit: 'connects_per_user', retryAfterMs: 200, attempt: 1 });
+  assert.ok(delayMs >= 200 && delayMs < 250);
+  assert.equal(client.seen.filter((e) => e.type === 'reconnecting').length, 0);
+});
+
+test('a subscribe refused for too many requests in flight is asked again', async () => {
+  const subscribes = [];
+  const p = await peer((ws, frame) => {
+    if (frame[3] === 'sync:subscribe') {
+      subscribes.push(frame);
+      if (subscribes.length === 1) {
+        ws.send(reply(frame, 'error', { code: 'rate_limited', message: 'too many requests in flight', retry_after_ms: 150 }));
+        return;
+      }
+    }
+    okReply(ws, frame);
+  });
+  const client = hintedClient(p.url);
+  client.start();
+  try {
+    await client.waitLive({ timeoutMs: 10000 });
+  } finally {
+    await client.close();
+    await p.close();
+  }
+  assert.equal(p.connections, 1);
+  assert.equal(subscribes.length, 2);
+  const [limited] = client.seen.filter((e) => e.type === 'rate_limited');
+  assert.deepEqual([limited.request, limited.limit, limited.retryAfterMs], ['sync:subscribe', null, 150]);
+  assert.ok(limited.delayMs >= 150);
+});
+
+test('in-place retries are bounded, then the reconnect waits the hint', async () => {
+  const joinsPerSocket = {};
+  const p = await peer((ws, frame, state) => {
+    if (frame[3] === 'phx_join') {
+      joinsPerSocket[state.connections] = (joinsPerSocket[state.connections] ?? 0) + 1;
+      if (state.connections === 1) {
+        ws.send(reply(frame, 'error', { code: 'rate_limited', limit: 'sockets_per_user', retry_after_ms: 100 }));
+        return;
+      }
+    }
+    okReply(ws, frame);
+  });
+  const client = hintedClient(p.url, { rateLimitAttempts: 3 });
+  client.start();
+  try {
+    await client.waitLive({ timeoutMs: 10000 });
+  } finally {
+    await client.close();
+    await p.close();
+  }
+  assert.deepEqual(joinsPerSocket, { 1: 3, 2: 1 });
+  assert.deepEqual(client.seen.filter((e) => e.type === 'rate_limited').map((e) => e.attempt), [1, 2]);
+  const reconnects = client.seen.filter((e) => e.type === 'reconnecting');
+  assert.equal(reconnects.length, 1);
+  assert.equal(reconnects[0].reason, 'rate_limited');
+  assert.equal(reconnects[0].retryAfterMs, 100);
+  assert.ok(reconnects[0].delayMs >= 100);
+});
+
+test('a hydration answered 429 is retried after its Retry-After', async () => {
+  const good = { ok: true };
+  const pointer = { topic: TOPIC, doc_key: 'd', doc_version: 1, payload: null, payload_hash: null, watermark: 1, hydration_required: true };
+  const p = await peer((ws, frame) => {
+    if (frame[3] === 'sync:subscribe') {
+      ws.send(JSON.stringify([frame[0], null, 'sync:v1', 'sync:update_batch', { updates: [pointer], replay_complete: true, head_watermarks: [{ topic: TOPIC, watermark: 1 }] }]));
+    }
+    okReply(ws, frame);
+  });
+  const goodHash = toWire(await payloadHash(good));
+  let calls = 0;
+  const http = {
+    async getDocument(topic, docKey) {
+      calls += 1;
+      if (calls === 1) throw new HttpError('rate_limited', 'too many requests; retry later', { code: 'rate_limited', retry_after: 0.2 }, 429, 200);
+      return { doc_key: docKey, doc_version: 1, payload: good, payload_hash: goodHash, watermark: 1 };
+    },
+  };
+  const client = hintedClient(p.url, { http });
+  client.start();
+  try {
+    await client.waitLive({ timeoutMs: 10000 });
+    const deadline = Date.now() + 5000;
+    while ((await client.watermark(TOPIC)) < 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  } finally {
+    await client.close();
+    await p.close();
+  }
+  assert.deepEqual((await client.documents(TOPIC)).get('d').payload, good);
+  assert.equal(calls, 2);
+  const limited = client.seen.filter((e) => e.type === 'rate_limited');
+  assert.deepEqual(limited.map((e) => [e.request, e.retryAfterMs]), [['hydration', 200]]);
+  assert.ok(limited[0].delayMs >= 200);
+  assert.deepEqual(client.seen.filter((e) => e.type === 'error'), []);
+});
+
+test('a hydration answered 503 floors the reconnect at its Retry-After', async () => {
+  const good = { ok: true };
+  const pointer = { topic: TOPIC, doc_key: 'd', doc_version: 1, payload: null, payload_hash: null, watermark: 1, hydration_required: true };
+  const p = await peer((ws, frame) => {
+    if (frame[3] === 'sync:subscribe') {
+      ws.send(JSON.stringify([frame[0], null, 'sync:v1', 'sync:update_batch', { updates: [pointer], replay_complete: true, head_watermarks: [{ topic: TOPIC, watermark: 1 }] }]));
+    }
+    okReply(ws, frame);
+  });
+  const goodHash = toWire(await payloadHash(good));
+  let calls = 0;
+  const http = {
+    async getDocument(topic, docKey) {
+      calls += 1; // the database is down at first: the batch is replayed after a reconnect
+      if (calls === 1) throw new HttpError('database_unavailable', 'the database is unavailable; retry later', { retry_after: 0.3 }, 503, 300);
+      return { doc_key: docKey, doc_version: 1, payload: good, payload_hash: goodHash, watermark: 1 };
+    },
+  };
+  const client = hintedClient(p.url, { http });
+  client.start();
+  try {
+    const deadline = Date.now() + 10000;
+    while ((await client.watermark(TOPIC)) < 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  } finally {
+    await client.close();
+    await p.close();
+  }
+  assert.deepEqual((await client.documents(TOPIC)).get('d').payload, good);
+  assert.equal(p.connections, 2);
+  const reconnects = client.seen.filter((e) => e.type === 'reconnecting');
+  assert.deepEqual(reconnects.map((e) => [e.reason, e.retryAfterMs]), [['hydration_failed', 300]]);
+  assert.ok(reconnects[0].delayMs >= 300);
 });

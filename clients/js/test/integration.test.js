@@ -85,6 +85,26 @@ test('pointer-mode documents are hydrated over HTTP and verified', async () => {
   }
 });
 
+test('hydrating a pointer states its watermark and epoch, so a lagging replica is not asked', async () => {
+  await khala.topicPolicy(WORKERS, { force_pointer_mode: true });
+  const urls = [];
+  const client = newClient([WORKERS], { fetch: (url, init) => { urls.push(String(url)); return fetch(url, init); } });
+  client.start();
+  try {
+    await client.waitLive({ timeoutMs: 30000 });
+    const [watermark] = await khala.writeMany([{ topic: WORKERS, doc_key: 'cw/fresh', doc_version: 1, payload: { fresh: true } }]);
+    await waitUntil(() => converged(client, WORKERS), { message: 'the live pointer hydrated' });
+    const epoch = (await client.cache.topicState(WORKERS)).streamEpoch;
+    assert.ok(epoch);
+    const asked = urls.filter((u) => u.includes('/api/sync/v1/doc/') && u.includes('cw/fresh'));
+    assert.equal(asked.length, 1, asked.join('\n'));
+    const query = new URL(asked[0]).searchParams;
+    assert.deepEqual([query.get('min_watermark'), query.get('stream_epoch')], [String(watermark), epoch]);
+  } finally {
+    await client.close();
+  }
+});
+
 test('stale cursor: snapshot over HTTP, resume from its head', async () => {
   await khala.writeMany(writes(NOTES, 30, 1, 'n'));
   const storage = new MemoryStorage();

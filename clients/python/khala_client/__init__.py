@@ -7,6 +7,7 @@ from .client import (
     ErrorEvent,
     HeartbeatReceived,
     KhalaClient,
+    RateLimited,
     Reconnecting,
     RefreshFailed,
     SnapshotLoaded,
@@ -25,7 +26,7 @@ from .version import PROTOCOL_VERSION, __version__
 __all__ = [
     "AuthError", "Backoff", "BatchApplied", "Clock", "DeadSocket", "Document", "DocumentCache", "ErrorEvent",
     "FakeClock", "FatalError", "HeartbeatReceived", "HttpApi", "HttpError", "KhalaClient", "KhalaError",
-    "MemoryStore", "MergeResult", "Reconnecting", "RefreshFailed", "SQLiteStore", "SnapshotLoaded", "StaleCursor", "State",
+    "MemoryStore", "MergeResult", "RateLimited", "Reconnecting", "RefreshFailed", "SQLiteStore", "SnapshotLoaded", "StaleCursor", "State",
     "StateChanged", "TokenClaims", "TokenRefreshed", "TokenRefresher", "TopicState", "TransientError", "WatermarkStore", "PROTOCOL_VERSION", "__version__",
     "api_token_provider", "merge", "token_claims",
 ]

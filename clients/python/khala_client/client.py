@@ -29,6 +29,15 @@ Why the pieces are arranged as they are:
   say "everything up to here was sent", so cursors may only move in socket order. The reader
   answers heartbeat replies directly (liveness must not wait behind a slow HTTP hydration).
 - Every cursor move goes through the cache, which writes documents and watermark atomically.
+- A refusal that says when to come back is obeyed, never undercut by the jitter (a client that
+  returns early in a reconnect storm is refused again, and counts against the limit once more).
+  A connection flood (a ``rate_limited`` push on ``phoenix``, then close 4429) makes the next
+  reconnect wait at least its ``retry_after_ms``; a join or subscribe refused with ``rate_limited``
+  leaves the socket open, so it is asked again on the same socket after ``retry_after_ms``
+  (``rate_limit_attempts`` times in all, then the socket is dropped and the reconnect waits the
+  hint too); a hydration answered 429 is retried after its ``Retry-After`` the same way. Each hinted
+  wait is spread over ``[hint, 1.25 × hint)`` (``backoff.hinted_delay``) and reported as
+  ``RateLimited`` (in place) or ``Reconnecting.retry_after_ms``.
 - A stale cursor is recovered once: snapshot over HTTP, replace the topic, resume from the first
   page's ``head_watermark``. A second stale cursor for the same topic within ``stale_window``
   waits a backed-off delay first, so a misbehaving server cannot put the client in a tight loop.
@@ -47,10 +56,10 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 import websockets
 
 from . import protocol
-from .backoff import Backoff
+from .backoff import Backoff, hinted_delay
 from .cache import DocumentCache, MergeResult
 from .clock import Clock
-from .errors import AuthError, DeadSocket, FatalError, KhalaError, TransientError, classify
+from .errors import AuthError, DeadSocket, FatalError, KhalaError, TransientError, classify, retry_after
 from .hashing import verify
 from .http import HttpApi, HttpError
 from .protocol import Frame, Update
@@ -118,9 +127,26 @@ class StaleCursor:
 
 @dataclass(frozen=True)
 class Reconnecting:
+    """The next connect in ``delay`` s; ``retry_after_ms`` is the server's hint when it refused the
+    last attempt with one (``delay`` is then at least that)."""
+
     attempt: int
     delay: float
     reason: str
+    retry_after_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class RateLimited:
+    """The server refused ``request`` (``phx_join``, ``sync:subscribe`` or ``hydration``) with
+    ``rate_limited``; it is asked again in ``delay`` s (at least ``retry_after_ms``), on the same
+    socket. ``limit`` names the server's limit when it said which."""
+
+    request: str
+    limit: str | None
+    retry_after_ms: int
+    attempt: int
+    delay: float
 
 
 @dataclass(frozen=True)
@@ -153,7 +179,7 @@ class ErrorEvent:
 
 Event = (
     StateChanged | BatchApplied | HeartbeatReceived | SnapshotLoaded | StaleCursor | Reconnecting
-    | TokenRefreshed | RefreshFailed | ErrorEvent
+    | RateLimited | TokenRefreshed | RefreshFailed | ErrorEvent
 )
 
 _CLOSED = object()  # end-of-stream marker for subscribers
@@ -227,6 +253,8 @@ class _Connection:
             await self.ws.send(protocol.encode_frame(join_ref, ref, topic, event, payload))
         except Exception as exc:
             self.pending.pop(ref, None)
+            if fut.done():
+                fut.exception()  # failed by a close that raced this send; the raise below reports it
             self.fail(TransientError("socket_closed", f"send failed: {exc}"))
             raise self.error from None
         return fut
@@ -266,6 +294,7 @@ class KhalaClient:
         event_queue_size: int = 10_000,
         connect: Callable[..., Any] | None = None,
         token_refresh: bool = True,
+        rate_limit_attempts: int = 5,
     ):
         import random
 
@@ -292,6 +321,9 @@ class KhalaClient:
         self.event_queue_size = event_queue_size
         self._connect = connect or websockets.connect
         self.token_refresh = token_refresh
+        if rate_limit_attempts < 1:
+            raise ValueError("rate_limit_attempts must be at least 1")
+        self.rate_limit_attempts = rate_limit_attempts
         self._provider_takes_session = _accepts_keyword(token_provider, "session_id")
 
         self.state = State.IDLE
@@ -413,6 +445,7 @@ class KhalaClient:
                 self._set_state(State.CONNECTING if self.connects == 0 else State.RECONNECTING)
                 joins_before = self.connects
                 reason = "socket_closed"
+                hint: float | None = None
                 try:
                     await self._session()
                 except FatalError:
@@ -423,6 +456,7 @@ class KhalaClient:
                     if self._closing:
                         break
                     reason = exc.code
+                    hint = retry_after(exc)
                     if self.connects > joins_before:
                         auth_failures = 0
                     if classify(exc.code) == "auth":
@@ -440,9 +474,9 @@ class KhalaClient:
                     auth_failures = 0
                 if self._closing:
                     break
-                delay = self.backoff.next_delay()
+                delay = self.backoff.next_delay(hint)
                 self._set_state(State.RECONNECTING)
-                self._emit(Reconnecting(self.backoff.attempt, delay, reason))
+                self._emit(Reconnecting(self.backoff.attempt, delay, reason, None if hint is None else _ms(hint)))
                 await self.clock.sleep(delay)
         except FatalError as exc:
             self.error = exc
@@ -559,8 +593,29 @@ class KhalaClient:
             raise TransientError(code, message, response)
         return response
 
+    async def _admitted_request(self, conn: _Connection, event: str, payload: Any, timeout: float):
+        """``_request`` on ``sync:v1``, asked again on the same socket while the server refuses it
+        with ``rate_limited`` and a ``retry_after_ms`` (an admission limit, or too many requests in
+        flight; the socket stays open). After ``rate_limit_attempts`` refusals, or when the socket
+        itself ended, the refusal is raised: the reconnect then waits at least its hint."""
+        for attempt in itertools.count(1):
+            try:
+                return await self._request(conn, protocol.SYNC_CHANNEL, event, payload, timeout)
+            except TransientError as exc:
+                hint = retry_after(exc)
+                if exc.code != "rate_limited" or hint is None or conn.error is not None or attempt >= self.rate_limit_attempts:
+                    raise
+                await self._wait_out(event, exc, hint, attempt)
+
+    async def _wait_out(self, request: str, exc: KhalaError, hint: float, attempt: int) -> None:
+        """Report a ``rate_limited`` refusal of ``request`` and wait at least its hint."""
+        delay = hinted_delay(hint, self.rng)
+        limit = _as_dict(exc.details).get("limit")
+        self._emit(RateLimited(request, limit if isinstance(limit, str) else None, _ms(hint), attempt, delay))
+        await self.clock.sleep(delay)
+
     async def _join(self, conn: _Connection) -> None:
-        response = await self._request(conn, protocol.SYNC_CHANNEL, protocol.PHX_JOIN, {"frames": False}, self.join_timeout)
+        response = await self._admitted_request(conn, protocol.PHX_JOIN, {"frames": False}, self.join_timeout)
         conn.heartbeat_interval = self.heartbeat_interval
         timeout_ms = response.get("heartbeat_timeout_ms") if isinstance(response, dict) else None
         if isinstance(timeout_ms, int) and timeout_ms > 0:
@@ -627,6 +682,12 @@ class KhalaClient:
         if frame.topic == protocol.PHOENIX_TOPIC:
             if event == protocol.PHX_REPLY:
                 self._resolve(conn, frame)
+            elif event == protocol.SYNC_ERROR:
+                # A refusal of the socket itself (a connection flood: rate_limited with
+                # retry_after_ms), the close follows. It names the reason before the close code
+                # does and carries the hint the reconnect must wait for.
+                details = payload if isinstance(payload, dict) else {}
+                conn.fail(TransientError(protocol.error_code(details), str(details.get("message", "")), details))
             return
         if frame.topic != protocol.SYNC_CHANNEL:
             return
@@ -742,14 +803,22 @@ class KhalaClient:
         return await self.hydrate(doc.topic, doc.doc_key, fallback=doc)
 
     async def _http_with_token(self, call):
-        """Run ``call(token)``; on a rejected token, once more with a fresh token."""
-        token = self._token or await self._fresh_token()
-        try:
-            return await call(token)
-        except HttpError as exc:
-            if exc.status == 401 and classify(exc.code) == "auth":
-                return await call(await self._fresh_token())
-            raise
+        """Run ``call(token)``; on a rejected token, once more with a fresh token. A 429 is asked
+        again after its ``Retry-After``, ``rate_limit_attempts`` times in all."""
+        for attempt in itertools.count(1):
+            try:
+                token = self._token or await self._fresh_token()
+                try:
+                    return await call(token)
+                except HttpError as exc:
+                    if exc.status == 401 and classify(exc.code) == "auth":
+                        return await call(await self._fresh_token())
+                    raise
+            except HttpError as exc:
+                hint = retry_after(exc)
+                if exc.status != 429 or hint is None or attempt >= self.rate_limit_attempts:
+                    raise
+                await self._wait_out("hydration", exc, hint, attempt)
 
     async def hydrate(self, topic: str, doc_key: str, *, fallback: Document | None = None) -> Document | None:
         """Fetch one document over HTTP (``hydration_required``), verifying its hash."""
@@ -760,8 +829,10 @@ class KhalaClient:
             data = await self._http_with_token(lambda token: self.http.get_document(topic, doc_key, token, **freshness))
         except HttpError as exc:
             self._emit(ErrorEvent("hydration_failed", f"{topic} {doc_key}: {exc.code} {exc.message}", {"topic": topic, "doc_key": doc_key, "http_code": exc.code}))
-            if exc.code in ("http_unreachable",) or (exc.status or 0) >= 500:
-                raise TransientError("hydration_failed", str(exc)) from None
+            if exc.code in ("http_unreachable",) or (exc.status or 0) >= 500 or exc.status == 429:
+                # The batch is not committed: the reconnect replays it (after the hint, if any).
+                hint = retry_after(exc)
+                raise TransientError("hydration_failed", str(exc), {} if hint is None else {"retry_after_ms": _ms(hint)}) from None
             # e.g. document_not_found: keep a pointer entry so the doc is known but empty
             return fallback if fallback is not None and fallback.hydration_required else None
         doc = Document(topic, data.get("doc_key", doc_key), int(data["doc_version"]), data.get("payload"), data.get("payload_hash"), int(data.get("watermark") or (fallback.watermark if fallback else 0)), False)
@@ -801,7 +872,7 @@ class KhalaClient:
             )
             self._subscribing += 1
             try:
-                await self._request(conn, protocol.SYNC_CHANNEL, protocol.SUBSCRIBE, payload, self.subscribe_timeout)
+                await self._admitted_request(conn, protocol.SUBSCRIBE, payload, self.subscribe_timeout)
             except TransientError as exc:
                 if exc.code != "stale_cursor":
                     raise
@@ -950,6 +1021,10 @@ def _accepts_keyword(fn, name: str) -> bool:
         or (p.name == name and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
         for p in parameters
     )
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _as_dict(value) -> dict:

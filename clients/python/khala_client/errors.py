@@ -71,6 +71,19 @@ class DeadSocket(TransientError):
     """No heartbeat reply within the timeout: the socket is open but nobody answers."""
 
 
+def retry_after(exc: BaseException) -> float | None:
+    """The server's hint (seconds) of when a refused request may be made again, or None.
+
+    A socket refusal carries ``retry_after_ms`` in its payload (the ``details``); an HTTP 429 a
+    ``Retry-After`` header (``HttpError.retry_after``)."""
+    hint = getattr(exc, "retry_after", None)
+    if hint is None:
+        details = getattr(exc, "details", None)
+        ms = details.get("retry_after_ms") if isinstance(details, dict) else None
+        hint = ms / 1000 if isinstance(ms, (int, float)) and not isinstance(ms, bool) else None
+    return hint if hint is not None and hint > 0 else None
+
+
 def classify(code: str) -> str:
     """``"fatal"``, ``"auth"`` or ``"transient"`` for a server error code."""
     if code in FATAL_CODES:

@@ -29,9 +29,13 @@ LIST_PATH = "/api/sync/v1/list/"
 
 
 class HttpError(KhalaError):
-    def __init__(self, code: str, message: str = "", details: Any = None, status: int | None = None):
+    """``retry_after``: seconds the server asked to wait (429 and 503 ``Retry-After``), else None."""
+
+    def __init__(self, code: str, message: str = "", details: Any = None, status: int | None = None,
+                 retry_after: float | None = None):
         super().__init__(code, message, details)
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -52,15 +56,29 @@ class Snapshot:
     stream_epoch: str | None
 
 
-def _error_from_body(status: int, body: bytes) -> HttpError:
+def _retry_after(header: str | None, err: Any) -> float | None:
+    """``Retry-After`` in seconds (the HTTP-date form is not used by Khala), else the body's
+    ``retry_after``; None when neither is a positive number."""
+    for value in (header, err.get("retry_after") if isinstance(err, dict) else None):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            continue
+        if seconds > 0 and seconds != float("inf"):
+            return seconds
+    return None
+
+
+def _error_from_body(status: int, body: bytes, retry_after_header: str | None = None) -> HttpError:
     try:
         data = json.loads(body)
     except ValueError:
         data = None
     err = data.get("error") if isinstance(data, dict) else None
+    retry_after = _retry_after(retry_after_header, err)
     if isinstance(err, dict) and isinstance(err.get("code"), str):
-        return HttpError(err["code"], str(err.get("message", "")), err, status)
-    return HttpError(f"http_{status}", body[:200].decode("utf-8", "replace"), None, status)
+        return HttpError(err["code"], str(err.get("message", "")), err, status, retry_after)
+    return HttpError(f"http_{status}", body[:200].decode("utf-8", "replace"), None, status, retry_after)
 
 
 class HttpApi:
@@ -74,7 +92,7 @@ class HttpApi:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
-            raise _error_from_body(exc.code, exc.read()) from None
+            raise _error_from_body(exc.code, exc.read(), exc.headers.get("Retry-After") if exc.headers else None) from None
         except (urllib.error.URLError, OSError) as exc:
             raise HttpError("http_unreachable", f"{method} {path}: {exc}") from None
         try:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from khala_client.backoff import Backoff
+from khala_client.backoff import HINT_SPREAD, Backoff
 
 
 def test_ceilings_double_until_the_cap():
@@ -54,3 +54,20 @@ def test_rejects_nonsense_parameters():
         Backoff(base=0)
     with pytest.raises(ValueError):
         Backoff(base=5, cap=1)
+
+
+@given(st.floats(0.001, 3600), st.integers(0, 20), st.floats(0, 0.9999999))
+def test_a_server_hint_is_a_floor_spread_by_at_most_a_quarter(retry_after, attempt, r):
+    b = Backoff(base=0.5, cap=30, rng=lambda: r)
+    b.attempt = attempt
+    own = r * b.ceiling()
+    delay = b.next_delay(retry_after)
+    assert delay >= retry_after and delay >= own
+    assert delay < max(own, retry_after * (1 + HINT_SPREAD)) + 1e-9
+    assert b.attempt == attempt + 1  # a hinted attempt still counts: the backoff keeps growing
+
+
+def test_hinted_delays_of_many_clients_do_not_return_in_lockstep():
+    delays = [Backoff(base=0.5, cap=30, rng=random.Random(seed).random).next_delay(10.0) for seed in range(200)]
+    assert min(delays) >= 10.0 and max(delays) < 12.5
+    assert len({round(d, 2) for d in delays}) > 100

@@ -11,7 +11,7 @@ import json
 import pytest
 import websockets
 
-from khala_client import Backoff, FatalError, KhalaClient, State
+from khala_client import Backoff, ErrorEvent, FatalError, HttpError, KhalaClient, RateLimited, Reconnecting, State
 from khala_client.hashing import payload_hash, to_wire
 from khala_client.http import Snapshot
 
@@ -26,10 +26,12 @@ def reply(frame, status="ok", response=None):
 
 
 class Peer:
-    """A tiny Phoenix v2 peer; ``on_frame(ws, frame)`` scripts the answers."""
+    """A tiny Phoenix v2 peer; ``on_frame(ws, frame)`` scripts the answers, ``on_connect(ws)`` (when
+    given) what a new socket gets before any frame (returning False ends it there)."""
 
-    def __init__(self, on_frame):
+    def __init__(self, on_frame, on_connect=None):
         self.on_frame = on_frame
+        self.on_connect = on_connect
         self.connections = 0
         self.urls = []
 
@@ -46,6 +48,8 @@ class Peer:
         self.connections += 1
         self.urls.append(ws.request.path)
         try:
+            if self.on_connect is not None and await self.on_connect(ws) is False:
+                return
             async for text in ws:
                 await self.on_frame(ws, json.loads(text))
         except websockets.ConnectionClosed:
@@ -251,3 +255,181 @@ async def test_states_and_events_are_observable_as_async_iterators():
         await asyncio.wait_for(asyncio.gather(*watchers), 5)  # both iterators end at `closed`
     assert seen_states == [State.CONNECTING, State.JOINED, State.LIVE, State.CLOSED]
     assert seen_events == ["StateChanged"] * 4
+
+
+# --- rate-limit hints -----------------------------------------------------------------------------
+# The fallback backoff here is at most 0.05 s, so a delay of at least the hint can only come from
+# the hint.
+
+
+def hinted_client(url, **kw):
+    client = KhalaClient(url, tokens([]), topics=[TOPIC], backoff=Backoff(base=0.01, cap=0.05), **kw)
+    events = []
+    client.on_event = events.append
+    return client, events
+
+
+async def test_a_connection_flood_refusal_makes_the_reconnect_wait_its_retry_after():
+    refusal = {"code": "rate_limited", "message": "too many requests (connects_per_ip)", "limit": "connects_per_ip", "retry_after_ms": 300}
+
+    async def on_connect(ws):
+        if peer.connections == 1:  # what the server does to a flood: a push on phoenix, then 4429
+            await ws.send(json.dumps([None, None, "phoenix", "sync:error", refusal]))
+            await ws.close(4429)
+            return False
+
+    async def on_frame(ws, frame):
+        await ws.send(reply(frame, response={"current_watermarks": []}))
+
+    async with Peer(on_frame, on_connect) as peer:
+        client, events = hinted_client(peer.url)
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+        finally:
+            await client.close()
+    [first, *_] = [e for e in events if isinstance(e, Reconnecting)]
+    assert (first.reason, first.retry_after_ms) == ("rate_limited", 300)
+    assert 0.3 <= first.delay < 0.3 * 1.25, "at least the hint, spread by at most a quarter"
+    assert client.connect_attempts[1] - client.connect_attempts[0] >= 0.3
+    assert peer.connections == 2
+
+
+async def test_a_join_refused_with_rate_limited_is_asked_again_on_the_same_socket():
+    joins = []
+
+    async def on_frame(ws, frame):
+        if frame[3] == "phx_join":
+            joins.append(frame)
+            if len(joins) == 1:
+                await ws.send(reply(frame, "error", {"code": "rate_limited", "message": "too many requests (connects_per_user)",
+                                                     "limit": "connects_per_user", "retry_after_ms": 200}))
+                return
+        await ws.send(reply(frame, response={"current_watermarks": []}))
+
+    async with Peer(on_frame) as peer:
+        client, events = hinted_client(peer.url)
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+        finally:
+            await client.close()
+    assert peer.connections == 1 and len(joins) == 2, "the socket stays open: no new connection for a refused join"
+    [limited] = [e for e in events if isinstance(e, RateLimited)]
+    assert (limited.request, limited.limit, limited.retry_after_ms, limited.attempt) == ("phx_join", "connects_per_user", 200, 1)
+    assert 0.2 <= limited.delay < 0.25
+    assert not [e for e in events if isinstance(e, Reconnecting)]
+
+
+async def test_a_subscribe_refused_for_too_many_requests_in_flight_is_asked_again():
+    subscribes = []
+
+    async def on_frame(ws, frame):
+        if frame[3] == "sync:subscribe":
+            subscribes.append(frame)
+            if len(subscribes) == 1:
+                await ws.send(reply(frame, "error", {"code": "rate_limited", "message": "too many requests in flight", "retry_after_ms": 150}))
+                return
+        await ws.send(reply(frame, response={"current_watermarks": []}))
+
+    async with Peer(on_frame) as peer:
+        client, events = hinted_client(peer.url)
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+        finally:
+            await client.close()
+    assert peer.connections == 1 and len(subscribes) == 2
+    [limited] = [e for e in events if isinstance(e, RateLimited)]
+    assert (limited.request, limited.limit, limited.retry_after_ms) == ("sync:subscribe", None, 150)
+    assert limited.delay >= 0.15
+
+
+async def test_in_place_retries_are_bounded_then_the_reconnect_waits_the_hint():
+    joins_per_socket: dict[int, int] = {}
+
+    async def on_frame(ws, frame):
+        if frame[3] == "phx_join":
+            joins_per_socket[peer.connections] = joins_per_socket.get(peer.connections, 0) + 1
+            if peer.connections == 1:
+                await ws.send(reply(frame, "error", {"code": "rate_limited", "limit": "sockets_per_user", "retry_after_ms": 100}))
+                return
+        await ws.send(reply(frame, response={"current_watermarks": []}))
+
+    async with Peer(on_frame) as peer:
+        client, events = hinted_client(peer.url, rate_limit_attempts=3)
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+        finally:
+            await client.close()
+    assert joins_per_socket == {1: 3, 2: 1}
+    assert [e.attempt for e in events if isinstance(e, RateLimited)] == [1, 2]
+    [reconnect] = [e for e in events if isinstance(e, Reconnecting)]
+    assert reconnect.reason == "rate_limited" and reconnect.retry_after_ms == 100 and reconnect.delay >= 0.1
+
+
+async def test_a_hydration_answered_429_is_retried_after_its_retry_after():
+    pointer = {"topic": TOPIC, "doc_key": "d", "doc_version": 1, "payload": None, "payload_hash": None, "watermark": 1,
+               "hydration_required": True}
+    good = {"ok": True}
+
+    async def on_frame(ws, frame):
+        if frame[3] == "sync:subscribe":
+            await ws.send(json.dumps([frame[0], None, "sync:v1", "sync:update_batch",
+                                      {"updates": [pointer], "replay_complete": True, "head_watermarks": [{"topic": TOPIC, "watermark": 1}]}]))
+        await ws.send(reply(frame))
+
+    class Docs:
+        calls = 0
+
+        async def get_document(self, topic, doc_key, token, **freshness):
+            Docs.calls += 1
+            if Docs.calls == 1:
+                raise HttpError("rate_limited", "too many requests; retry later", {"code": "rate_limited", "retry_after": 0.2}, 429, 0.2)
+            return {"doc_key": doc_key, "doc_version": 1, "payload": good, "payload_hash": to_wire(payload_hash(good)), "watermark": 1}
+
+    async with Peer(on_frame) as peer:
+        client, events = hinted_client(peer.url, http=Docs())
+        client.start()
+        try:
+            await client.wait_live(timeout=10)
+            await wait_until(lambda: client.watermark(TOPIC) == 1, timeout=5)
+        finally:
+            await client.close()
+    assert client.documents(TOPIC)["d"].payload == good and Docs.calls == 2
+    [limited] = [e for e in events if isinstance(e, RateLimited)]
+    assert (limited.request, limited.retry_after_ms) == ("hydration", 200) and limited.delay >= 0.2
+    assert not [e for e in events if isinstance(e, ErrorEvent)]
+
+
+async def test_a_hydration_answered_503_floors_the_reconnect_at_its_retry_after():
+    pointer = {"topic": TOPIC, "doc_key": "d", "doc_version": 1, "payload": None, "payload_hash": None, "watermark": 1,
+               "hydration_required": True}
+    good = {"ok": True}
+
+    async def on_frame(ws, frame):
+        if frame[3] == "sync:subscribe":
+            await ws.send(json.dumps([frame[0], None, "sync:v1", "sync:update_batch",
+                                      {"updates": [pointer], "replay_complete": True, "head_watermarks": [{"topic": TOPIC, "watermark": 1}]}]))
+        await ws.send(reply(frame))
+
+    class Docs:
+        calls = 0
+
+        async def get_document(self, topic, doc_key, token, **freshness):
+            Docs.calls += 1
+            if Docs.calls == 1:  # the database is down: the batch is replayed after a reconnect
+                raise HttpError("database_unavailable", "the database is unavailable; retry later", {"retry_after": 0.3}, 503, 0.3)
+            return {"doc_key": doc_key, "doc_version": 1, "payload": good, "payload_hash": to_wire(payload_hash(good)), "watermark": 1}
+
+    async with Peer(on_frame) as peer:
+        client, events = hinted_client(peer.url, http=Docs())
+        client.start()
+        try:
+            await wait_until(lambda: client.watermark(TOPIC) == 1, timeout=10)
+        finally:
+            await client.close()
+    assert client.documents(TOPIC)["d"].payload == good and peer.connections == 2
+    [reconnect] = [e for e in events if isinstance(e, Reconnecting)]
+    assert (reconnect.reason, reconnect.retry_after_ms) == ("hydration_failed", 300) and reconnect.delay >= 0.3

@@ -116,6 +116,16 @@ def main() -> None:
             print(json.dumps(reply), flush=True)
     finally:
         server.stop()
+        forget_keys(prefix)
+
+
+def forget_keys(prefix: str) -> None:
+    """Delete the server's Redis keys (limiter counters outlive it otherwise, for their window)."""
+    import redis
+
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,15 @@ function python() {
   return existsSync(venv) ? venv : 'python3';
 }
 
-export async function startKhala({ settings = {} } = {}) {
+// `channelPrefix`: the server's Redis key space (the driver appends `_js`); a test whose limiter
+// counters must not meet another run's passes its own.
+export async function startKhala({ settings = {}, channelPrefix } = {}) {
   const child = spawn(python(), [DRIVER], {
     cwd: REPO,
-    env: { ...process.env, KHALA_JS_SERVER_SETTINGS: JSON.stringify(settings) },
+    env: {
+      ...process.env, KHALA_JS_SERVER_SETTINGS: JSON.stringify(settings),
+      ...(channelPrefix ? { KHALA_CHANNEL_PREFIX: channelPrefix } : {}),
+    },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
   const lines = createInterface({ input: child.stdout });
