@@ -229,6 +229,19 @@ def live_latency_by_period(commits: dict[int, float], sockets: list[dict], drop_
     return {period: _summary(v) for period, v in values.items()}
 
 
+def live_latency_by_second(commits: dict[int, float], sockets: list[dict], drop_at: float) -> list[dict]:
+    """The same latencies by whole second of commit time from the drop (negative: before it), to
+    see when in the storm the background sockets were late: ``[{"second", "count", "p99_ms"}]``."""
+    values: dict[int, list[float]] = {}
+    for received in sockets:
+        for watermark, committed_at in commits.items():
+            got = received.get(str(watermark))
+            if got is not None:
+                values.setdefault(math.floor(committed_at - drop_at), []).append((got - committed_at) * 1000)
+    return [{"second": second, "count": len(v), "p99_ms": round(harness.percentile(sorted(v), 99), 1)}
+            for second, v in sorted(values.items())]
+
+
 def delivery_gaps(commits: dict[int, float], sockets: list[dict]) -> dict:
     """Whether every background socket got every written update, in watermark order: per socket,
     the written watermarks it never received (``missing``) and the arrivals below one already
@@ -504,6 +517,7 @@ def run(args, script: str, argv) -> int:
     if background_results:
         received = [per_socket for res in background_results for per_socket in res["received"]]
         latency = live_latency_by_period(writer.commits, received, drop_at, storm_end)
+        by_second = live_latency_by_second(writer.commits, received, drop_at)
         gaps = delivery_gaps(writer.commits, received)
         commit_times = sorted(writer.commits.values())
         background_data.update({
@@ -524,6 +538,7 @@ def run(args, script: str, argv) -> int:
                 "after": round(commit_times[-1] - storm_end, 1) if commit_times else None,
             },
             "live_latency": latency,
+            "live_latency_p99_by_second_from_the_drop": by_second,
             "delivery": gaps,
             "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in background_results],
         })
@@ -585,6 +600,8 @@ def run(args, script: str, argv) -> int:
             f = latency[period]
             print(f"  background live latency {period:8s} ({b['period_seconds'][period]} s): n {f['count']}, p50 {f['p50_ms']} ms, "
                   f"p99 {f['p99_ms']} ms, max {f['max_ms']} ms")
+        storm_seconds = [row for row in by_second if 0 <= row["second"] <= storm_end - drop_at]
+        print("  background p99 ms by second of the storm: " + " ".join(f"{row['p99_ms']:.0f}" for row in storm_seconds))
     print(f"  load average before {load_before}, at the storm {load_at_storm}, at its end {load_at_storm_end}, after {load_after}")
     for name, ok in verdicts.items():
         print(f"  {'n/a ' if ok is None else ('PASS' if ok else 'FAIL')}  {name}")

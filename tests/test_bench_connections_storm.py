@@ -7,7 +7,9 @@ import orjson
 import pytest
 
 from bench import connections, connections_storm
-from bench.connections_storm import delivery_gaps, live_latency_by_period, retry_hint, storm_admission, targets
+from bench.connections_storm import (
+    delivery_gaps, live_latency_by_period, live_latency_by_second, retry_hint, storm_admission, targets,
+)
 
 
 def _frame(*parts) -> str:
@@ -68,6 +70,16 @@ def test_latency_by_the_period_of_each_update_commit():
     assert figures["baseline"] == {"count": 2, "p50_ms": pytest.approx(10, abs=0.01), "p99_ms": pytest.approx(30, abs=0.01), "max_ms": pytest.approx(30, abs=0.01)}
     assert figures["storm"]["count"] == 4 and figures["storm"]["max_ms"] == pytest.approx(200, abs=0.01)
     assert figures["after"]["count"] == 2 and figures["after"]["max_ms"] == pytest.approx(5, abs=0.01)
+
+
+def test_latency_by_second_from_the_drop():
+    sockets = [{"1": 100.010, "2": 101.200, "3": 102.050, "4": 103.005}]
+    assert live_latency_by_second(COMMITS, sockets, drop_at=100.5) == [
+        {"second": -1, "count": 1, "p99_ms": 10.0},
+        {"second": 0, "count": 1, "p99_ms": 200.0},
+        {"second": 1, "count": 1, "p99_ms": 50.0},
+        {"second": 2, "count": 1, "p99_ms": 5.0},
+    ]
 
 
 def test_a_period_without_updates_has_no_figures():
