@@ -442,7 +442,8 @@ def run(args, script: str, argv) -> int:
         if live < args.clients:
             print("  (phase 1 did not bring every client live; the storm still runs with those that are)", flush=True)
         if args.background_sockets:
-            # The writer's own connection is named, so the pools' check counts the workers' only.
+            # The writer's own connection is named, so the pools' check counts the workers' only
+            # (libpq reads PGAPPNAME; set only now that the workers, which must not inherit it, run).
             os.environ["PGAPPNAME"] = f"{BENCH_APPLICATION}-writer"
             writer = harness.PacedWriter(background_topic, args.update_rate, key_prefix="storm")
 
