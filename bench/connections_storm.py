@@ -51,6 +51,7 @@ storm's end and after. Writes ``bench/results/connections_storm.json`` (``--resu
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import os
 import random
@@ -314,6 +315,55 @@ def targets(storm_latency: dict | None, gaps: dict | None, background: dict, db_
     }
 
 
+def cpu_share_by_second(samples: list[tuple[float, dict]], drop_at: float) -> list[dict]:
+    """Each process group's CPU (share of one core) per whole second from the drop, from
+    ``samples`` of ``(wall time, {group: cumulative CPU seconds})`` taken a few times a second:
+    whether the workers, the background load client or the storm's load clients were busy when the
+    background sockets were late. A second without a sample at both ends is left out."""
+    out = []
+    if len(samples) < 2:
+        return out
+    times = [t for t, _ in samples]
+    for second in range(math.floor(times[0] - drop_at), math.floor(times[-1] - drop_at) + 1):
+        a = bisect.bisect_left(times, drop_at + second)
+        b = bisect.bisect_left(times, drop_at + second + 1)
+        if b >= len(samples) or b <= a:
+            continue
+        (ta, ca), (tb, cb) = samples[a], samples[b]
+        out.append({"second": second, **{group: round((cb[group] - ca[group]) / (tb - ta), 2) for group in ca}})
+    return out
+
+
+class CpuSampler:
+    """``(wall time, {group: CPU seconds})`` of groups of processes every ``interval`` s, in a thread."""
+
+    def __init__(self, groups: dict[str, list[int]], interval: float = 0.25):
+        import threading
+
+        self.groups = groups
+        self.interval = interval
+        self.samples: list[tuple[float, dict]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                cpu = {group: sum(harness.proc_cpu_seconds(pid) for pid in pids) for group, pids in self.groups.items()}
+            except OSError:  # a process ended: the measured part is over
+                return
+            self.samples.append((time.time(), cpu))
+            self.stopping.wait(self.interval)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread.ident is not None:  # started
+            self.thread.join(timeout=5)
+
+
 # --- orchestrator -------------------------------------------------------------------------------
 
 BENCH_APPLICATION = "khala-bench"  # application_name prefix of the benchmark's own connections
@@ -402,6 +452,7 @@ def run(args, script: str, argv) -> int:
 
     pool = int(khala_setting("DB_POOL_MAX_SIZE"))
     workers, clients, background = [], [], []
+    cpu = None
     writer, writer_thread, stop_writing = None, None, threading.Event()
     sampler = DbSampler(env["database_url"])
     sampler.start()
@@ -434,6 +485,8 @@ def run(args, script: str, argv) -> int:
                  "--timeout", str(args.timeout), "--heartbeat-timeout", str(args.heartbeat_timeout), "--out", os.path.join(tmpdir, f"client{i}.json")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT,
             ))
+        cpu = CpuSampler({"worker0": [workers[0].pid], "worker1": [workers[1].pid],
+                          "background_client": [p.pid for p in background], "storm_clients": [p.pid for p in clients]})
         t_phase1 = time.monotonic()
         ready = harness.wait_ready(clients)
         initial_seconds = time.monotonic() - t_phase1
@@ -455,6 +508,7 @@ def run(args, script: str, argv) -> int:
 
             writer_thread = threading.Thread(target=write, daemon=True)
             writer_thread.start()
+        cpu.start()
         time.sleep(args.baseline_seconds)  # the baseline before the drop (not waiting for an event)
         admission_before = [harness.scrape_metrics(w.http_url, ("khala_admission_",)) for w in workers]
         t_storm = time.monotonic()
@@ -467,6 +521,7 @@ def run(args, script: str, argv) -> int:
               f"the \"after\" window runs {args.after_seconds:g} s from then", flush=True)
         time.sleep(max(0.0, storm_end + args.after_seconds - time.time()))  # the "after" window
         admission_after = [harness.scrape_metrics(w.http_url, ("khala_admission_",)) for w in workers]
+        cpu.stop()
         if writer_thread is not None:
             stop_writing.set()
             writer_thread.join(timeout=60)
@@ -482,6 +537,8 @@ def run(args, script: str, argv) -> int:
         results = harness.collect_results(clients, timeout=args.timeout + 60)
     finally:
         stop_writing.set()
+        if cpu is not None:
+            cpu.stop()
         sampler.stop_event.set()
         sampler.join(timeout=5)
         harness.kill_clients(clients)
@@ -543,6 +600,7 @@ def run(args, script: str, argv) -> int:
             "delivery": gaps,
             "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in background_results],
         })
+    cpu_by_second = cpu_share_by_second(cpu.samples, drop_at)
     verdicts = targets(latency["storm"] if latency else None, gaps, background_data, db_peak, 2 * pool, admission)
     data = {
         "clients": args.clients,
@@ -577,6 +635,7 @@ def run(args, script: str, argv) -> int:
             "seconds": round(storm_end - drop_at, 1),
         },
         "background": background_data,
+        "cpu_share_of_one_core_by_second_from_the_drop": cpu_by_second,
         "targets": verdicts,
         "loadavg_before": load_before,
         "loadavg_at_storm": load_at_storm,
@@ -603,6 +662,9 @@ def run(args, script: str, argv) -> int:
                   f"p99 {f['p99_ms']} ms, max {f['max_ms']} ms")
         storm_seconds = [row for row in by_second if 0 <= row["second"] <= storm_end - drop_at]
         print("  background p99 ms by second of the storm: " + " ".join(f"{row['p99_ms']:.0f}" for row in storm_seconds))
+    first = [row for row in cpu_by_second if 0 <= row["second"] < 5]
+    print("  CPU (cores) in the storm's first seconds, worker 0 / worker 1 / background client / storm clients: "
+          + ", ".join(f"{row['worker0']}/{row['worker1']}/{row['background_client']}/{row['storm_clients']}" for row in first))
     print(f"  load average before {load_before}, at the storm {load_at_storm}, at its end {load_at_storm_end}, after {load_after}")
     for name, ok in verdicts.items():
         print(f"  {'n/a ' if ok is None else ('PASS' if ok else 'FAIL')}  {name}")

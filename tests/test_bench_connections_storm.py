@@ -8,7 +8,7 @@ import pytest
 
 from bench import connections, connections_storm
 from bench.connections_storm import (
-    delivery_gaps, live_latency_by_period, live_latency_by_second, retry_hint, storm_admission, targets,
+    cpu_share_by_second, delivery_gaps, live_latency_by_period, live_latency_by_second, retry_hint, storm_admission, targets,
 )
 
 
@@ -80,6 +80,17 @@ def test_latency_by_second_from_the_drop():
         {"second": 1, "count": 1, "p99_ms": 50.0},
         {"second": 2, "count": 1, "p99_ms": 5.0},
     ]
+
+
+def test_cpu_share_by_second_from_the_drop():
+    samples = [(99.5, {"workers": 0.0, "clients": 0.0}), (100.5, {"workers": 0.5, "clients": 0.1}),
+               (101.0, {"workers": 1.5, "clients": 0.2}), (101.5, {"workers": 2.5, "clients": 0.3}), (102.0, {"workers": 2.6, "clients": 0.3})]
+    # second 0 runs from 100.5 to 101.5 (busy workers), second 1 from 101.5 to 102.5 (no closing sample: left out)
+    assert cpu_share_by_second(samples, drop_at=100.5) == [
+        {"second": -1, "workers": 0.5, "clients": 0.1},
+        {"second": 0, "workers": 2.0, "clients": 0.2},
+    ]
+    assert cpu_share_by_second(samples[:1], drop_at=100.5) == []
 
 
 def test_a_period_without_updates_has_no_figures():
