@@ -45,8 +45,10 @@ themselves, ``HintTap``: the SDK acts on the refusal's close code 4429 and does 
 ``sync:error`` push that carries the hint); the servers' own count of refusals; database
 connections of the benchmark database (``pg_stat_activity``, sampled every 0.25 s) from phase 1 to
 the end, the workers' only (the sampler's and the writer's are named ``khala-bench-*`` and left
-out), against the pools' sum (2 × ``DB_POOL_MAX_SIZE``); load average before, at the drop, at the
-storm's end and after. Writes ``bench/results/connections_storm.json`` (``--result-name``).
+out), against the pools' sum (2 × ``DB_POOL_MAX_SIZE``); each worker's, the background client's and
+the storm clients' CPU and run-queue wait per second from the drop (``CpuSampler``: a late update
+with an idle worker is a wait on I/O, with a growing run-queue wait the machine's limit); load
+average before, at the drop, at the storm's end and after. Writes ``bench/results/connections_storm.json`` (``--result-name``).
 """
 from __future__ import annotations
 
@@ -334,8 +336,18 @@ def cpu_share_by_second(samples: list[tuple[float, dict]], drop_at: float) -> li
     return out
 
 
+def runqueue_wait_seconds(pid: int) -> float:
+    """Time the process's main thread (the event loop's) spent runnable but waiting for a CPU
+    (Linux ``/proc/<pid>/schedstat``, second field, ns)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[1]) / 1e9
+
+
 class CpuSampler:
-    """``(wall time, {group: CPU seconds})`` of groups of processes every ``interval`` s, in a thread."""
+    """``(wall time, {group: CPU seconds, group + "_runqueue": run-queue wait seconds})`` of groups
+    of processes every ``interval`` s, in a thread. A loop that is late while its process uses
+    little CPU is either waiting for a CPU (run-queue wait grows: the machine is the limit) or
+    waiting on I/O (it does not)."""
 
     def __init__(self, groups: dict[str, list[int]], interval: float = 0.25):
         import threading
@@ -353,6 +365,7 @@ class CpuSampler:
         while not self.stopping.is_set():
             try:
                 cpu = {group: sum(harness.proc_cpu_seconds(pid) for pid in pids) for group, pids in self.groups.items()}
+                cpu.update({f"{group}_runqueue": sum(runqueue_wait_seconds(pid) for pid in pids) for group, pids in self.groups.items()})
             except OSError:  # a process ended: the measured part is over
                 return
             self.samples.append((time.time(), cpu))
@@ -635,6 +648,7 @@ def run(args, script: str, argv) -> int:
             "seconds": round(storm_end - drop_at, 1),
         },
         "background": background_data,
+        # per group: CPU used and time its main thread waited for a CPU, seconds per second
         "cpu_share_of_one_core_by_second_from_the_drop": cpu_by_second,
         "targets": verdicts,
         "loadavg_before": load_before,
@@ -665,6 +679,9 @@ def run(args, script: str, argv) -> int:
     first = [row for row in cpu_by_second if 0 <= row["second"] < 5]
     print("  CPU (cores) in the storm's first seconds, worker 0 / worker 1 / background client / storm clients: "
           + ", ".join(f"{row['worker0']}/{row['worker1']}/{row['background_client']}/{row['storm_clients']}" for row in first))
+    print("  waiting for a CPU (s per s), same order: "
+          + ", ".join(f"{row['worker0_runqueue']}/{row['worker1_runqueue']}/{row['background_client_runqueue']}/"
+                      f"{row['storm_clients_runqueue']}" for row in first))
     print(f"  load average before {load_before}, at the storm {load_at_storm}, at its end {load_at_storm_end}, after {load_after}")
     for name, ok in verdicts.items():
         print(f"  {'n/a ' if ok is None else ('PASS' if ok else 'FAIL')}  {name}")
