@@ -529,7 +529,6 @@ def run(args, script: str, argv) -> int:
         harness.tell_clients(clients, "STORM")
         storm_end = max(float(_read_line(proc, "REJOINED").split()[1]) for proc in clients)
         load_at_storm_end = os.getloadavg()
-        t_storm_end = time.monotonic()
         print(f"  storm over: the last client was live again {time.time() - storm_end:.1f} s ago; "
               f"the \"after\" window runs {args.after_seconds:g} s from then", flush=True)
         time.sleep(max(0.0, storm_end + args.after_seconds - time.time()))  # the "after" window
