@@ -156,10 +156,15 @@ class DbSampler(threading.Thread):
                 self.samples.append((time.monotonic(), sum(by_app.values()), by_app))
                 self.stop_event.wait(self.interval)
 
-    def max_between(self, start: float, end: float) -> tuple[int, dict]:
+    def max_between(self, start: float, end: float, *, exclude_prefix: str | None = None) -> tuple[int, dict]:
+        """The peak count between ``start`` and ``end`` (monotonic), and the peak per application;
+        ``exclude_prefix``: leave out the connections whose application name starts with it."""
         peak, by_app = 0, {}
         for t, total, apps in self.samples:
             if start <= t <= end:
+                if exclude_prefix is not None:
+                    apps = {app: n for app, n in apps.items() if not app.startswith(exclude_prefix)}
+                    total = sum(apps.values())
                 peak = max(peak, total)
                 for app, n in apps.items():
                     by_app[app] = max(by_app.get(app, 0), n)
@@ -313,7 +318,7 @@ def main(argv=None) -> int:
     parser.add_argument("--py-spy", metavar="DIR", help="profile the server (connect phase, idle window) into DIR")
     parser.add_argument("--tracemalloc", action="store_true", help="where the per-socket memory goes (see the docstring)")
     parser.add_argument("--khala", type=orjson.loads, default=None, metavar="JSON", help="Khala settings for the server")
-    parser.add_argument("--result-name", default="connections", help="bench/results/<name>.json")
+    parser.add_argument("--result-name", help="bench/results/<name>.json (default connections, with --storm connections_storm)")
     harness.add_client_options(parser)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
@@ -367,7 +372,7 @@ def main(argv=None) -> int:
             for row in d["tracemalloc"]["by_file"][:12]:
                 print(f"  {row['bytes_per_socket']:>9.0f} B  {row['blocks_per_socket']:>6.2f} blocks  {row['where']}")
     path = harness.write_result(
-        args.result_name,
+        args.result_name or "connections",
         {
             "target_rss_per_socket_bytes": TARGET_RSS_PER_SOCKET_BYTES,
             "postgres_max_connections": max_connections,

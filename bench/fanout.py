@@ -59,7 +59,12 @@ ROUND_DRAIN_SECONDS = 20.0
 # --- client process ------------------------------------------------------------------------------
 
 
-async def client_main(urls: list[str], sockets: int, token: str, topic: str, out_path: str) -> None:
+async def client_main(urls: list[str], sockets: int, token: str, topic: str, out_path: str,
+                      source_addresses: list[str] | None = None) -> None:
+    """``sockets`` sockets, socket ``i`` on ``urls[i % len(urls)]`` (from ``source_addresses[i % …]``
+    when given), each recording when every update of ``topic`` first arrived, in arrival order
+    (``received``: watermark → receive time; a dict keeps insertion order, so the order of its keys
+    is the order of arrival)."""
     received: list[dict] = [dict() for _ in range(sockets)]  # per socket: watermark -> receive time
     limiter = asyncio.Semaphore(50)
     conns: list[harness.RawSyncSocket | None] = [None] * sockets
@@ -76,7 +81,9 @@ async def client_main(urls: list[str], sockets: int, token: str, topic: str, out
     async def open_one(i: int) -> None:
         async with limiter:
             try:
-                sock = await harness.RawSyncSocket.connect(urls[i % len(urls)], on_push=recorder(received[i]))
+                sock = await harness.RawSyncSocket.connect(
+                    urls[i % len(urls)], on_push=recorder(received[i]),
+                    local_address=source_addresses[i % len(source_addresses)] if source_addresses else None)
                 await harness.join_and_subscribe(sock, topic)
                 conns[i] = sock
             except Exception as exc:  # counted and reported
@@ -218,40 +225,22 @@ def server_cpu(kind: Kind) -> float:
 
 
 def write_round(kind: Kind, args, number: int, first_doc: int) -> None:
-    from django.db import transaction
-
-    from projector.sink import project
-
     profilers = (
         [harness.start_profiler(s.pid, args.py_spy, f"fanout-{kind.name}-worker{n}-round{number}") for n, s in enumerate(kind.servers)]
         if args.py_spy else []
     )
     load_before = os.getloadavg()
     cpu_before = server_cpu(kind)
-    commits: dict[int, float] = {}
-    interval = 1.0 / args.rate
-    total = int(args.rate * args.duration)
-    started = time.monotonic()
-    late = 0
-    for i in range(total):
-        slot = started + i * interval
-        delay = slot - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)  # pacing the writer to the requested rate
-        else:
-            late += 1
-        stamp = []
-        doc_key = f"fanout:{(first_doc + i) % 100}"
-        payload = harness.payload_of_size(first_doc + i)
-        with transaction.atomic():
-            transaction.on_commit(lambda: stamp.append(time.time()))  # runs before the sink's hint
-            result = project(kind.topic, doc_key, first_doc + i + 1, payload, "", public=True)
-        commits[result.watermark] = stamp[0]
-        if kind.name == "raw":
-            frame = raw_frame(kind.topic, result.watermark, doc_key, payload, kind.stream_epoch)
-            for server in kind.servers:
-                server.send(frame)
-    write_seconds = time.monotonic() - started
+
+    def to_raw_servers(watermark: int, doc_key: str, payload: dict) -> None:
+        frame = raw_frame(kind.topic, watermark, doc_key, payload, kind.stream_epoch)
+        for server in kind.servers:
+            server.send(frame)
+
+    writer = harness.PacedWriter(kind.topic, args.rate, key_prefix="fanout", first=first_doc,
+                                 on_write=to_raw_servers if kind.name == "raw" else None)
+    writer.run(count=int(args.rate * args.duration))
+    commits, late, write_seconds = writer.commits, writer.late, writer.seconds
     harness.tell_clients(kind.clients, f"MARK {max(commits)}")
     not_seen = sum(int(proc.stdout.readline().split()[1]) for proc in kind.clients)
     cpu_seconds = server_cpu(kind) - cpu_before
@@ -394,12 +383,14 @@ def main(argv=None) -> int:
     parser.add_argument("--urls", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
     parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--source-addresses", help=argparse.SUPPRESS)  # comma-separated, for connections --storm
     args = parser.parse_args(argv)
 
     harness.raise_nofile(args.sockets * 6 + 1024 if not args.client else (args.client_sockets or 0) * 2 + 1024)
     if args.client:
         harness.install_uvloop()
-        asyncio.run(client_main(args.urls.split(","), args.client_sockets, args.token, args.topic, args.out))
+        asyncio.run(client_main(args.urls.split(","), args.client_sockets, args.token, args.topic, args.out,
+                                args.source_addresses.split(",") if args.source_addresses else None))
         return 0
 
     env = harness.setup("fanout")

@@ -1,5 +1,6 @@
-"""Harness of the benchmarks: environment (all of them), load-client processes and load client
-(the WebSocket ones: replay, fanout, connections).
+"""Harness of the benchmarks: environment (all of them), the paced writer of live updates (fanout,
+connections --storm), load-client processes and load client (the WebSocket ones: replay, fanout,
+connections).
 
 Environment: every benchmark runs on its OWN database on the ``DATABASE_URL`` server (default
 ``postgres://root@127.0.0.1:5432/khala``; the database name is replaced by ``khala_bench_<name>``,
@@ -144,6 +145,66 @@ def payload_of_size(i: int, size: int = 300) -> dict:
     base = {"run_id": f"run_{i:08d}", "status": "running", "seq": i, "owner_user_id": 1, "latest_event_type": "run.step"}
     pad = size - len(orjson.dumps({**base, "note": ""}, option=orjson.OPT_SORT_KEYS))
     return {**base, "note": "x" * max(pad, 0)}
+
+
+class PacedWriter:
+    """Writes updates to one topic through the real write path (``projector.sink.project``, public
+    documents of ~300 bytes) at ``rate`` per second, and keeps each one's commit time.
+
+    The commit time is taken in an ``on_commit`` callback registered before the sink's own, so
+    after COMMIT returned and before the hint is published: a receive time minus it is the
+    commit→receive latency (same host, same wall clock). ``commits`` maps watermark → commit time.
+    Writes are paced on a schedule (slot ``i`` at ``start + i / rate``); a write that starts after
+    its slot counts in ``late`` and the next ones follow at once, so a slow commit is caught up.
+    ``on_write(watermark, doc_key, payload)`` runs after each commit (the raw fan-out ceiling feeds
+    its servers there). Document ``n`` is ``<key_prefix>:<n % 100>`` at version ``n + 1``, ``n``
+    counting from ``first``, so successive runs on one topic keep versions increasing.
+    """
+
+    def __init__(self, topic: str, rate: float, *, key_prefix: str, first: int = 0, on_write=None):
+        if rate <= 0:
+            raise ValueError(f"the write rate must be positive, got {rate}")
+        self.topic = topic
+        self.interval = 1.0 / rate
+        self.key_prefix = key_prefix
+        self.next = first
+        self.on_write = on_write
+        self.commits: dict[int, float] = {}
+        self.late = 0
+        self.seconds = 0.0
+
+    def run(self, count: int | None = None, stopping=None) -> None:
+        """Write ``count`` updates, or until ``stopping`` (a ``threading.Event``) is set."""
+        from django.db import transaction
+
+        from projector.sink import project
+
+        started = time.monotonic()
+        i = 0
+        while (count is None or i < count) and not (stopping is not None and stopping.is_set()):
+            delay = started + i * self.interval - time.monotonic()
+            if delay > 0:
+                if stopping is not None:
+                    stopping.wait(delay)  # pacing the writer to the requested rate
+                    if stopping.is_set():
+                        break
+                else:
+                    time.sleep(delay)  # pacing the writer to the requested rate
+            else:
+                self.late += 1
+            n = self.next
+            doc_key = f"{self.key_prefix}:{n % 100}"
+            payload = payload_of_size(n)
+            stamp = []
+            with transaction.atomic():
+                transaction.on_commit(lambda: stamp.append(time.time()))  # runs before the sink's hint
+                result = project(self.topic, doc_key, n + 1, payload, "", public=True)
+            self.commits[result.watermark] = stamp[0]
+            if self.on_write is not None:
+                self.on_write(result.watermark, doc_key, payload)
+            self.next += 1
+            i += 1
+        self.seconds = time.monotonic() - started
 
 
 def start(kind: str, env_info: dict, *, khala: dict | None = None, extra_args=(), env=None, root=None):
@@ -459,13 +520,16 @@ class RawSyncSocket(asyncio.Protocol):
 
     # -- connection ------------------------------------------------------------------------
     @classmethod
-    async def connect(cls, ws_url: str, on_push=None, timeout: float = 60.0) -> "RawSyncSocket":
+    async def connect(cls, ws_url: str, on_push=None, timeout: float = 60.0, local_address: str | None = None) -> "RawSyncSocket":
+        """``local_address``: the source address to connect from (e.g. ``127.2.0.1``: the server's
+        per-IP admission limit counts each loopback address on its own)."""
         import base64 as _b64
 
         parts = urllib.parse.urlsplit(ws_url)
         loop = asyncio.get_running_loop()
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: cls(on_push), parts.hostname, parts.port), timeout
+            loop.create_connection(lambda: cls(on_push), parts.hostname, parts.port,
+                                   local_addr=(local_address, 0) if local_address else None), timeout
         )
         proto._handshake = loop.create_future()
         target = parts.path + (f"?{parts.query}" if parts.query else "")
