@@ -49,6 +49,12 @@ from khala_project.metrics import ADMISSION_DECISIONS
 logger = logging.getLogger("khala.admission")
 
 REDIS_TIMEOUT_SECONDS = 0.5
+# Redis calls of one event loop in flight at once; the others wait for one of them to finish. A
+# reconnect storm puts hundreds of admission checks on a worker's loop at once: with no bound they
+# exhausted redis-py's pool (100 connections), and its MaxConnectionsError, taken for an unreachable
+# Redis, made the worker count per process for RATE_LIMIT_REDIS_RETRY_SECONDS.
+ASYNC_REDIS_CALLS = 32
+_NO_ANSWER = object()
 
 # Named limits: name -> the KHALA setting holding [count, window seconds] (None turns it off).
 # The name is the metric label and part of the Redis key.
@@ -185,17 +191,34 @@ class Limiter:
                 self._client = (client.register_script(_WINDOW_SCRIPT), client.register_script(_LEASE_SCRIPT), client)
             return self._client
 
-    def _async_client(self):
+    def _async_client(self) -> "_AsyncRedis":
         loop = asyncio.get_running_loop()
-        scripts = self._aclients.get(loop)
-        if scripts is None:
+        found = self._aclients.get(loop)
+        if found is None:
             client = redis.asyncio.Redis.from_url(
-                self.redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+                self.redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                max_connections=ASYNC_REDIS_CALLS,
             )
-            scripts = self._aclients[loop] = (
-                client.register_script(_WINDOW_SCRIPT), client.register_script(_LEASE_SCRIPT), client
+            found = self._aclients[loop] = _AsyncRedis(
+                client.register_script(_WINDOW_SCRIPT), client.register_script(_LEASE_SCRIPT), client,
+                asyncio.Semaphore(ASYNC_REDIS_CALLS),
             )
-        return scripts
+        return found
+
+    async def _on_redis(self, call):
+        """``await call(redis)`` for the async methods, or ``_NO_ANSWER`` when Redis is not used or
+        failed (the caller then counts per process). At most ``ASYNC_REDIS_CALLS`` at a time."""
+        if not self._use_redis():
+            return _NO_ANSWER
+        found = self._async_client()
+        async with found.slots:
+            if not self._use_redis():  # it failed while this call waited for a connection
+                return _NO_ANSWER
+            try:
+                return await call(found)
+            except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
+                self._redis_failed(exc)
+                return _NO_ANSWER
 
     # --- rate: check ------------------------------------------------------------------------------
 
@@ -217,14 +240,9 @@ class Limiter:
         """``check`` for async callers (the socket): one Redis round trip on the loop, no thread."""
         now = self.clock()
         redis_key, index, retry_after = self._window_key(key, window, now)
-        if self._use_redis():
-            window_script = self._async_client()[0]
-            try:
-                count = int(await window_script(keys=[redis_key], args=[_ms(window) + 1000]))
-            except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
-                self._redis_failed(exc)
-            else:
-                return _rate_decision(count, limit, retry_after, "redis")
+        count = await self._on_redis(lambda r: r.window(keys=[redis_key], args=[_ms(window) + 1000]))
+        if count is not _NO_ANSWER:
+            return _rate_decision(int(count), limit, retry_after, "redis")
         return _rate_decision(self.local.hit(redis_key, index), limit, retry_after, "local")
 
     # --- concurrency: acquire / renew / release ------------------------------------------------------
@@ -244,16 +262,10 @@ class Limiter:
 
     async def aacquire(self, key: str, holder: str, limit: int, lease: float) -> Decision:
         now = self.clock()
-        if self._use_redis():
-            lease_script = self._async_client()[1]
-            try:
-                admitted, wait_ms = await lease_script(
-                    keys=[self._lease_key(key)], args=[_ms(now), _ms(lease), limit, holder]
-                )
-            except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
-                self._redis_failed(exc)
-            else:
-                return Decision(bool(admitted), 0.0 if admitted else max(0.0, int(wait_ms) / 1000), "redis")
+        answer = await self._on_redis(lambda r: r.lease(keys=[self._lease_key(key)], args=[_ms(now), _ms(lease), limit, holder]))
+        if answer is not _NO_ANSWER:
+            admitted, wait_ms = answer
+            return Decision(bool(admitted), 0.0 if admitted else max(0.0, int(wait_ms) / 1000), "redis")
         return self._local_acquire(key, holder, limit, now, lease)
 
     def _local_acquire(self, key, holder, limit, now, lease) -> Decision:
@@ -275,11 +287,17 @@ class Limiter:
 
     async def arelease(self, key: str, holder: str) -> None:
         self.local.release(self._lease_key(key), holder)
-        if self._use_redis():
-            try:
-                await self._async_client()[2].zrem(self._lease_key(key), holder)
-            except (redis.RedisError, OSError, asyncio.TimeoutError) as exc:
-                self._redis_failed(exc)
+        await self._on_redis(lambda r: r.client.zrem(self._lease_key(key), holder))  # else the lease lapses on its own
+
+
+@dataclass(frozen=True, slots=True)
+class _AsyncRedis:
+    """One event loop's Redis client, its two scripts, and the bound on its calls in flight."""
+
+    window: object
+    lease: object
+    client: redis.asyncio.Redis
+    slots: asyncio.Semaphore
 
 
 def _ms(seconds: float) -> int:

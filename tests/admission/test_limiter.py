@@ -78,6 +78,21 @@ def test_async_checks_share_the_count_with_sync_ones(shared):
     assert not shared[1].check("u:3", 3, 60.0).allowed
 
 
+def test_a_burst_of_concurrent_async_checks_stays_shared(settings, key_prefix):
+    """A reconnect storm makes hundreds of admission checks wait on Redis at once in one worker.
+    They queue for the limiter's connections; none of them may count in the per-process fallback
+    (an exhausted connection pool is not an unreachable Redis: treated as one, a worker's limits
+    stopped being shared for the next 5 s, doubling what an address could get across 2 workers)."""
+    limiter = Limiter(settings.REDIS_URL, key_prefix)
+
+    async def main():
+        return await asyncio.gather(*(limiter.acheck("ip:burst", 250, 60.0) for _ in range(400)))
+
+    decisions = asyncio.run(main())
+    assert {d.backend for d in decisions} == {"redis"}
+    assert sum(d.allowed for d in decisions) == 250
+
+
 def test_without_redis_limits_are_per_process_never_off(clock):
     limiter = Limiter(DEAD_REDIS, "t", clock=clock)
     decisions = [limiter.check("u:4", 2, 10.0) for _ in range(3)]
