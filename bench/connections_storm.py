@@ -418,6 +418,8 @@ def validate(args) -> None:
     for name in ("clients", "client_processes", "source_ips", "users", "ip_limit"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.client_nice <= 19:
+        raise SystemExit(f"--client-nice must be 0..19, got {args.client_nice}")
     if args.background_sockets < 0:
         raise SystemExit(f"--background-sockets must be 0 or more, got {args.background_sockets}")
     for name in ("update_rate", "ip_window", "timeout", "heartbeat_timeout"):
@@ -497,6 +499,9 @@ def run(args, script: str, argv) -> int:
                  "--urls", urls, "--tokens-file", tokens_file, "--topic", topic, "--source-ips", str(args.source_ips),
                  "--timeout", str(args.timeout), "--heartbeat-timeout", str(args.heartbeat_timeout), "--out", os.path.join(tmpdir, f"client{i}.json")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT,
+                # Lower priority than the servers: in a deployment the storm's clients are other
+                # machines; on one box they would otherwise take the cores the workers serve from.
+                preexec_fn=(lambda: os.nice(args.client_nice)) if args.client_nice else None,
             ))
         cpu = CpuSampler({"worker0": [workers[0].pid], "worker1": [workers[1].pid],
                           "background_client": [p.pid for p in background], "storm_clients": [p.pid for p in clients]})
@@ -618,6 +623,7 @@ def run(args, script: str, argv) -> int:
         "clients": args.clients,
         "workers": 2,
         "client_processes": args.client_processes,
+        "client_nice": args.client_nice,
         "source_ips": args.source_ips,
         "users": args.users,
         "limits": limits,
@@ -705,6 +711,8 @@ def add_options(parser) -> None:
     parser.add_argument("--update-rate", type=float, default=20.0, help="--storm: updates/s written to the background sockets' topic")
     parser.add_argument("--baseline-seconds", type=float, default=10.0, help="--storm: seconds of updates before the drop")
     parser.add_argument("--after-seconds", type=float, default=10.0, help="--storm: seconds of updates after the last client is live again")
+    parser.add_argument("--client-nice", type=int, default=10,
+                        help="--storm: nice increment of the storm's client processes (0: same priority as the servers)")
     parser.add_argument("--first-client", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--urls", help=argparse.SUPPRESS)
     parser.add_argument("--tokens-file", help=argparse.SUPPRESS)

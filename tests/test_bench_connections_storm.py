@@ -173,6 +173,7 @@ def test_without_background_sockets_their_targets_are_not_measured():
     ("--update-rate", "0", "--update-rate must be positive, got 0.0"),
     ("--baseline-seconds", "-2", "--baseline-seconds must be 0 or more, got -2.0"),
     ("--clients", "0", "--clients must be at least 1, got 0"),
+    ("--client-nice", "20", "--client-nice must be 0..19, got 20"),
 ])
 def test_bad_options_are_refused_before_anything_starts(option, value, message):
     with pytest.raises(SystemExit, match=message):
