@@ -1,7 +1,8 @@
 """What the session of an idle socket keeps. Idle sockets are most sockets, so what each holds is
 the worker's memory per socket (``bench/connections.py``; bench/README.md, "Where an idle socket's
 memory goes"): after a join and a subscribe, with no command waiting or running, the session holds
-no command deque and no command task (``sync.command_queue``). Driven on the real hub, session and follower (``tests.sync.delivery_sim``)."""
+no command deque and no command task (``sync.command_queue``), and its principal not the token's
+decoded claims. Driven on the real hub, session and follower (``tests.sync.delivery_sim``)."""
 
 import asyncio
 
@@ -18,6 +19,7 @@ def assert_at_rest(client: Client) -> None:
     assert commands._items is None, "an idle session keeps no command deque"
     assert commands._task is None, "an idle session keeps no command task"
     assert session_tasks(client) == []
+    assert client.session.principal.claims == {}, "the decoded token claims are not kept past the join"
 
 
 def test_a_joined_and_subscribed_session_at_rest_allocates_no_command_queue_or_task(mint):

@@ -88,6 +88,7 @@ async def test_a_refresh_moves_the_deadline_and_keeps_subscriptions_and_queue(mi
     assert queued == ["queued frame"]
     assert reply[4] == {"status": "ok", "response": {"expires_at": WALL + 100 + TTL}}
     assert session.followers == {"runtime.run_summaries": follower}
+    assert session.principal.expires_at == WALL + 100 + TTL and session.principal.claims == {}  # not kept past the refresh
     session.tick(1000.0 + TTL + GRACE)  # the old deadline passes
     assert closes == []
     assert session.expires_at == 1100.0 + TTL + GRACE
