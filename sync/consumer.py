@@ -1,8 +1,10 @@
 """The Channels consumer of one sync socket: a thin adapter over ``sync.session.Session``.
 
 It accepts the socket, creates a ``Session`` (the state machine) on the worker's hub, feeds it each
-text frame, runs its command task and the writer task that drains the bounded outbound queue to
-the socket, and closes the socket when the session asks. No ORM, no JSON, no protocol rules here.
+text frame, runs the writer task that drains the bounded outbound queue to the socket (where the
+server's transport cannot be written directly) and closes the socket when the session asks. The
+session runs its commands on a task of its own, only while it has some (``sync.command_queue``).
+No ORM, no JSON, no protocol rules here.
 """
 
 from __future__ import annotations
@@ -76,7 +78,6 @@ class SyncSocket(AsyncConsumer):
         self.outbound: OutboundQueue | None = None
         self.direct: DirectSocket | None = None  # direct writes (``sync.socket_flush``), else a writer task
         self.writer_task: asyncio.Task | None = None
-        self.tasks: list[asyncio.Task] = []
         self.close_task: asyncio.Task | None = None
 
     async def __call__(self, scope, receive, send):
@@ -131,7 +132,6 @@ class SyncSocket(AsyncConsumer):
         )
         self.hub.add(self.session)
         metrics.ACTIVE_CONNECTIONS.inc()
-        self.tasks = [asyncio.create_task(self.session.run())]
         if self.direct is None:
             self.writer_task = asyncio.create_task(self._write())
 
@@ -142,13 +142,12 @@ class SyncSocket(AsyncConsumer):
     async def _disconnect(self, message) -> None:
         if self.session is not None:
             session = self.session
-            session.shutdown()
+            session.shutdown()  # cancels its command task, if one runs
             self.hub.remove(session)
             metrics.ACTIVE_CONNECTIONS.dec()
             self._stop_writer()
-            for task in (*self.tasks, self.close_task):
-                if task is not None and not task.done():
-                    task.cancel()
+            if self.close_task is not None and not self.close_task.done():
+                self.close_task.cancel()
             self.session = None
             try:  # give the user's socket place back now (else its lease lapses on its own)
                 await session.admission.release()

@@ -157,6 +157,8 @@ class Outbox:
     has been pruned meanwhile. ``wait_timeout``: how long a replay may wait for room (the heartbeat
     timeout) before the client counts as a slow consumer."""
 
+    __slots__ = ("queue", "_close_socket", "wait_timeout", "full_resync_required", "closed", "join_ref", "frames")  # one per socket
+
     def __init__(self, queue: OutboundQueue, close_socket, *, wait_timeout: float, full_resync_required=lambda: False):
         self.queue = queue
         self._close_socket = close_socket

@@ -193,7 +193,7 @@ class JoinPolicy:
             reason = await self.revocation.revoked_reason(principal)
             if reason:
                 raise JoinRefused(reauth_payload(reason))
-            return principal
+            return principal.without_claims()  # the session keeps it as long as the socket lives
         except JoinRefused as refused:
             if refused.code == "unauthorized" and self.gate.enabled():
                 self.gate.check(params, {})  # raises the gate's refusal if the params fail it
@@ -236,7 +236,7 @@ class RefreshPolicy:
         reason = await self.revocation.revoked_reason(principal)
         if reason:
             raise JoinRefused(reauth_payload(reason))
-        return principal
+        return principal.without_claims()
 
 
 def session_deadline(principal, now: float) -> float:

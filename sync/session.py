@@ -17,8 +17,9 @@ ends the connection). The followers' writer interface (``sync.follower.Writer``)
 Concurrency: frames are handled synchronously by ``handle_text`` through ONE routing table
 (``ROUTES``), so heartbeats are answered even while a replay runs; the slow parts — join (token +
 revocation check), subscribe (replay), unsubscribe, leave, and a follower's catch-up after a gap —
-are commands run one at a time, in arrival order, by the session's own task (``run``). Replay is
-never inside the frame handler.
+are commands run one at a time, in arrival order, by the session's ``CommandQueue``
+(``sync.command_queue``: a task that exists only while commands wait or run, so an idle socket
+has none). Replay is never inside the frame handler.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from khala_project.conf import khala_setting
 from khala_project.storable_text import UnstorableText, find_unstorable
 from sync import metrics
 from sync.admission import NoLimits, SocketAdmission
+from sync.command_queue import CommandQueue
 from sync.errors import error_payload
 from sync.follower import BatchLimits, Follower, TopicStatus
 from sync.outbound import Outbox
@@ -128,7 +130,7 @@ class Session:
         self.subscription_id: str | None = None
         self.followers: dict[str, Follower] = {}
         self._join_pending = 0
-        self._commands: asyncio.Queue = asyncio.Queue()
+        self._commands = CommandQueue(self._run_command)  # allocates nothing until a command is queued
         self.last_activity = clock()
         self.next_heartbeat: float | None = None
         self.max_frame_bytes = int(khala_setting("MAX_FRAME_BYTES"))
@@ -136,12 +138,11 @@ class Session:
         self.heartbeat_timeout = float(khala_setting("HEARTBEAT_TIMEOUT_SECONDS"))
         self.limits = BatchLimits.from_settings(max_message_bytes)
         # Every frame of this socket goes out through here (``outbound`` is its bounded queue).
-        self.out = Outbox(outbound, close_socket, wait_timeout=self.heartbeat_timeout, full_resync_required=lambda: any(
-            f.pruned_past(self.hub.topic_state(f.topic)) for f in self.followers.values()))
+        self.out = Outbox(outbound, close_socket, wait_timeout=self.heartbeat_timeout, full_resync_required=self._full_resync_required)
         # Rate limits and this socket's place among its user's sockets (none given: no limits, e.g. tests).
+        # The join and refresh policies are made when a join or refresh runs (``_join``, ``_refresh``),
+        # not kept: an idle socket needs neither.
         self.admission = admission or NoLimits()
-        self.join_policy = JoinPolicy(hub.revocation, self.admission)  # revocation reads go through the hub's pool
-        self.refresh_policy = RefreshPolicy(hub.revocation)
 
     # ---- status ---------------------------------------------------------------------------
 
@@ -172,8 +173,11 @@ class Session:
     wait_room = property(lambda self: self.out.wait_room)
     push_error = property(lambda self: self.out.push_error)
 
+    def _full_resync_required(self) -> bool:
+        return any(f.pruned_past(self.hub.topic_state(f.topic)) for f in self.followers.values())
+
     def schedule(self, follower: Follower) -> None:
-        self._commands.put_nowait((CATCHUP, follower))  # never refused: the server asked for it
+        self._commands.put((CATCHUP, follower))  # never refused: the server asked for it
 
     def end(self, follower: Follower, reason: str) -> None:
         if self.followers.get(follower.topic) is follower:
@@ -209,38 +213,39 @@ class Session:
         elif route is None:
             self.out.refuse(frame, error_payload("unknown_event", f"unknown event {frame.event[:64]!r}", event=frame.event[:64]), at_once=True)
         elif route.queued or (self._join_pending and frame.topic == CHANNEL_TOPIC):
-            if self._commands.qsize() >= MAX_PENDING_REQUESTS:
+            if len(self._commands) >= MAX_PENDING_REQUESTS:
                 self.out.refuse(frame, error_payload("rate_limited", retry_after_ms=RATE_LIMIT_RETRY_AFTER_MS), at_once=True)
                 return
-            self._commands.put_nowait((route, frame))
+            self._commands.put((route, frame))
             if route.handler == "_join":
                 self._join_pending += 1
         else:
             getattr(self, route.handler)(frame)
 
-    async def run(self) -> None:
-        """The command loop; the consumer runs it as a task and cancels it on disconnect."""
-        while not self.closed:
-            route, arg = await self._commands.get()
-            try:
-                if route.needs_join and not self.joined:
-                    if route is not CATCHUP and route is not RENEW:
-                        self.out.refuse(arg, error_payload("bad_topic", "join sync:v1 first"))
-                    continue
-                result = getattr(self, route.handler)(arg)
-                if inspect.isawaitable(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("sync session command %s failed", route.handler)
-                self.out.close("internal", error_payload("internal"))
-            finally:
-                # Only once the join has run: a frame that arrives while it awaits (the token and
-                # revocation checks) must queue behind it, not be refused as "join first"
-                # (per-socket ordering, as in Phoenix).
-                if route.handler == "_join":
-                    self._join_pending -= 1
+    async def _run_command(self, command) -> None:
+        """One queued command (``self._commands`` runs them one at a time, in arrival order)."""
+        if self.closed:
+            return
+        route, arg = command
+        try:
+            if route.needs_join and not self.joined:
+                if route is not CATCHUP and route is not RENEW:
+                    self.out.refuse(arg, error_payload("bad_topic", "join sync:v1 first"))
+                return
+            result = getattr(self, route.handler)(arg)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sync session command %s failed", route.handler)
+            self.out.close("internal", error_payload("internal"))
+        finally:
+            # Only once the join has run: a frame that arrives while it awaits (the token and
+            # revocation checks) must queue behind it, not be refused as "join first"
+            # (per-socket ordering, as in Phoenix).
+            if route.handler == "_join":
+                self._join_pending -= 1
 
     # ---- handlers -------------------------------------------------------------------------
 
@@ -252,10 +257,11 @@ class Session:
 
     async def _join(self, frame: Frame) -> None:
         try:
-            await self.join_policy.socket_rate()
+            policy = JoinPolicy(self.hub.revocation, self.admission)  # revocation reads go through the hub's pool
+            await policy.socket_rate()
             if self.joined:  # a rejoin (Phoenix clients rejoin after a join timeout): start over
                 self._forget_principal()
-            principal = await self.join_policy.admit(self.params)
+            principal = await policy.admit(self.params)
         except JoinRefused as refused:
             self.out.refuse(frame, refused.payload, close=refused.close)
             return
@@ -277,7 +283,7 @@ class Session:
         which tokens qualify). Only the principal and the deadline change: followers, cursors and the
         outbound queue are not touched, so no update is replayed or lost across a refresh."""
         try:
-            principal = await self.refresh_policy.refresh(self.principal, frame.payload)
+            principal = await RefreshPolicy(self.hub.revocation).refresh(self.principal, frame.payload)
         except JoinRefused as refused:
             self.out.refuse(frame, refused.payload, close=refused.close)
             return
@@ -411,7 +417,7 @@ class Session:
             self.next_heartbeat = now + self.heartbeat_interval
             self.send(encode_push(self.join_ref, SYNC_HEARTBEAT, {"watermarks": self._watermarks()}))
             if self.admission.holder_of is not None:
-                self._commands.put_nowait((RENEW, None))  # keeps this socket's place among its user's
+                self._commands.put((RENEW, None))  # keeps this socket's place among its user's
 
     def revoke(self, reason: str) -> None:
         if self.closed:  # already closing: a revocation heard on several bus shards counts once
@@ -420,6 +426,8 @@ class Session:
         self.out.close("reauth_required", reauth_payload(reason))
 
     def shutdown(self) -> None:
-        """The socket is gone: forget everything (called by the consumer on disconnect)."""
+        """The socket is gone: forget everything (called by the consumer on disconnect); a command
+        running is cancelled and the waiting ones are dropped."""
+        self._commands.close()
         self.out.shutdown()
         self._drop_all()

@@ -31,7 +31,8 @@ import asyncio
 import base64
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 import jwt
 from jwt.api_jws import PyJWS
@@ -92,6 +93,15 @@ class SyncPrincipal:
     expires_at: int
     # The verified claims as decoded; excluded from eq/hash so the principal stays hashable.
     claims: dict = field(compare=False, repr=False)
+
+    def without_claims(self) -> SyncPrincipal:
+        """This principal with empty ``claims``: the one a socket keeps for its lifetime. Every
+        field a session reads is above; the decoded claims (the token's whole JSON, ~2 KiB) are
+        read once, at the join, and would otherwise stay in memory as long as the socket."""
+        return replace(self, claims=_NO_CLAIMS)
+
+
+_NO_CLAIMS = MappingProxyType({})  # shared and read-only
 
 
 # What the verification may do when an external issuer's JWKS is due for a fetch: fetch right here

@@ -133,7 +133,7 @@ class Client:
             outbound=self.queue, clock=lambda: 0.0, rng=random.Random(0),
         )
         self.hub.add(self.session)
-        self.tasks = [self.loop.create_task(self.session.run())]
+        self.tasks: list[asyncio.Task] = []  # the head checks' (the session runs its commands itself)
         self.refs = 0
         self.replies: dict[str, dict] = {}
         self.segments: list[Segment] = []
@@ -143,7 +143,7 @@ class Client:
     # ---- driving ---------------------------------------------------------------------------------
 
     def settle(self) -> None:
-        """Run the loop until every task waits at a gate (or on the session's command queue)."""
+        """Run the loop until every task waits at a gate (or has ended)."""
         async def rounds():
             for _ in range(50):
                 await asyncio.sleep(0)
@@ -194,7 +194,7 @@ class Client:
         return done
 
     def quiet(self) -> bool:
-        return not self.journal.kinds() and self.session._commands.empty()
+        return not self.journal.kinds() and not len(self.session._commands)
 
     def quiesce(self) -> None:
         """Answer every read and run head checks until nothing moves: the state the guarantee

@@ -1,6 +1,5 @@
 """Heartbeats and the idle timeout of ``sync.session.Session``, driven by a fake clock."""
 
-import asyncio
 import json
 import random
 
@@ -40,7 +39,7 @@ def drain(queue: OutboundQueue) -> list:
 
 
 async def joined_session(mint, settings_khala, *, hub=None, token=None, join_timeout=2.0):
-    """A session joined on a fake clock: ``(session, clock, queue, closes, task)``."""
+    """A session joined on a fake clock: ``(session, clock, queue, closes)``."""
     clock = FakeClock()
     closes = []
     queue = OutboundQueue(100, 1 << 20)
@@ -51,17 +50,16 @@ async def joined_session(mint, settings_khala, *, hub=None, token=None, join_tim
         outbound=queue,
         clock=clock,
     )
-    task = asyncio.create_task(session.run())
     session.handle_text(json.dumps(["1", "1", "sync:v1", "phx_join", {}]))
-    await wait_until(lambda: len(queue), join_timeout, interval=0.01, message="the join reply (it runs on the session's task)")
+    await wait_until(lambda: len(queue), join_timeout, interval=0.01, message="the join reply (it runs on the session's command task)")
     [reply] = drain(queue)
     assert reply[4]["status"] == "ok"
-    return session, clock, queue, closes, task
+    return session, clock, queue, closes
 
 
 async def test_server_heartbeats_follow_the_interval(mint, khala):
     khala(HEARTBEAT_INTERVAL_SECONDS=15.0, HEARTBEAT_TIMEOUT_SECONDS=60.0)
-    session, clock, queue, closes, task = await joined_session(mint, khala)
+    session, clock, queue, closes = await joined_session(mint, khala)
     first = session.next_heartbeat
     assert 1000.0 <= first <= 1015.0  # jittered within the first interval
     session.tick(first - 0.001)
@@ -77,12 +75,11 @@ async def test_server_heartbeats_follow_the_interval(mint, khala):
     session.tick(first + 15)
     assert [f[3] for f in drain(queue)] == ["sync:heartbeat"]
     assert closes == []
-    task.cancel()
 
 
 async def test_idle_socket_is_closed_after_the_timeout(mint, khala):
     khala(HEARTBEAT_INTERVAL_SECONDS=15.0, HEARTBEAT_TIMEOUT_SECONDS=60.0)
-    session, clock, queue, closes, task = await joined_session(mint, khala)
+    session, clock, queue, closes = await joined_session(mint, khala)
     clock.now = 1050.0
     session.handle_text(json.dumps(["1", "2", "sync:v1", "sync:heartbeat", {}]))  # activity at 1050
     drain(queue)
@@ -101,4 +98,3 @@ async def test_idle_socket_is_closed_after_the_timeout(mint, khala):
     assert session.status is Status.CLOSED
     session.tick(2000.0)  # closed sessions stay quiet
     assert drain(queue) == [] and closes == [4408]
-    task.cancel()

@@ -64,7 +64,7 @@ async def refresh(session, queue, token, ref="9"):
 
 
 async def test_an_idle_socket_closes_at_exp_plus_grace(mint, khala, wall):
-    session, clock, queue, closes, task = await joined(mint, khala)
+    session, clock, queue, closes = await joined(mint, khala)
     deadline = 1000.0 + TTL + GRACE
     assert session.expires_at == deadline
     session.tick(deadline - 0.001)
@@ -73,11 +73,10 @@ async def test_an_idle_socket_closes_at_exp_plus_grace(mint, khala, wall):
     assert closes == [4419] and session.status is Status.CLOSED
     [error] = [f for f in drain(queue) if f[3] != "sync:heartbeat"]
     assert error[3] == "sync:error" and error[4]["code"] == "token_expired" and error[4]["action"] == "disconnect"
-    task.cancel()
 
 
 async def test_a_refresh_moves_the_deadline_and_keeps_subscriptions_and_queue(mint, khala, wall):
-    session, clock, queue, closes, task = await joined(mint, khala)
+    session, clock, queue, closes = await joined(mint, khala)
     follower = session.followers["runtime.run_summaries"] = Follower()
     assert session.send('["queued frame"]')  # not yet written when the refresh arrives
     wall.now += 100
@@ -89,12 +88,12 @@ async def test_a_refresh_moves_the_deadline_and_keeps_subscriptions_and_queue(mi
     assert queued == ["queued frame"]
     assert reply[4] == {"status": "ok", "response": {"expires_at": WALL + 100 + TTL}}
     assert session.followers == {"runtime.run_summaries": follower}
+    assert session.principal.expires_at == WALL + 100 + TTL and session.principal.claims == {}  # not kept past the refresh
     session.tick(1000.0 + TTL + GRACE)  # the old deadline passes
     assert closes == []
     assert session.expires_at == 1100.0 + TTL + GRACE
     session.tick(session.expires_at)
     assert closes == [4419]
-    task.cancel()
 
 
 @pytest.mark.parametrize(
@@ -102,20 +101,19 @@ async def test_a_refresh_moves_the_deadline_and_keeps_subscriptions_and_queue(mi
     [({"sub": "user:2", "oa_user_id": 2}, "subject_mismatch"), ({"oa_session_id": "sess_other"}, "session_mismatch")],
 )
 async def test_a_refresh_for_another_subject_or_session_is_refused_and_closes(mint, khala, wall, claims, reason):
-    session, clock, queue, closes, task = await joined(mint, khala)
+    session, clock, queue, closes = await joined(mint, khala)
     token = mint(1, now=WALL, ttl=TTL, **{"oa_session_id": "sess_a", **claims})
     [reply] = await refresh(session, queue, token)
     assert reply[4]["status"] == "error"
     assert reply[4]["response"]["code"] == "unauthorized" and reply[4]["response"]["reason"] == reason
     assert closes == [4401] and session.principal.subject == "user:1"
-    task.cancel()
 
 
 async def test_expired_and_forged_refreshes_are_refused_and_the_socket_stays(mint, khala, wall):
     from tests.support.tokens import sign, sync_claims
     from tests.sync.conftest import SIGNING_KID
 
-    session, clock, queue, closes, task = await joined(mint, khala)
+    session, clock, queue, closes = await joined(mint, khala)
     expired = mint(1, now=WALL - 2 * TTL, ttl=TTL, oa_session_id="sess_a")
     forged = sign(sync_claims(1, ["runtime.run_summaries"], now=WALL, oa_session_id="sess_a"), kid=SIGNING_KID,
                   secret="not-the-signing-secret-" + "q" * 40)
@@ -125,16 +123,14 @@ async def test_expired_and_forged_refreshes_are_refused_and_the_socket_stays(min
         assert reply[1] == ref and reply[4]["response"]["code"] == "unauthorized", reply
         assert reply[4]["response"]["reason"] == reason
     assert closes == [] and session.expires_at == 1000.0 + TTL + GRACE
-    task.cancel()
 
 
 async def test_a_refresh_of_a_revoked_session_is_refused_and_closes(mint, khala, wall):
-    session, clock, queue, closes, task = await joined(mint, khala)
+    session, clock, queue, closes = await joined(mint, khala)
     session.hub.revocation.revoked.add("sess_a")
     [reply] = await refresh(session, queue, mint(1, now=WALL, ttl=TTL, oa_session_id="sess_a"))
     assert reply[4]["response"]["code"] == "reauth_required"
     assert closes == [4403]
-    task.cancel()
 
 
 async def test_a_refresh_before_join_is_refused(mint, khala, wall):
