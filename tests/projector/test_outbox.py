@@ -133,6 +133,16 @@ def worker_blocked_on_topic_row() -> bool:
         return cursor.fetchone()[0] == 1
 
 
+def worker_listening() -> bool:
+    """A worker's LISTEN connection is up (it LISTENs lazily, when its first wait begins)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle' AND query = %s",
+            [f"LISTEN {outbox.NOTIFY_CHANNEL}"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
 def assert_journal_exact() -> None:
     """No (topic, doc_key, doc_version) journaled twice, and no doc_version lower than an earlier one."""
     with connection.cursor() as cursor:
@@ -510,6 +520,7 @@ def test_a_command_that_skips_its_notify_while_a_worker_drains_is_projected_when
     with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url) as blocker:
         listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
         process, log, _port = projector_worker("--poll-interval", "60")
+        wait_for(worker_listening, "the worker to LISTEN")  # a NOTIFY sent before would be lost
         # Hold the topic's sequence row: the woken worker raises its flag and blocks mid-batch.
         blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
         first = commands.create_run(user, thread_id="wakes the worker")
