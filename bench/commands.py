@@ -1,6 +1,6 @@
 """Benchmark of the authority command path on ONE busy topic: how projection caps the command rate.
 
-    .venv/bin/python bench/commands.py [--seconds 10] [--writers 16] [--transports inprocess,http]
+    .venv/bin/python bench/commands.py [--seconds 10] [--writers 16] [--transports inprocess,http] [--rate R]
 
 Runs on its own database (``khala_bench_commands``; created and migrated here). ``--writers``
 processes append run events (``runtime.commands.append_run_event``), each to its own run, so every
@@ -21,6 +21,8 @@ tables, with a fresh daphne server (the subscriber's, and the command API's for 
 Transports: ``inprocess`` (each writer process calls the command functions) and ``http`` (each
 writer is a keep-alive HTTP client of ``POST /api/runtime/runs/<id>/events`` on the daphne server,
 started as every benchmark here starts its servers). The half-rate modes run in-process only.
+``--rate`` paces the in-process writers of every mode to one fixed total rate instead: on a machine
+loaded by others, throughput says little, while CPU per command at one rate still compares modes.
 
 Measured per mode:
 
@@ -422,6 +424,13 @@ def main(argv=None) -> int:
     parser.add_argument("--transports", default="inprocess,http", help="inprocess, http or both (default both)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"modes to run, in order (default {','.join(MODES)})")
     parser.add_argument("--batch-size", type=int, default=200, help="projector_worker --batch-size (default 200)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="pace the in-process writers of every mode to this many commands/s in total (default: as fast as they can); "
+        "CPU per command at one fixed rate compares modes on a machine too loaded for their throughput to",
+    )
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to wait for the backlog after the writers stop")
     args = parser.parse_args(argv)
 
@@ -437,7 +446,7 @@ def main(argv=None) -> int:
         for mode in modes:
             if mode in HALF_RATE_MODES and transport != "inprocess":
                 continue
-            rate = None
+            rate = args.rate if args.rate and transport == "inprocess" else None
             if mode in HALF_RATE_MODES:
                 if transport not in ceiling:
                     continue
