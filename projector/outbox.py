@@ -180,7 +180,8 @@ class DrainResult:
 def _default_project(refs, *, before_write=None):
     from projector.projector import project_entities
 
-    return project_entities(refs, before_write=before_write)
+    # No savepoint: the drain's transaction rolls back as a whole when this raises.
+    return project_entities(refs, before_write=before_write, savepoint=False)
 
 
 def retry_delay(attempts: int) -> float:

@@ -467,7 +467,14 @@ def _new_worker_events(workers: dict, checkpoints: dict, verify_read_model: bool
 
 
 def project_entities(
-    refs, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset(), before_write=None
+    refs,
+    *,
+    verify_read_model: bool = False,
+    now=None,
+    topics=None,
+    rewrite=frozenset(),
+    before_write=None,
+    savepoint: bool = True,
 ) -> BatchProjection:
     """Project the documents of many entities (``(entity, entity_id)``, entity in ``ENTITIES``) in
     ONE transaction (the caller's, if one is open) and ONE ``sink.project_many`` call: one
@@ -481,6 +488,8 @@ def project_entities(
     them missing from the journal). ``before_write`` (optional) runs in the same transaction right
     before the sink call (the outbox deletes its entries there, outside the topic-row lock). Raises ``ValueError`` for an entity
     kind outside ``ENTITIES`` and ``sink.SinkError`` when a document is refused (nothing written).
+    ``savepoint=False``: inside the caller's transaction, no savepoint of its own (two round trips
+    less); for a caller that rolls back its whole transaction when this raises (the outbox drain).
 
     Why repeats are harmless (the outbox fast path and its workers may fold the same entity
     concurrently): the checkpoint row is locked before the decision, so two folds of one entity
@@ -496,7 +505,7 @@ def project_entities(
     run_ids = [i for e, i in refs if e == RUN]
     worker_ids = [i for e, i in refs if e == CODEX_WORKER]
     results: dict[tuple[str, str], list[ProjectionResult]] = {}
-    with transaction.atomic():
+    with transaction.atomic(savepoint=savepoint):
         runs, workers, candidates = _authority_candidates(run_ids, worker_ids, topics)
         want_events = _wanted(topics, CODEX_WORKER_EVENTS)
         lock = [(c.projection, c.entity_id, c.doc_key) for c in candidates]
