@@ -1,6 +1,6 @@
 """Benchmark of the authority command path on ONE busy topic: how projection caps the command rate.
 
-    .venv/bin/python bench/commands.py [--seconds 10] [--writers 16] [--transports inprocess,http]
+    .venv/bin/python bench/commands.py [--seconds 10] [--writers 16] [--transports inprocess,http] [--rate R]
 
 Runs on its own database (``khala_bench_commands``; created and migrated here). ``--writers``
 processes append run events (``runtime.commands.append_run_event``), each to its own run, so every
@@ -21,6 +21,8 @@ tables, with a fresh daphne server (the subscriber's, and the command API's for 
 Transports: ``inprocess`` (each writer process calls the command functions) and ``http`` (each
 writer is a keep-alive HTTP client of ``POST /api/runtime/runs/<id>/events`` on the daphne server,
 started as every benchmark here starts its servers). The half-rate modes run in-process only.
+``--rate`` paces the in-process writers of every mode to one fixed total rate instead: on a machine
+loaded by others, throughput says little, while CPU per command at one rate still compares modes.
 
 Measured per mode:
 
@@ -33,7 +35,11 @@ Measured per mode:
   first time a poller of the journal (every 10 ms, its own connection) saw the run's summary at
   that version or later (the outbox folds an entity once per batch, so consecutive versions may
   share one journal row);
-- COMMIT -> subscriber receive: the same, seen by a WebSocket client subscribed to the topic.
+- COMMIT -> subscriber receive: the same, seen by a WebSocket client subscribed to the topic;
+- CPU ms per command by process kind: the writers (in-process: their own ``process_time``), the
+  projector worker, the daphne server, the backends of this benchmark's database
+  (``postgres_backends``), their sum (``own_total``: the figure to compare modes by on a shared
+  machine) and, for reference, every ``postgres`` process of the machine (``postgres``).
 
 Prints a table and writes ``bench/results/commands.json``. The targets (16 writers): the outbox
 path sustains >= 0.8x the ``authority_only`` command rate with a bounded outbox depth, and at half
@@ -62,6 +68,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import harness  # noqa: E402
 
 TOPIC = "runtime.run_summaries"
+CPU_SAMPLE_LEAD_SECONDS = 0.2
 MODES = {
     "authority_only": {"RUNTIME_PROJECTION": "off"},
     "after_commit": {"RUNTIME_PROJECTION": "after_commit"},
@@ -192,12 +199,35 @@ def _postgres_cpu_seconds() -> float:
     return total
 
 
-def _cpu_sample(server, worker) -> dict:
+def _database_backend_cpu(cursor) -> dict[int, float]:
+    """CPU seconds per backend connected to this benchmark's database (writers, worker, NOTIFY
+    threads, daphne, the monitor): the part of ``postgres`` that other users of a shared machine
+    cannot inflate. A backend that exits between two samples is lost, one that starts between
+    them counts from its start; the benchmark's connections live through a mode, so both are rare."""
+    cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    cpu = {}
+    for (pid,) in cursor.fetchall():
+        try:
+            cpu[pid] = harness.proc_cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return cpu
+
+
+def _cpu_sample(server, worker, cursor) -> dict:
     return {
         "server": harness.proc_cpu_seconds(server.pid),
         "projector_worker": harness.proc_cpu_seconds(worker.pid) if worker is not None else 0.0,
         "postgres": _postgres_cpu_seconds(),
+        "postgres_backends": _database_backend_cpu(cursor),
     }
+
+
+def _cpu_delta(start: dict, stop: dict) -> dict[str, float]:
+    delta = {kind: stop[kind] - start[kind] for kind in start if kind != "postgres_backends"}
+    before, after = start["postgres_backends"], stop["postgres_backends"]
+    delta["postgres_backends"] = sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+    return delta
 
 
 def _reset() -> None:
@@ -294,13 +324,15 @@ def run_mode(mode: str, transport: str, args, env: dict, user, api_token: str, r
         results = []
         give_up = stop_at + args.drain_timeout
         cpu_start = cpu_stop = None
+        cpu_start_at = cpu_stop_at = 0.0
         with connection.cursor() as cur:
             while True:
                 now = time.time()
                 if cpu_start is None and now >= start_at:
-                    cpu_start = _cpu_sample(server, worker)
-                if cpu_stop is None and now >= stop_at:
-                    cpu_stop = _cpu_sample(server, worker)
+                    cpu_start, cpu_start_at = _cpu_sample(server, worker, cur), now
+                # A little before the writers stop: they close their connections right after.
+                if cpu_stop is None and now >= stop_at - CPU_SAMPLE_LEAD_SECONDS:
+                    cpu_stop, cpu_stop_at = _cpu_sample(server, worker, cur), now
                 cur.execute(
                     "SELECT watermark, doc_key, doc_version FROM sync_stream_events WHERE topic = %s AND watermark > %s ORDER BY watermark",
                     [TOPIC, cursor_wm],
@@ -366,13 +398,19 @@ def run_mode(mode: str, transport: str, args, env: dict, user, api_token: str, r
         "drain_seconds_after_stop": round(drained_at - stop_at, 2) if drained_at and mode in WORKER_MODES else None,
         "outbox_depth_series": depth,
     }
-    if cpu_start and cpu_stop and committed_in_window:
+    committed_in_sample = sum(1 for _run, _seq, t in records if cpu_start_at <= t <= cpu_stop_at) if cpu_stop else 0
+    if cpu_start and cpu_stop and committed_in_window and committed_in_sample:
         # CPU per command committed while the writers ran, by process kind: where a mode's cost goes
         # when the 2 cores are the bound. (The server is the subscriber's daphne, and the HTTP API's.)
-        cpu = {kind: cpu_stop[kind] - cpu_start[kind] for kind in cpu_start}
+        # Sampled kinds are divided by the commands of their sampling window, the writers' own
+        # figure by those of the whole window.
+        ms = {kind: 1000 * sec / committed_in_sample for kind, sec in _cpu_delta(cpu_start, cpu_stop).items()}
         if transport == "inprocess":
-            cpu["writers"] = sum(res.get("cpu_seconds", 0.0) for res in results)
-        result["cpu_ms_per_command"] = {kind: round(1000 * sec / committed_in_window, 3) for kind, sec in cpu.items()}
+            ms["writers"] = 1000 * sum(res.get("cpu_seconds", 0.0) for res in results) / committed_in_window
+        # What this benchmark's own processes spent (machine-wide ``postgres`` left out): the figure
+        # to compare between modes when other users load the machine.
+        ms["own_total"] = sum(v for kind, v in ms.items() if kind != "postgres")
+        result["cpu_ms_per_command"] = {kind: round(v, 3) for kind, v in ms.items()}
     if transport == "inprocess" and mode != "authority_only":
         result["commit_to_journal_visible"] = _latency(records, seen)
         result["commit_to_subscriber"] = _latency(records, received)
@@ -386,6 +424,13 @@ def main(argv=None) -> int:
     parser.add_argument("--transports", default="inprocess,http", help="inprocess, http or both (default both)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"modes to run, in order (default {','.join(MODES)})")
     parser.add_argument("--batch-size", type=int, default=200, help="projector_worker --batch-size (default 200)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="pace the in-process writers of every mode to this many commands/s in total (default: as fast as they can); "
+        "CPU per command at one fixed rate compares modes on a machine too loaded for their throughput to",
+    )
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to wait for the backlog after the writers stop")
     args = parser.parse_args(argv)
 
@@ -401,7 +446,7 @@ def main(argv=None) -> int:
         for mode in modes:
             if mode in HALF_RATE_MODES and transport != "inprocess":
                 continue
-            rate = None
+            rate = args.rate if args.rate and transport == "inprocess" else None
             if mode in HALF_RATE_MODES:
                 if transport not in ceiling:
                     continue

@@ -11,6 +11,11 @@ waits for a wake-up:
   without any NOTIFY; the poll finds them.
 - ``PollWaiter``: just the poll interval (SQLite, or ``--no-listen``).
 
+With ``NotifyWaiter`` the loop raises the draining flag (``projector.outbox_draining``) when a
+wake-up starts a drain: while it holds the flag, commands skip their NOTIFY and the loop polls
+after the linger instead, as long as passes find work; it lowers the flag once a pass finds
+nothing and no command that saw the flag can still commit unseen, then waits for NOTIFYs again.
+
 ``stop()`` (SIGTERM/SIGINT in the command) ends the wait at once through the self-pipe; a batch
 in progress finishes (its transaction commits or rolls back as a whole), then the loop returns.
 Killing the process outright is safe as well: an uncommitted batch rolls back and its entries
@@ -34,10 +39,13 @@ from django.db import Error as DatabaseError, connection
 
 from khala_project.conf import khala_setting
 from projector import metrics, outbox
+from projector.outbox_draining import DrainingFlag
 
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL_SECONDS = 1.0
+# While it holds the draining flag the loop polls after the linger, but never more often than this.
+DRAINING_POLL_MIN_SECONDS = 0.005
 
 
 class PollWaiter:
@@ -60,6 +68,8 @@ class PollWaiter:
 class NotifyWaiter:
     """Wait for a NOTIFY on the outbox channel, the poll interval, or ``wake()`` (see the module
     docstring). The listening connection is its own (autocommit), never Django's."""
+
+    listens = True  # commands wake it with NOTIFY: the loop raises the draining flag
 
     def __init__(self):
         self._read_fd, self._write_fd = os.pipe()
@@ -163,6 +173,10 @@ class OutboxDrainLoop:
         self.on_batch = on_batch
         self.monotonic = monotonic
         self.totals = WorkerTotals()
+        # The draining flag (``projector.outbox_draining``) only pays where commands NOTIFY, i.e.
+        # with a LISTENing waiter; a polling loop leaves it alone.
+        self.draining = DrainingFlag() if getattr(self.waiter, "listens", False) else None
+        self.last_claimed = 0
         self._stop = threading.Event()
         self._stats_due = 0.0
 
@@ -179,19 +193,34 @@ class OutboxDrainLoop:
         try:
             while not self._stop.is_set():
                 full = self.pass_once()
-                if not full and not self._stop.is_set():
-                    self.waiter.wait(self.poll_interval)
-                    if linger > 0:
-                        # Group commit: let the writers that commit right behind the one that woke
-                        # us join this batch (one fold and one topic-row lock for all of them).
-                        self._stop.wait(linger)
+                if full or self._stop.is_set():
+                    continue
+                if self.draining is not None and self.draining.held:
+                    # The commands skip their NOTIFY while we hold the flag: poll again after the
+                    # linger while passes find work, and lower the flag only once no command that
+                    # saw it can still commit unseen (``projector.outbox_draining``). After a
+                    # successful lower, one more pass (the ``continue``) finds every such entry.
+                    if self.last_claimed or not self.draining.lower():
+                        self.draining.raise_flag()
+                        self._stop.wait(max(linger, DRAINING_POLL_MIN_SECONDS))
+                    continue
+                self.waiter.wait(self.poll_interval)
+                if self.draining is not None:
+                    self.draining.raise_flag()
+                if linger > 0:
+                    # Group commit: let the writers that commit right behind the one that woke
+                    # us join this batch (one fold and one topic-row lock for all of them).
+                    self._stop.wait(linger)
         finally:
+            if self.draining is not None:
+                self.draining.lower()
             self.waiter.close()
         return self.totals
 
     def pass_once(self) -> bool:
         """One drain transaction (and the gauges, at most once a second). True if the batch was
         full, i.e. more entries are probably due right now."""
+        self.last_claimed = 0
         try:
             result = outbox.drain_once(batch_size=self.batch_size, project=self.project)
             if self.monotonic() >= self._stats_due:
@@ -200,8 +229,11 @@ class OutboxDrainLoop:
         except DatabaseError as exc:
             log.error("outbox drain failed (%s: %s); retrying in %gs", type(exc).__name__, exc, self.poll_interval)
             connection.close()  # drop a broken connection; the next pass opens a new one
+            if self.draining is not None:
+                self.draining.forget()  # its session lock went with the connection
             self._stop.wait(self.poll_interval)
             return False
+        self.last_claimed = result.claimed
         metrics.OUTBOX_LAST_DRAIN.set(time.time())
         if result.claimed:
             self.totals.batches += 1

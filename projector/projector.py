@@ -247,7 +247,7 @@ def _in_lock_order(wanted: list[tuple[str, str, str]]) -> list[tuple[str, str, s
 
 
 _LOCK_CHECKPOINTS_SQL = """
-SELECT c.id FROM khala_projection_checkpoints AS c
+SELECT c.* FROM khala_projection_checkpoints AS c
   JOIN unnest(%s::text[], %s::text[]) AS t(p, e) ON c.projection_name = t.p AND c.entity_id = t.e
  ORDER BY c.entity_id COLLATE "C", c.projection_name COLLATE "C" DESC
    FOR UPDATE OF c
@@ -284,9 +284,9 @@ def _locked_checkpoints(wanted: list[tuple[str, str, str]]) -> dict[tuple[str, s
         names, ids = [w[0] for w in wanted], [w[1] for w in wanted]
         with connection.cursor() as cursor:
             cursor.execute(_CLAIM_CHECKPOINTS_SQL, [names, ids, [w[2] for w in wanted]])
-            cursor.execute(_LOCK_CHECKPOINTS_SQL, [names, ids])
-            locked = [r[0] for r in cursor.fetchall()]
-        rows = ProjectionCheckpoint.objects.filter(id__in=locked)  # locked above, by this transaction
+        # Locked and read in one statement (raw SQL: this runs in every batch, and building the
+        # ORM query cost more than running it).
+        rows = ProjectionCheckpoint.objects.raw(_LOCK_CHECKPOINTS_SQL, [names, ids])
     return {(row.projection_name, row.entity_id): row for row in rows}
 
 
@@ -386,10 +386,20 @@ def _save_checkpoints(advanced: list[ProjectionCheckpoint], now) -> None:
         )
 
 
+def _by_ids(model, ids: list[str]):
+    """The rows of ``model`` with these ids (raw SQL on PostgreSQL: this runs in every batch, and
+    building the ORM query cost more than running it)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return model.objects.raw(f"SELECT * FROM {model._meta.db_table} WHERE id = ANY(%s)", [list(ids)])
+    return model.objects.filter(id__in=ids)
+
+
 def _authority_candidates(run_ids: list[str], worker_ids: list[str], topics) -> tuple[dict, dict, list[_Candidate]]:
     """Read the runs and workers and build their summary / notification documents (pure folds)."""
-    runs = {r.id: r for r in Run.objects.filter(id__in=run_ids)} if run_ids else {}
-    workers = {w.id: w for w in CodexWorker.objects.filter(id__in=worker_ids)} if worker_ids else {}
+    runs = {r.id: r for r in _by_ids(Run, run_ids)} if run_ids else {}
+    workers = {w.id: w for w in _by_ids(CodexWorker, worker_ids)} if worker_ids else {}
     run_counts, run_latest = _event_stats(RunEvent, "run_id", runs)
     worker_counts, worker_latest = _event_stats(CodexWorkerEvent, "worker_id", workers)
     candidates = []
@@ -457,7 +467,14 @@ def _new_worker_events(workers: dict, checkpoints: dict, verify_read_model: bool
 
 
 def project_entities(
-    refs, *, verify_read_model: bool = False, now=None, topics=None, rewrite=frozenset(), before_write=None
+    refs,
+    *,
+    verify_read_model: bool = False,
+    now=None,
+    topics=None,
+    rewrite=frozenset(),
+    before_write=None,
+    savepoint: bool = True,
 ) -> BatchProjection:
     """Project the documents of many entities (``(entity, entity_id)``, entity in ``ENTITIES``) in
     ONE transaction (the caller's, if one is open) and ONE ``sink.project_many`` call: one
@@ -471,6 +488,8 @@ def project_entities(
     them missing from the journal). ``before_write`` (optional) runs in the same transaction right
     before the sink call (the outbox deletes its entries there, outside the topic-row lock). Raises ``ValueError`` for an entity
     kind outside ``ENTITIES`` and ``sink.SinkError`` when a document is refused (nothing written).
+    ``savepoint=False``: inside the caller's transaction, no savepoint of its own (two round trips
+    less); for a caller that rolls back its whole transaction when this raises (the outbox drain).
 
     Why repeats are harmless (the outbox fast path and its workers may fold the same entity
     concurrently): the checkpoint row is locked before the decision, so two folds of one entity
@@ -486,7 +505,7 @@ def project_entities(
     run_ids = [i for e, i in refs if e == RUN]
     worker_ids = [i for e, i in refs if e == CODEX_WORKER]
     results: dict[tuple[str, str], list[ProjectionResult]] = {}
-    with transaction.atomic():
+    with transaction.atomic(savepoint=savepoint):
         runs, workers, candidates = _authority_candidates(run_ids, worker_ids, topics)
         want_events = _wanted(topics, CODEX_WORKER_EVENTS)
         lock = [(c.projection, c.entity_id, c.doc_key) for c in candidates]

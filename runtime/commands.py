@@ -53,11 +53,11 @@ def _record_projection_intent(entity: str, entity_id: str, authority_seq: int) -
     if mode == "outbox":
         from projector import outbox
 
-        outbox.record_change(entity, entity_id, authority_seq)
-        if khala_setting("OUTBOX_FAST_PATH"):
+        fast_path = khala_setting("OUTBOX_FAST_PATH")
+        # Without the fast path the workers are woken after COMMIT (unless one is draining anyway).
+        outbox.record_change(entity, entity_id, authority_seq, wake_workers=not fast_path)
+        if fast_path:
             transaction.on_commit(lambda: outbox.project_after_commit(entity, entity_id))
-        else:
-            transaction.on_commit(outbox.notify_workers)
     elif mode == "after_commit":  # the pre-outbox baseline of bench/commands.py: not durable
         from projector.projector import project_best_effort
 

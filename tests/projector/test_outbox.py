@@ -122,6 +122,27 @@ def pending() -> int:
     return ProjectionOutboxEntry.objects.filter(quarantined_at__isnull=True).count()
 
 
+def worker_blocked_on_topic_row() -> bool:
+    """A projector is waiting for a topic's sequence row (held by the test), i.e. mid-batch."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND query LIKE %s",
+            ["%sync_topic_sequences%"],
+        )
+        return cursor.fetchone()[0] == 1
+
+
+def worker_listening() -> bool:
+    """A worker's LISTEN connection is up (it LISTENs lazily, when its first wait begins)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle' AND query = %s",
+            [f"LISTEN {outbox.NOTIFY_CHANNEL}"],
+        )
+        return cursor.fetchone()[0] > 0
+
+
 def assert_journal_exact() -> None:
     """No (topic, doc_key, doc_version) journaled twice, and no doc_version lower than an earlier one."""
     with connection.cursor() as cursor:
@@ -238,17 +259,7 @@ def test_worker_killed_mid_batch_loses_and_doubles_nothing(topics, user, project
     blocker = psycopg.connect(database_url_of_this_test_run())
     blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
     process, log, _port = projector_worker()
-
-    def worker_blocked():
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND query LIKE %s",
-                ["%sync_topic_sequences%"],
-            )
-            return cursor.fetchone()[0] == 1
-
-    wait_for(worker_blocked, "the worker to block mid-batch")
+    wait_for(worker_blocked_on_topic_row, "the worker to block mid-batch")
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(10)
     blocker.rollback()
@@ -489,6 +500,48 @@ def test_worker_wakes_on_notify_long_before_its_poll_interval(topics, user, proj
     run = commands.create_run(user, thread_id="woken")
     wait_for(lambda: ReadModelDocument.objects.filter(doc_key=run_doc_key(run.id)).exists(), "a NOTIFY wake-up", timeout=20)
     stop(process, log)
+
+
+def notifications(listener) -> int:
+    """How many NOTIFYs on the outbox channel ``listener`` (a LISTENing psycopg connection) got."""
+    return sum(1 for _ in listener.notifies(timeout=0.2))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_command_that_skips_its_notify_while_a_worker_drains_is_projected_when_the_drain_ends(
+    topics, user, projector_worker, settings
+):
+    """The draining flag (``projector.outbox_draining``): a command recorded while the worker drains
+    sends no NOTIFY, and its entry is still projected, even though it commits only after the
+    worker's drain has run out of work (the worker lowers its flag only once no such command is in
+    flight; a poll of 60 s could not rescue it within the test)."""
+    settings.KHALA = {"OUTBOX_FAST_PATH": False}  # commands NOTIFY after COMMIT
+    url = database_url_of_this_test_run()
+    with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url) as blocker:
+        listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
+        process, log, _port = projector_worker("--poll-interval", "60")
+        wait_for(worker_listening, "the worker to LISTEN")  # a NOTIFY sent before would be lost
+        # Hold the topic's sequence row: the woken worker raises its flag and blocks mid-batch.
+        blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
+        first = commands.create_run(user, thread_id="wakes the worker")
+        wait_for(worker_blocked_on_topic_row, "the worker to block mid-batch")
+        assert wait_for(lambda: notifications(listener), "the first command's NOTIFY") == 1
+
+        with transaction.atomic():
+            second = commands.create_run(user, thread_id="recorded while the worker drains")
+            blocker.rollback()  # the worker finishes its batch; it cannot see `second` before our COMMIT
+            wait_for(lambda: ReadModelDocument.objects.filter(doc_key=run_doc_key(first.id)).exists(), "the first batch")
+            # Not a wait for an event: the window in which the worker runs out of work and tries
+            # to lower its flag while this command is still uncommitted.
+            time.sleep(0.5)
+        wait_for(
+            lambda: ReadModelDocument.objects.filter(doc_key=run_doc_key(second.id)).exists(),
+            "the entry committed without a NOTIFY to be projected",
+            timeout=20,
+        )
+        assert notifications(listener) == 0  # `second` skipped its NOTIFY
+    totals = stop(process, log)
+    assert totals["projected"] == 2
 
 
 @pytest.mark.django_db
