@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 
 from django.db import OperationalError, connection, transaction
@@ -284,7 +285,10 @@ def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
         removed = _raise_floor(cursor, topic, doomed)
         dropped = 0
         try:
+            pause = int(khala_setting("JOURNAL_DETACH_PAUSE_MS")) / 1000
             for part in doomed:
+                if dropped and pause:
+                    time.sleep(pause)  # spread the readers' re-planning (see the setting)
                 _detach_concurrently(cursor, parent, part.name)
                 cursor.execute(f"DROP TABLE IF EXISTS {part.name}")
                 dropped += 1
