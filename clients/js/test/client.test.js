@@ -235,24 +235,36 @@ test('in-place retries are bounded, then the reconnect waits the hint', async ()
   assert.ok(reconnects[0].delayMs >= 100);
 });
 
-test('a hydration answered 429 is retried after its Retry-After', async () => {
-  const good = { ok: true };
+const GOOD_DOCUMENT = { ok: true };
+
+// A peer that answers every request and replays one pointer (hydration required) on subscribe.
+function onePointerPeer() {
   const pointer = { topic: TOPIC, doc_key: 'd', doc_version: 1, payload: null, payload_hash: null, watermark: 1, hydration_required: true };
-  const p = await peer((ws, frame) => {
+  return peer((ws, frame) => {
     if (frame[3] === 'sync:subscribe') {
       ws.send(JSON.stringify([frame[0], null, 'sync:v1', 'sync:update_batch', { updates: [pointer], replay_complete: true, head_watermarks: [{ topic: TOPIC, watermark: 1 }] }]));
     }
     okReply(ws, frame);
   });
-  const goodHash = toWire(await payloadHash(good));
-  let calls = 0;
+}
+
+// An HTTP API whose first document request throws `error`; later ones return the document.
+async function failingOnce(error) {
+  const goodHash = toWire(await payloadHash(GOOD_DOCUMENT));
   const http = {
+    calls: 0,
     async getDocument(topic, docKey) {
-      calls += 1;
-      if (calls === 1) throw new HttpError('rate_limited', 'too many requests; retry later', { code: 'rate_limited', retry_after: 0.2 }, 429, 200);
-      return { doc_key: docKey, doc_version: 1, payload: good, payload_hash: goodHash, watermark: 1 };
+      http.calls += 1;
+      if (http.calls === 1) throw error;
+      return { doc_key: docKey, doc_version: 1, payload: GOOD_DOCUMENT, payload_hash: goodHash, watermark: 1 };
     },
   };
+  return http;
+}
+
+test('a hydration answered 429 is retried after its Retry-After', async () => {
+  const p = await onePointerPeer();
+  const http = await failingOnce(new HttpError('rate_limited', 'too many requests; retry later', { code: 'rate_limited', retry_after: 0.2 }, 429, 200));
   const client = hintedClient(p.url, { http });
   client.start();
   try {
@@ -263,8 +275,8 @@ test('a hydration answered 429 is retried after its Retry-After', async () => {
     await client.close();
     await p.close();
   }
-  assert.deepEqual((await client.documents(TOPIC)).get('d').payload, good);
-  assert.equal(calls, 2);
+  assert.deepEqual((await client.documents(TOPIC)).get('d').payload, GOOD_DOCUMENT);
+  assert.equal(http.calls, 2);
   const limited = client.seen.filter((e) => e.type === 'rate_limited');
   assert.deepEqual(limited.map((e) => [e.request, e.retryAfterMs]), [['hydration', 200]]);
   assert.ok(limited[0].delayMs >= 200);
@@ -272,23 +284,9 @@ test('a hydration answered 429 is retried after its Retry-After', async () => {
 });
 
 test('a hydration answered 503 floors the reconnect at its Retry-After', async () => {
-  const good = { ok: true };
-  const pointer = { topic: TOPIC, doc_key: 'd', doc_version: 1, payload: null, payload_hash: null, watermark: 1, hydration_required: true };
-  const p = await peer((ws, frame) => {
-    if (frame[3] === 'sync:subscribe') {
-      ws.send(JSON.stringify([frame[0], null, 'sync:v1', 'sync:update_batch', { updates: [pointer], replay_complete: true, head_watermarks: [{ topic: TOPIC, watermark: 1 }] }]));
-    }
-    okReply(ws, frame);
-  });
-  const goodHash = toWire(await payloadHash(good));
-  let calls = 0;
-  const http = {
-    async getDocument(topic, docKey) {
-      calls += 1; // the database is down at first: the batch is replayed after a reconnect
-      if (calls === 1) throw new HttpError('database_unavailable', 'the database is unavailable; retry later', { retry_after: 0.3 }, 503, 300);
-      return { doc_key: docKey, doc_version: 1, payload: good, payload_hash: goodHash, watermark: 1 };
-    },
-  };
+  const p = await onePointerPeer();
+  // The database is down at first: the batch is replayed after a reconnect.
+  const http = await failingOnce(new HttpError('database_unavailable', 'the database is unavailable; retry later', { retry_after: 0.3 }, 503, 300));
   const client = hintedClient(p.url, { http });
   client.start();
   try {
@@ -298,7 +296,7 @@ test('a hydration answered 503 floors the reconnect at its Retry-After', async (
     await client.close();
     await p.close();
   }
-  assert.deepEqual((await client.documents(TOPIC)).get('d').payload, good);
+  assert.deepEqual((await client.documents(TOPIC)).get('d').payload, GOOD_DOCUMENT);
   assert.equal(p.connections, 2);
   const reconnects = client.seen.filter((e) => e.type === 'reconnecting');
   assert.deepEqual(reconnects.map((e) => [e.reason, e.retryAfterMs]), [['hydration_failed', 300]]);

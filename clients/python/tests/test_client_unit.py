@@ -369,67 +369,60 @@ async def test_in_place_retries_are_bounded_then_the_reconnect_waits_the_hint():
     assert reconnect.reason == "rate_limited" and reconnect.retry_after_ms == 100 and reconnect.delay >= 0.1
 
 
-async def test_a_hydration_answered_429_is_retried_after_its_retry_after():
+GOOD_DOCUMENT = {"ok": True}
+
+
+async def _one_pointer(ws, frame):
+    """A peer that answers every request and replays one pointer (hydration required) on subscribe."""
     pointer = {"topic": TOPIC, "doc_key": "d", "doc_version": 1, "payload": None, "payload_hash": None, "watermark": 1,
                "hydration_required": True}
-    good = {"ok": True}
+    if frame[3] == "sync:subscribe":
+        await ws.send(json.dumps([frame[0], None, "sync:v1", "sync:update_batch",
+                                  {"updates": [pointer], "replay_complete": True, "head_watermarks": [{"topic": TOPIC, "watermark": 1}]}]))
+    await ws.send(reply(frame))
 
-    async def on_frame(ws, frame):
-        if frame[3] == "sync:subscribe":
-            await ws.send(json.dumps([frame[0], None, "sync:v1", "sync:update_batch",
-                                      {"updates": [pointer], "replay_complete": True, "head_watermarks": [{"topic": TOPIC, "watermark": 1}]}]))
-        await ws.send(reply(frame))
 
-    class Docs:
-        calls = 0
+class FailingOnce:
+    """An HTTP API whose first document request raises ``error``; later ones return the document."""
 
-        async def get_document(self, topic, doc_key, token, **freshness):
-            Docs.calls += 1
-            if Docs.calls == 1:
-                raise HttpError("rate_limited", "too many requests; retry later", {"code": "rate_limited", "retry_after": 0.2}, 429, 0.2)
-            return {"doc_key": doc_key, "doc_version": 1, "payload": good, "payload_hash": to_wire(payload_hash(good)), "watermark": 1}
+    def __init__(self, error: HttpError):
+        self.error = error
+        self.calls = 0
 
-    async with Peer(on_frame) as peer:
-        client, events = hinted_client(peer.url, http=Docs())
+    async def get_document(self, topic, doc_key, token, **freshness):
+        self.calls += 1
+        if self.calls == 1:
+            raise self.error
+        return {"doc_key": doc_key, "doc_version": 1, "payload": GOOD_DOCUMENT,
+                "payload_hash": to_wire(payload_hash(GOOD_DOCUMENT)), "watermark": 1}
+
+
+async def test_a_hydration_answered_429_is_retried_after_its_retry_after():
+    docs = FailingOnce(HttpError("rate_limited", "too many requests; retry later", {"code": "rate_limited", "retry_after": 0.2}, 429, 0.2))
+    async with Peer(_one_pointer) as peer:
+        client, events = hinted_client(peer.url, http=docs)
         client.start()
         try:
             await client.wait_live(timeout=10)
             await wait_until(lambda: client.watermark(TOPIC) == 1, timeout=5)
         finally:
             await client.close()
-    assert client.documents(TOPIC)["d"].payload == good and Docs.calls == 2
+    assert client.documents(TOPIC)["d"].payload == GOOD_DOCUMENT and docs.calls == 2
     [limited] = [e for e in events if isinstance(e, RateLimited)]
     assert (limited.request, limited.retry_after_ms) == ("hydration", 200) and limited.delay >= 0.2
     assert not [e for e in events if isinstance(e, ErrorEvent)]
 
 
 async def test_a_hydration_answered_503_floors_the_reconnect_at_its_retry_after():
-    pointer = {"topic": TOPIC, "doc_key": "d", "doc_version": 1, "payload": None, "payload_hash": None, "watermark": 1,
-               "hydration_required": True}
-    good = {"ok": True}
-
-    async def on_frame(ws, frame):
-        if frame[3] == "sync:subscribe":
-            await ws.send(json.dumps([frame[0], None, "sync:v1", "sync:update_batch",
-                                      {"updates": [pointer], "replay_complete": True, "head_watermarks": [{"topic": TOPIC, "watermark": 1}]}]))
-        await ws.send(reply(frame))
-
-    class Docs:
-        calls = 0
-
-        async def get_document(self, topic, doc_key, token, **freshness):
-            Docs.calls += 1
-            if Docs.calls == 1:  # the database is down: the batch is replayed after a reconnect
-                raise HttpError("database_unavailable", "the database is unavailable; retry later", {"retry_after": 0.3}, 503, 0.3)
-            return {"doc_key": doc_key, "doc_version": 1, "payload": good, "payload_hash": to_wire(payload_hash(good)), "watermark": 1}
-
-    async with Peer(on_frame) as peer:
-        client, events = hinted_client(peer.url, http=Docs())
+    # The database is down: the batch is replayed after a reconnect.
+    docs = FailingOnce(HttpError("database_unavailable", "the database is unavailable; retry later", {"retry_after": 0.3}, 503, 0.3))
+    async with Peer(_one_pointer) as peer:
+        client, events = hinted_client(peer.url, http=docs)
         client.start()
         try:
             await wait_until(lambda: client.watermark(TOPIC) == 1, timeout=10)
         finally:
             await client.close()
-    assert client.documents(TOPIC)["d"].payload == good and peer.connections == 2
+    assert client.documents(TOPIC)["d"].payload == GOOD_DOCUMENT and peer.connections == 2
     [reconnect] = [e for e in events if isinstance(e, Reconnecting)]
     assert (reconnect.reason, reconnect.retry_after_ms) == ("hydration_failed", 300) and reconnect.delay >= 0.3
