@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from django.db import OperationalError, connection, transaction
 
 from khala_project.conf import khala_setting
+from projector import lock_timeouts
 
 ROOT = "sync_stream_events"
 ROOT_DEFAULT = "sync_stream_events_default"
@@ -98,18 +99,26 @@ def range_partitions(cursor, topic: str) -> list[RangePartition]:
 
 
 _FROM_BOUND = re.compile(r"FROM \('?(-?\d+)'?\)")
+_TO_BOUND = re.compile(r"TO \('?(-?\d+)'?\)")
 
 
-def _lower_bound(cursor, partition: str) -> int | None:
-    """The lowest watermark ``partition`` (an attached range partition) takes, or None."""
+def _bound(cursor, partition: str, which: re.Pattern) -> int | None:
+    """A finite bound of ``partition`` (an attached range partition): ``_FROM_BOUND`` for the lowest
+    watermark it takes, ``_TO_BOUND`` for the first it does not; None if that side is unbounded."""
     cursor.execute("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = to_regclass(%s)", [partition])
     row = cursor.fetchone()
-    match = _FROM_BOUND.search((row and row[0]) or "")
+    match = which.search((row and row[0]) or "")
     return int(match[1]) if match else None
 
 
 def _lock_timeout(cursor) -> None:
-    cursor.execute(f"SET LOCAL lock_timeout = {int(khala_setting('JOURNAL_DDL_LOCK_TIMEOUT_MS'))}")
+    lock_timeouts.set_local(cursor, int(khala_setting("JOURNAL_DDL_LOCK_TIMEOUT_MS")))
+
+
+def _leaf_lock_timeout() -> int:
+    """How long a detach may wait (ms): autovacuum on the partition yields to a waiting lock only
+    after deadlock_timeout, 1 s by default; nobody queues behind this wait."""
+    return LEAF_LOCK_TIMEOUT_FACTOR * int(khala_setting("JOURNAL_DDL_LOCK_TIMEOUT_MS"))
 
 
 def _exists(cursor, name: str) -> bool:
@@ -196,7 +205,7 @@ def ensure_ahead(topic: str) -> int:
             # Every range was dropped: writers outran the ranges ahead into the upper edge, then a
             # retention pass dropped every range below its cutoff. New ranges start where the
             # upper edge does (without them its rows would wait there for good).
-            start = _lower_bound(cursor, above)
+            start = _bound(cursor, above, _FROM_BOUND)
             if start is None:
                 return 0  # no upper edge: a hand-made layout is left alone
         first_new = start
@@ -234,11 +243,6 @@ def ensure_ahead(topic: str) -> int:
     return (start - first_new) // size
 
 
-def is_lock_timeout(exc: BaseException) -> bool:
-    """True for the error ``lock_timeout`` raises (SQLSTATE 55P03, lock_not_available)."""
-    return getattr(getattr(exc, "__cause__", None), "sqlstate", None) == "55P03"
-
-
 @dataclass(frozen=True, slots=True)
 class Dropped:
     partitions: int
@@ -274,7 +278,7 @@ def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
         try:
             _finish_earlier_pass(cursor, topic)
         except OperationalError as exc:
-            if not is_lock_timeout(exc):
+            if not lock_timeouts.is_lock_timeout(exc):
                 raise
             return Dropped(0, 0, True)
         doomed = [part for part in range_partitions(cursor, topic) if part.last <= cutoff_watermark]
@@ -294,7 +298,7 @@ def drop_through(topic: str, cutoff_watermark: int) -> Dropped:
                 dropped += 1
             _cover_below(cursor, topic)
         except OperationalError as exc:
-            if not is_lock_timeout(exc):
+            if not lock_timeouts.is_lock_timeout(exc):
                 raise
             return Dropped(dropped, removed, True)
     return Dropped(dropped, removed, False)
@@ -327,13 +331,8 @@ def _raise_floor(cursor, topic: str, doomed: list[RangePartition]) -> int:
 
 
 def _detach_concurrently(cursor, parent: str, name: str) -> None:
-    # The wait may be for autovacuum on the partition (it yields to a waiting lock only after
-    # deadlock_timeout, 1 s by default), hence the longer timeout; nobody queues behind this one.
-    cursor.execute(f"SET lock_timeout = {LEAF_LOCK_TIMEOUT_FACTOR * int(khala_setting('JOURNAL_DDL_LOCK_TIMEOUT_MS'))}")
-    try:
+    with lock_timeouts.for_session(cursor, _leaf_lock_timeout()):
         cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {name} CONCURRENTLY")
-    finally:
-        cursor.execute("RESET lock_timeout")
 
 
 def _finish_earlier_pass(cursor, topic: str) -> None:
@@ -347,16 +346,10 @@ def _finish_earlier_pass(cursor, topic: str) -> None:
         [parent],
     )
     for (name,) in cursor.fetchall():
-        cursor.execute(f"SET lock_timeout = {LEAF_LOCK_TIMEOUT_FACTOR * int(khala_setting('JOURNAL_DDL_LOCK_TIMEOUT_MS'))}")
-        try:
+        with lock_timeouts.for_session(cursor, _leaf_lock_timeout()):
             cursor.execute(f"ALTER TABLE {parent} DETACH PARTITION {name} FINALIZE")
-        finally:
-            cursor.execute("RESET lock_timeout")
     _drop_detached(cursor, topic)
     _cover_below(cursor, topic)
-
-
-_TO_BOUND = re.compile(r"TO \('?(-?\d+)'?\)")
 
 
 def _cover_below(cursor, topic: str) -> None:
@@ -365,10 +358,8 @@ def _cover_below(cursor, topic: str) -> None:
     partition for one short transaction; nothing when the edge already reaches the first range."""
     ranges = range_partitions(cursor, topic)
     below = below_edge(topic)
-    cursor.execute("SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = to_regclass(%s)", [below])
-    row = cursor.fetchone()
-    match = _TO_BOUND.search((row and row[0]) or "")
-    if not ranges or match is None or int(match[1]) >= ranges[0].first:
+    reach = _bound(cursor, below, _TO_BOUND)
+    if not ranges or reach is None or reach >= ranges[0].first:
         return
     with transaction.atomic():
         _lock_timeout(cursor)

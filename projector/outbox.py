@@ -57,7 +57,7 @@ from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from khala_project.conf import khala_setting
-from projector import metrics, outbox_draining
+from projector import lock_timeouts, metrics, outbox_draining
 from projector.models import OutboxEntity, ProjectionOutboxEntry
 from projector.payload_hash import PayloadHashError
 from projector.sink import SinkError
@@ -336,11 +336,6 @@ class _LockBusy(Exception):
     """The fast path met a lock held by another projector: the entry is left to the workers."""
 
 
-def _is_lock_timeout(exc: BaseException) -> bool:
-    cause = getattr(exc, "__cause__", None)
-    return getattr(cause, "sqlstate", None) == "55P03"  # lock_not_available (lock_timeout)
-
-
 def _drain_entity(
     entity: str, entity_id: str, ids: list[int] | None, project, now: dt.datetime, path: str, *, lock_timeout_ms: int = 0
 ) -> DrainResult:
@@ -353,7 +348,7 @@ def _drain_entity(
         with transaction.atomic():
             if lock_timeout_ms and connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
-                    cursor.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'")
+                    lock_timeouts.set_local(cursor, lock_timeout_ms)
             query = _due(now).filter(entity=entity, entity_id=entity_id)
             if ids is not None:
                 query = query.filter(id__in=ids)
@@ -363,7 +358,7 @@ def _drain_entity(
                 return DrainResult()
             result = _project_claimed(entries, project, now, path)
     except Exception as exc:
-        if lock_timeout_ms and _is_lock_timeout(exc):
+        if lock_timeout_ms and lock_timeouts.is_lock_timeout(exc):
             raise _LockBusy() from exc
         if not claimed:
             raise

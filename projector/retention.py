@@ -40,7 +40,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from khala_project.conf import khala_setting
-from projector import journal_partitions, metrics
+from projector import journal_partitions, lock_timeouts, metrics
 from projector.models import StreamEvent, TopicSequence
 
 _CUTOFF_SQL = """
@@ -126,7 +126,7 @@ def prune_topic(topic: str, *, now: dt.datetime, retention_seconds: int, batch_s
     try:
         journal_partitions.ensure_ahead(topic)
     except OperationalError as exc:
-        if not journal_partitions.is_lock_timeout(exc):
+        if not lock_timeouts.is_lock_timeout(exc):
             raise
         timed_out = True  # the upper edge partition takes the rows meanwhile; the gauge below shows them
     with connection.cursor() as cursor:
