@@ -127,14 +127,9 @@ function hintedClient(url, options = {}) {
 
 const okReply = (ws, frame) => ws.send(reply(frame, 'ok', { current_watermarks: [] }));
 
-test('a connection flood refusal makes the reconnect wait its retry_after_ms', async () => {
-  const refusal = { code: 'rate_limited', message: 'too many requests (connects_per_ip)', limit: 'connects_per_ip', retry_after_ms: 300 };
-  const p = await peer(okReply, (ws, state) => {
-    if (state.connections > 1) return;
-    ws.send(JSON.stringify([null, null, 'phoenix', 'sync:error', refusal])); // what the server does to a flood
-    ws.close(4429);
-  });
-  const client = hintedClient(p.url);
+// A hinted client on peer `p`, run until live, then closed (the peer too).
+async function liveThenClosed(p, options = {}) {
+  const client = hintedClient(p.url, options);
   client.start();
   try {
     await client.waitLive({ timeoutMs: 10000 });
@@ -142,6 +137,34 @@ test('a connection flood refusal makes the reconnect wait its retry_after_ms', a
     await client.close();
     await p.close();
   }
+  return client;
+}
+
+// A peer's frame handler that answers every request but refuses the first `event` with `error`;
+// and the list of `event` frames it received.
+function refusingFirst(event, error) {
+  const received = [];
+  const onFrame = (ws, frame) => {
+    if (frame[3] === event) {
+      received.push(frame);
+      if (received.length === 1) {
+        ws.send(reply(frame, 'error', error));
+        return;
+      }
+    }
+    okReply(ws, frame);
+  };
+  return { onFrame, received };
+}
+
+test('a connection flood refusal makes the reconnect wait its retry_after_ms', async () => {
+  const refusal = { code: 'rate_limited', message: 'too many requests (connects_per_ip)', limit: 'connects_per_ip', retry_after_ms: 300 };
+  const p = await peer(okReply, (ws, state) => {
+    if (state.connections > 1) return;
+    ws.send(JSON.stringify([null, null, 'phoenix', 'sync:error', refusal])); // what the server does to a flood
+    ws.close(4429);
+  });
+  const client = await liveThenClosed(p);
   const first = client.seen.find((e) => e.type === 'reconnecting');
   assert.equal(first.reason, 'rate_limited');
   assert.equal(first.retryAfterMs, 300);
@@ -150,25 +173,9 @@ test('a connection flood refusal makes the reconnect wait its retry_after_ms', a
 });
 
 test('a join refused with rate_limited is asked again on the same socket', async () => {
-  const joins = [];
-  const p = await peer((ws, frame) => {
-    if (frame[3] === 'phx_join') {
-      joins.push(frame);
-      if (joins.length === 1) {
-        ws.send(reply(frame, 'error', { code: 'rate_limited', message: 'too many requests (connects_per_user)', limit: 'connects_per_user', retry_after_ms: 200 }));
-        return;
-      }
-    }
-    okReply(ws, frame);
-  });
-  const client = hintedClient(p.url);
-  client.start();
-  try {
-    await client.waitLive({ timeoutMs: 10000 });
-  } finally {
-    await client.close();
-    await p.close();
-  }
+  const { onFrame, received: joins } = refusingFirst('phx_join', { code: 'rate_limited', message: 'too many requests (connects_per_user)', limit: 'connects_per_user', retry_after_ms: 200 });
+  const p = await peer(onFrame);
+  const client = await liveThenClosed(p);
   assert.equal(p.connections, 1, 'the socket stays open: no new connection for a refused join');
   assert.equal(joins.length, 2);
   const limited = client.seen.filter((e) => e.type === 'rate_limited');
@@ -180,25 +187,9 @@ test('a join refused with rate_limited is asked again on the same socket', async
 });
 
 test('a subscribe refused for too many requests in flight is asked again', async () => {
-  const subscribes = [];
-  const p = await peer((ws, frame) => {
-    if (frame[3] === 'sync:subscribe') {
-      subscribes.push(frame);
-      if (subscribes.length === 1) {
-        ws.send(reply(frame, 'error', { code: 'rate_limited', message: 'too many requests in flight', retry_after_ms: 150 }));
-        return;
-      }
-    }
-    okReply(ws, frame);
-  });
-  const client = hintedClient(p.url);
-  client.start();
-  try {
-    await client.waitLive({ timeoutMs: 10000 });
-  } finally {
-    await client.close();
-    await p.close();
-  }
+  const { onFrame, received: subscribes } = refusingFirst('sync:subscribe', { code: 'rate_limited', message: 'too many requests in flight', retry_after_ms: 150 });
+  const p = await peer(onFrame);
+  const client = await liveThenClosed(p);
   assert.equal(p.connections, 1);
   assert.equal(subscribes.length, 2);
   const [limited] = client.seen.filter((e) => e.type === 'rate_limited');
@@ -218,14 +209,7 @@ test('in-place retries are bounded, then the reconnect waits the hint', async ()
     }
     okReply(ws, frame);
   });
-  const client = hintedClient(p.url, { rateLimitAttempts: 3 });
-  client.start();
-  try {
-    await client.waitLive({ timeoutMs: 10000 });
-  } finally {
-    await client.close();
-    await p.close();
-  }
+  const client = await liveThenClosed(p, { rateLimitAttempts: 3 });
   assert.deepEqual(joinsPerSocket, { 1: 3, 2: 1 });
   assert.deepEqual(client.seen.filter((e) => e.type === 'rate_limited').map((e) => e.attempt), [1, 2]);
   const reconnects = client.seen.filter((e) => e.type === 'reconnecting');

@@ -269,6 +269,33 @@ def hinted_client(url, **kw):
     return client, events
 
 
+async def live_then_closed(peer, **kw):
+    """A hinted client on ``peer``, run until live, then closed: the client and its events."""
+    client, events = hinted_client(peer.url, **kw)
+    client.start()
+    try:
+        await client.wait_live(timeout=10)
+    finally:
+        await client.close()
+    return client, events
+
+
+def refusing_first(event: str, error: dict):
+    """A peer's ``on_frame`` that answers every request, but refuses the first ``event`` with
+    ``error``; and the list of ``event`` frames it received."""
+    received = []
+
+    async def on_frame(ws, frame):
+        if frame[3] == event:
+            received.append(frame)
+            if len(received) == 1:
+                await ws.send(reply(frame, "error", error))
+                return
+        await ws.send(reply(frame, response={"current_watermarks": []}))
+
+    return on_frame, received
+
+
 async def test_a_connection_flood_refusal_makes_the_reconnect_wait_its_retry_after():
     refusal = {"code": "rate_limited", "message": "too many requests (connects_per_ip)", "limit": "connects_per_ip", "retry_after_ms": 300}
 
@@ -282,12 +309,7 @@ async def test_a_connection_flood_refusal_makes_the_reconnect_wait_its_retry_aft
         await ws.send(reply(frame, response={"current_watermarks": []}))
 
     async with Peer(on_frame, on_connect) as peer:
-        client, events = hinted_client(peer.url)
-        client.start()
-        try:
-            await client.wait_live(timeout=10)
-        finally:
-            await client.close()
+        client, events = await live_then_closed(peer)
     [first, *_] = [e for e in events if isinstance(e, Reconnecting)]
     assert (first.reason, first.retry_after_ms) == ("rate_limited", 300)
     assert 0.3 <= first.delay < 0.3 * 1.25, "at least the hint, spread by at most a quarter"
@@ -296,24 +318,10 @@ async def test_a_connection_flood_refusal_makes_the_reconnect_wait_its_retry_aft
 
 
 async def test_a_join_refused_with_rate_limited_is_asked_again_on_the_same_socket():
-    joins = []
-
-    async def on_frame(ws, frame):
-        if frame[3] == "phx_join":
-            joins.append(frame)
-            if len(joins) == 1:
-                await ws.send(reply(frame, "error", {"code": "rate_limited", "message": "too many requests (connects_per_user)",
-                                                     "limit": "connects_per_user", "retry_after_ms": 200}))
-                return
-        await ws.send(reply(frame, response={"current_watermarks": []}))
-
+    on_frame, joins = refusing_first("phx_join", {"code": "rate_limited", "message": "too many requests (connects_per_user)",
+                                                  "limit": "connects_per_user", "retry_after_ms": 200})
     async with Peer(on_frame) as peer:
-        client, events = hinted_client(peer.url)
-        client.start()
-        try:
-            await client.wait_live(timeout=10)
-        finally:
-            await client.close()
+        client, events = await live_then_closed(peer)
     assert peer.connections == 1 and len(joins) == 2, "the socket stays open: no new connection for a refused join"
     [limited] = [e for e in events if isinstance(e, RateLimited)]
     assert (limited.request, limited.limit, limited.retry_after_ms, limited.attempt) == ("phx_join", "connects_per_user", 200, 1)
@@ -322,23 +330,10 @@ async def test_a_join_refused_with_rate_limited_is_asked_again_on_the_same_socke
 
 
 async def test_a_subscribe_refused_for_too_many_requests_in_flight_is_asked_again():
-    subscribes = []
-
-    async def on_frame(ws, frame):
-        if frame[3] == "sync:subscribe":
-            subscribes.append(frame)
-            if len(subscribes) == 1:
-                await ws.send(reply(frame, "error", {"code": "rate_limited", "message": "too many requests in flight", "retry_after_ms": 150}))
-                return
-        await ws.send(reply(frame, response={"current_watermarks": []}))
-
+    on_frame, subscribes = refusing_first("sync:subscribe", {"code": "rate_limited", "message": "too many requests in flight",
+                                                             "retry_after_ms": 150})
     async with Peer(on_frame) as peer:
-        client, events = hinted_client(peer.url)
-        client.start()
-        try:
-            await client.wait_live(timeout=10)
-        finally:
-            await client.close()
+        client, events = await live_then_closed(peer)
     assert peer.connections == 1 and len(subscribes) == 2
     [limited] = [e for e in events if isinstance(e, RateLimited)]
     assert (limited.request, limited.limit, limited.retry_after_ms) == ("sync:subscribe", None, 150)
@@ -357,12 +352,7 @@ async def test_in_place_retries_are_bounded_then_the_reconnect_waits_the_hint():
         await ws.send(reply(frame, response={"current_watermarks": []}))
 
     async with Peer(on_frame) as peer:
-        client, events = hinted_client(peer.url, rate_limit_attempts=3)
-        client.start()
-        try:
-            await client.wait_live(timeout=10)
-        finally:
-            await client.close()
+        client, events = await live_then_closed(peer, rate_limit_attempts=3)
     assert joins_per_socket == {1: 3, 2: 1}
     assert [e.attempt for e in events if isinstance(e, RateLimited)] == [1, 2]
     [reconnect] = [e for e in events if isinstance(e, Reconnecting)]

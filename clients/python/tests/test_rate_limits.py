@@ -51,18 +51,25 @@ def recorded(client):
     return events
 
 
+async def first_event(events, kind, message):
+    """The first event of ``kind`` the client reported, waiting for it."""
+    return await wait_until(lambda: next((e for e in events if isinstance(e, kind)), None), timeout=30, message=message)
+
+
+async def two_clients_of_one_user(env, username):
+    _, api_token, _ = await db(env.make_user, username)
+    return [KhalaClient(env.url, env.token_provider(api_token, scopes=[RUNS]), topics=[RUNS]) for _ in range(2)]
+
+
 async def test_a_connection_flood_refusal_floors_the_reconnect_delay(limited):
     env = limited(LIMIT_CONNECTS_PER_IP=[1, FOREVER])
-    _, api_token, _ = await db(env.make_user, "flood")
-    first = KhalaClient(env.url, env.token_provider(api_token, scopes=[RUNS]), topics=[RUNS])
-    second = KhalaClient(env.url, env.token_provider(api_token, scopes=[RUNS]), topics=[RUNS])
+    first, second = await two_clients_of_one_user(env, "flood")
     events = recorded(second)
     first.start()
     try:
         await first.wait_live(timeout=30)
         second.start()  # same address: refused with a rate_limited push, then close 4429
-        reconnect = await wait_until(lambda: next((e for e in events if isinstance(e, Reconnecting)), None), timeout=30,
-                                     message="the refused client schedules its reconnect")
+        reconnect = await first_event(events, Reconnecting, "the refused client schedules its reconnect")
         assert reconnect.reason == "rate_limited" and reconnect.retry_after_ms > 60_000
         assert reconnect.delay >= reconnect.retry_after_ms / 1000, "never sooner than the server said"
         assert second.state == State.RECONNECTING and len(second.connect_attempts) == 1
@@ -72,16 +79,13 @@ async def test_a_connection_flood_refusal_floors_the_reconnect_delay(limited):
 
 async def test_a_join_refused_per_user_waits_on_its_open_socket(limited):
     env = limited(LIMIT_CONNECTS_PER_USER=[1, FOREVER])
-    _, api_token, _ = await db(env.make_user, "joins")
-    first = KhalaClient(env.url, env.token_provider(api_token, scopes=[RUNS]), topics=[RUNS])
-    second = KhalaClient(env.url, env.token_provider(api_token, scopes=[RUNS]), topics=[RUNS])
+    first, second = await two_clients_of_one_user(env, "joins")
     events = recorded(second)
     first.start()
     try:
         await first.wait_live(timeout=30)
         second.start()
-        limited_join = await wait_until(lambda: next((e for e in events if isinstance(e, RateLimited)), None), timeout=30,
-                                        message="the refused join waits for its hint")
+        limited_join = await first_event(events, RateLimited, "the refused join waits for its hint")
         assert (limited_join.request, limited_join.limit) == ("phx_join", "connects_per_user")
         assert limited_join.retry_after_ms > 60_000 and limited_join.delay >= limited_join.retry_after_ms / 1000
         assert len(second.connect_attempts) == 1 and second.state == State.CONNECTING  # no new socket for it
@@ -100,8 +104,7 @@ async def test_a_subscribe_refused_per_socket_waits_its_hint(limited):
     try:
         await client.wait_live(timeout=30)
         adding = asyncio.ensure_future(client.subscribe(WORKERS))  # the socket's second subscribe
-        refusal = await wait_until(lambda: next((e for e in events if isinstance(e, RateLimited)), None), timeout=30,
-                                   message="the refused subscribe waits for its hint")
+        refusal = await first_event(events, RateLimited, "the refused subscribe waits for its hint")
         assert (refusal.request, refusal.limit) == ("sync:subscribe", "subscribes_per_socket")
         assert refusal.retry_after_ms > 60_000 and not adding.done()
         assert client.state == State.LIVE and client.connects == 1  # the socket carries on meanwhile
@@ -122,8 +125,7 @@ async def test_a_hydration_answered_429_waits_its_retry_after(limited):
     events = recorded(client)
     client.start()
     try:
-        refusal = await wait_until(lambda: next((e for e in events if isinstance(e, RateLimited)), None), timeout=30,
-                                   message="the second hydration waits for its Retry-After")
+        refusal = await first_event(events, RateLimited, "the second hydration waits for its Retry-After")
         assert refusal.request == "hydration" and refusal.retry_after_ms > 60_000
         assert refusal.delay >= refusal.retry_after_ms / 1000
         # the pointer is not given up on (and the cursor does not pass it) while the client waits
