@@ -27,7 +27,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
-from projector import outbox, parity
+from projector import outbox, outbox_draining, parity
 from projector.models import (
     CODEX_WORKER_EVENTS,
     NOTIFICATIONS,
@@ -542,6 +542,58 @@ def test_a_command_that_skips_its_notify_while_a_worker_drains_is_projected_when
         assert notifications(listener) == 0  # `second` skipped its NOTIFY
     totals = stop(process, log)
     assert totals["projected"] == 2
+
+
+def draining_flag_holders() -> set[int]:
+    """Backend pids holding the draining flag (``outbox_draining.DRAINING_LOCK``, exclusive)."""
+    key = outbox_draining.DRAINING_LOCK
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock' "
+            "AND classid = %s AND objid = %s",
+            [key >> 32, key & 0xFFFFFFFF],
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_while_holding_the_draining_flag_leaves_nothing_unprojected(topics, user, projector_worker, settings):
+    """The draining worker dies (kill -9) mid-batch after commands skipped their NOTIFY because of
+    its flag: the flag goes with its session, and another worker's next poll projects every entry,
+    once."""
+    settings.KHALA = {"OUTBOX_FAST_PATH": False}  # commands NOTIFY after COMMIT
+    url = database_url_of_this_test_run()
+    with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url) as blocker:
+        listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
+        drainer, drainer_log, _ = projector_worker("--poll-interval", "60")
+        wait_for(worker_listening, "the first worker to LISTEN")
+        blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
+        first = commands.create_run(user, thread_id="wakes the first worker")
+        wait_for(worker_blocked_on_topic_row, "the first worker to block mid-batch")
+        holders = draining_flag_holders()
+        assert len(holders) == 1  # the blocked worker's session holds the flag
+        assert wait_for(lambda: notifications(listener), "the first command's NOTIFY") == 1
+
+        skipped = [commands.create_run(user, thread_id=f"recorded under the flag {i}") for i in range(3)]
+        assert notifications(listener) == 0  # they saw the flag and sent no NOTIFY
+
+        # Another worker, polling every 2 s; a NOTIFY will not come for the entries above.
+        other, other_log, _ = projector_worker("--poll-interval", "2")
+        os.killpg(drainer.pid, signal.SIGKILL)
+        drainer.wait(10)
+        blocker.rollback()  # the killed batch never committed; the topic row is free again
+
+        # Its backend ends once it finds its client gone, and the flag with it.
+        wait_for(lambda: not (draining_flag_holders() & holders), "the dead worker's flag to go with its session")
+        wait_for(lambda: pending() == 0, "the other worker's poll to project what the dead drainer left", timeout=30)
+        later = commands.create_run(user, thread_id="after the kill")
+        wait_for(lambda: pending() == 0, "the later command's entry")
+    totals = stop(other, other_log)
+    runs = [first, *skipped, later]
+    assert totals["projected"] == len(runs)  # each entry once, all by the survivor
+    assert set(ReadModelDocument.objects.values_list("doc_key", flat=True)) == {run_doc_key(r.id) for r in runs}
+    assert StreamEvent.objects.filter(topic=RUN_SUMMARIES).count() == len(runs)
+    assert_journal_exact()
 
 
 @pytest.mark.django_db
