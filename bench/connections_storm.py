@@ -501,7 +501,7 @@ def run(args, script: str, argv) -> int:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=harness.REPO_ROOT,
                 # Lower priority than the servers: in a deployment the storm's clients are other
                 # machines; on one box they would otherwise take the cores the workers serve from.
-                preexec_fn=(lambda: os.nice(args.client_nice)) if args.client_nice else None,
+                preexec_fn=harness.lower_priority(args.client_nice) if args.client_nice else None,
             ))
         cpu = CpuSampler({"worker0": [workers[0].pid], "worker1": [workers[1].pid],
                           "background_client": [p.pid for p in background], "storm_clients": [p.pid for p in clients]})

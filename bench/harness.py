@@ -224,6 +224,30 @@ def start(kind: str, env_info: dict, *, khala: dict | None = None, extra_args=()
     )
 
 
+def lower_priority(nice: int):
+    """A ``preexec_fn`` that runs a load-generating child below the servers' priority.
+
+    ``os.nice`` alone does not do it: with the kernel's autogroup scheduling on (the default of most
+    distributions, ``/proc/sys/kernel/sched_autogroup_enabled``), CPU is shared fairly between
+    sessions first, and nice only orders the processes of one session. The servers run in sessions
+    of their own (``start_new_session``), so a niced client in the benchmark's session still got an
+    equal share against each of them. The child therefore gets a session of its own, and that
+    session's autogroup the same nice value (``/proc/self/autogroup``; absent when the kernel has no
+    autogroup, where plain nice is enough).
+    """
+
+    def lower() -> None:
+        os.setsid()
+        try:
+            with open("/proc/self/autogroup", "w") as autogroup:
+                autogroup.write(str(nice))
+        except OSError:
+            pass
+        os.nice(nice)
+
+    return lower
+
+
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
