@@ -7,6 +7,13 @@ connection — with thousands of sockets, thousands of connections. Here one bou
 (event loop) serves every socket: at most ``DB_POOL_MAX_SIZE`` connections whatever the number of
 sockets; a socket never holds a connection, it borrows one for a single statement.
 
+One of those connections is kept for live fan-out: the hub's reads of new rows (``read_after``)
+may use any connection of the pool, every other read (subscribes' topic states, replay and
+catch-up pages, revocation checks) at most ``DB_POOL_MAX_SIZE - 1`` at a time. So a reconnect storm
+of thousands of subscribes and replays queues behind itself, never in front of the next live update
+of the sockets already connected (measured in bench/README.md, the reconnect storm). With
+``DB_POOL_MAX_SIZE`` 1 there is nothing to keep and all reads share the one connection.
+
 Every read that delivers rows returns the topic's ``pruned_through`` and ``stream_epoch`` from the
 SAME statement (one snapshot), as the interface requires.
 
@@ -14,6 +21,8 @@ Payloads are selected as ``payload::text`` and spliced into frames unparsed (``s
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from django.db import connections
 from psycopg.conninfo import make_conninfo
@@ -25,6 +34,9 @@ from sync.protocol import JournalRow, TopicState
 
 # payload as JSON text (spliced into frames unparsed), payload_hash already in wire form (base64 of
 # 32 bytes: 44 characters, no line breaks), inserted_at as POSIX seconds.
+# Connections of the pool that only the hub's live reads may take when every other reader is busy.
+LIVE_RESERVED_CONNECTIONS = 1
+
 _ROW_COLUMNS = (
     "e.watermark, e.doc_key, e.doc_version, e.owner, e.public, e.payload::text, encode(e.payload_hash, 'base64'), "
     "e.payload_bytes, extract(epoch from e.inserted_at)::float8"
@@ -93,6 +105,9 @@ class Journal(JournalReader):
         self._conninfo = conninfo or django_conninfo()
         size = int(max_size or khala_setting("DB_POOL_MAX_SIZE"))
         self._wait_open = wait_open
+        # Every read but the hub's live ones holds one of these while it waits for and uses a
+        # connection: one connection always stays within reach of live fan-out (module docstring).
+        self._others = asyncio.Semaphore(max(1, size - LIVE_RESERVED_CONNECTIONS))
         self.pool = AsyncConnectionPool(
             self._conninfo,
             min_size=1,
@@ -115,7 +130,13 @@ class Journal(JournalReader):
         rows = await self._fetch(query, {})
         return rows[0][0] if rows else None
 
-    async def _fetch(self, query: str, params: dict) -> list[tuple]:
+    async def _fetch(self, query: str, params: dict, *, live: bool = False) -> list[tuple]:
+        if live:
+            return await self._run(query, params)
+        async with self._others:
+            return await self._run(query, params)
+
+    async def _run(self, query: str, params: dict) -> list[tuple]:
         async with self.pool.connection() as conn:
             cursor = await conn.execute(query, params, binary=True)
             return await cursor.fetchall()
@@ -131,7 +152,8 @@ class Journal(JournalReader):
         }
 
     async def read_after(self, topic: str, after: int, limit: int) -> JournalPage:
-        return self._page(topic, await self._fetch(_READ_AFTER, {"topic": topic, "after": after, "limit": limit}))
+        """The hub's live read: never queued behind subscribes and replays (module docstring)."""
+        return self._page(topic, await self._fetch(_READ_AFTER, {"topic": topic, "after": after, "limit": limit}, live=True))
 
     async def read_visible(self, topic: str, after: int, through: int, owner: str, limit: int) -> JournalPage:
         params = {"topic": topic, "after": after, "through": through, "owner": owner, "limit": limit}
@@ -146,7 +168,7 @@ class Journal(JournalReader):
         statements = revocation_lookups(list(session_ids), list(device_ids), at)
         if not statements:
             return rows
-        async with self.pool.connection() as conn:
+        async with self._others, self.pool.connection() as conn:
             for sql, params in statements:
                 cursor = await conn.execute(sql, params)
                 rows.extend(await cursor.fetchall())
