@@ -17,7 +17,8 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from khala_project import daphne_close, daphne_handshake, daphne_writes, heap_snapshots  # noqa: E402
+from khala_project import daphne_accepts, daphne_close, daphne_handshake, daphne_writes, heap_snapshots  # noqa: E402
+from khala_project.conf import khala_setting  # noqa: E402
 from khala_project.origins import BrowserOriginValidator  # noqa: E402
 from projector.outbox_worker import start_in_process_drain  # noqa: E402
 from sync.routing import websocket_urlpatterns  # noqa: E402
@@ -33,11 +34,14 @@ if settings.CHANNEL_LAYERS["default"]["BACKEND"].endswith("InMemoryChannelLayer"
 # this module before it listens, so every connection gets it. Its close handshake waits 10 s for
 # the peer, as uvicorn's does (khala_project/daphne_close.py), so a client reading a backlog still
 # receives the close code. autobahn's per-connection debug text is built only when logged
-# (khala_project/daphne_handshake.py).
+# (khala_project/daphne_handshake.py). Each loop turn accepts at most ACCEPTS_PER_LOOP_TURN new
+# connections, so a reconnect storm waits in the listen queue rather than in front of the sockets
+# already connected (khala_project/daphne_accepts.py).
 if daphne_writes.running_under_daphne():
     daphne_writes.install()
     daphne_close.install()
     daphne_handshake.install()
+    daphne_accepts.install(khala_setting("ACCEPTS_PER_LOOP_TURN"))
 
 # Only with KHALA_TRACEMALLOC_DIR set (bench/connections.py --tracemalloc): heap snapshots on SIGUSR2.
 heap_snapshots.install_from_environment()

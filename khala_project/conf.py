@@ -140,6 +140,11 @@ DEFAULTS: dict = {
     # WebSocket frames (sync/socket_flush.py) where the server allows it (daphne, uvicorn's default
     # WebSocket implementation); off: one ASGI send per frame from a writer task per socket.
     "SOCKET_DIRECT_WRITES": True,
+    # daphne accepts at most this many new connections per event-loop turn; the rest wait in the
+    # kernel's listen queue for the next turns, so a reconnect storm cannot hold the loop away from
+    # the sockets already connected (khala_project/daphne_accepts.py). 0: Twisted's own sizing
+    # (100 per turn, growing). Not applied under uvicorn.
+    "ACCEPTS_PER_LOOP_TURN": 8,
     "MAX_FRAME_BYTES": 1024 * 1024,
     # The largest WebSocket message the ASGI server itself accepts or sends (khala_project/serve.py
     # passes it to daphne and uvicorn). Above MAX_FRAME_BYTES so that Khala, not the server, answers

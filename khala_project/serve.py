@@ -19,6 +19,10 @@ documented limits hold whichever ASGI server runs it and however it was started:
   module, which daphne loads before it listens, replaces that transport with one that sends at
   once when nothing is buffered (``khala_project.daphne_writes``), so this holds however daphne
   is started; no flag is needed here.
+- **daphne's accepts**: at most ``ACCEPTS_PER_LOOP_TURN`` new connections per event-loop turn
+  (``khala_project.daphne_accepts``, also installed by the app module); the rest wait in the listen
+  queue, which this module makes 2,048 deep (``-e tcp:…:backlog=2048``, uvicorn's figure) instead of
+  the 50 daphne's ``-b``/``-p`` would give.
 - **Both**: Khala writes ready-made WebSocket frames to the server's transport itself, one write
   per socket per loop turn (``sync.socket_flush``), which needs per-message deflate off (a
   negotiated extension makes a socket fall back to one ``send`` per frame).
@@ -65,7 +69,7 @@ def server_argv(server: str, *, host: str, port: int | None, fd: int | None, pro
     executable = _executable(server)
     if server == "daphne":
         argv = [executable, "--websocket-max-message-size", limit, "--websocket-max-frame-size", limit]
-        argv += ["--fd", str(fd)] if fd is not None else ["-b", host, "-p", str(port)]
+        argv += ["--fd", str(fd)] if fd is not None else ["-e", daphne_endpoint(host, port)]
         if proxy_headers:
             argv.append("--proxy-headers")
         return argv + ["--access-log", os.devnull, *extra, APPLICATION]
@@ -76,6 +80,16 @@ def server_argv(server: str, *, host: str, port: int | None, fd: int | None, pro
         argv += ["--proxy-headers", "--forwarded-allow-ips", "*"] if proxy_headers else ["--no-proxy-headers"]
         return argv + [*extra, APPLICATION]
     raise SystemExit(f"khala serve: unknown server {server!r}; expected one of {', '.join(SERVERS)}")
+
+
+def daphne_endpoint(host: str, port: int) -> str:
+    """daphne's ``-b``/``-p`` as a Twisted endpoint, with the listen backlog uvicorn uses instead of
+    Twisted's 50: daphne accepts a few connections per loop turn (``khala_project.daphne_accepts``)
+    and the listen queue holds a reconnect storm's rest meanwhile."""
+    from khala_project.daphne_accepts import LISTEN_BACKLOG
+
+    interface = host.strip("[]").replace(":", r"\:")
+    return f"tcp:port={int(port)}:interface={interface}:backlog={LISTEN_BACKLOG}"
 
 
 def _executable(server: str) -> str:

@@ -51,3 +51,12 @@ def test_every_way_of_starting_khala_uses_the_entry():
     for name in ("khala-1", "khala-2"):
         assert "command" not in compose["services"][name]  # the image's CMD: the entry
     assert f'"{entry}"' in (ROOT / "tests" / "support" / "servers.py").read_text()
+
+
+@pytest.mark.parametrize(("host", "interface"), [("127.0.0.1", "127.0.0.1"), ("::", r"\:\:"), ("[::1]", r"\:\:1")])
+def test_daphne_listens_with_a_deep_backlog(host, interface, settings):
+    """daphne accepts a few connections per loop turn (``daphne_accepts``): the listen queue, not
+    Twisted's 50, holds the rest of a storm."""
+    argv = serve.server_argv("daphne", host=host, port=8123, fd=None, proxy_headers=False, extra=[])
+    assert argv[argv.index("-e") + 1] == f"tcp:port=8123:interface={interface}:backlog=2048"
+    assert "-b" not in argv and "-p" not in argv
