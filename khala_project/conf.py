@@ -152,13 +152,17 @@ DEFAULTS: dict = {
     "TRANSPORT_MAX_MESSAGE_BYTES": 16 * 1024 * 1024,
     # Each worker re-reads its topics' heads this often, so a lost hint only delays delivery.
     "HEAD_CHECK_INTERVAL_SECONDS": 1.0,
+    # ... and this often while its Redis subscription is down (on any shard): the head check is
+    # then how every update arrives, so an outage costs at most this much lag (one small query for
+    # all followed topics per interval and worker).
+    "HEAD_CHECK_DETACHED_INTERVAL_SECONDS": 0.2,
     # The hub's Redis subscription (khala_project/bus.py ``Subscription``): a probe goes round it
     # this often, and one not back within the timeout means Redis is gone: the hub re-attaches,
     # retrying with jittered backoff doubling up to BUS_RETRY_MAX_SECONDS. Meanwhile the head
     # check above delivers.
     "BUS_PROBE_INTERVAL_SECONDS": 2.0,
     "BUS_PROBE_TIMEOUT_SECONDS": 5.0,
-    "BUS_RETRY_MAX_SECONDS": 5.0,
+    "BUS_RETRY_MAX_SECONDS": 1.0,
     # Database connections one worker process may open for replay and fan-out reads.
     "DB_POOL_MAX_SIZE": 4,
     # --- streaming replicas (DATABASE_REPLICA_URLS; docs/sync/REPLICAS.md) ---

@@ -295,10 +295,21 @@ class Hub:
                     metrics.HUB_LOST_HINT_CATCHUPS.inc()
                 self._spawn(self._pump(feed, "head_check"), "khala-hub-pump")
 
+    def head_check_interval(self) -> float:
+        """The head check is the only delivery path while the Redis subscription is down (on any
+        shard): it runs more often then."""
+        if self.bus.enabled and not self.bus.attached:
+            return float(khala_setting("HEAD_CHECK_DETACHED_INTERVAL_SECONDS"))
+        return float(khala_setting("HEAD_CHECK_INTERVAL_SECONDS"))
+
     async def _head_check_loop(self) -> None:
+        beat_every = float(khala_setting("HEAD_CHECK_INTERVAL_SECONDS"))
+        next_beat = self.clock() + beat_every
         while True:
-            await asyncio.sleep(float(khala_setting("HEAD_CHECK_INTERVAL_SECONDS")))
-            self.presence.beat(self)  # schedules its own Redis write; failures only log
+            await asyncio.sleep(self.head_check_interval())
+            if self.clock() >= next_beat:  # presence keeps its own pace whatever the check's
+                next_beat = self.clock() + beat_every
+                self.presence.beat(self)  # schedules its own Redis write; failures only log
             try:
                 await self.head_check()
             except asyncio.CancelledError:

@@ -102,3 +102,24 @@ async def test_a_hub_starts_without_redis():
         assert hub.started and not hub.bus.attached
     finally:
         await hub.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_head_check_runs_more_often_while_the_subscription_is_down(settings):
+    """Without Redis the head check is how every update arrives: its interval shrinks from
+    HEAD_CHECK_INTERVAL_SECONDS to HEAD_CHECK_DETACHED_INTERVAL_SECONDS until the bus attaches."""
+    from sync.hub import Hub
+
+    settings.KHALA = {"HEAD_CHECK_INTERVAL_SECONDS": 1.0, "HEAD_CHECK_DETACHED_INTERVAL_SECONDS": 0.2,
+                      "BUS_PROBE_INTERVAL_SECONDS": 0.2, "BUS_RETRY_MAX_SECONDS": 0.2}
+    redis = RedisServer()
+    hub = Hub(layer=layer_for(redis))
+    try:
+        await asyncio.wait_for(hub.start(), 10)
+        assert not hub.bus.attached and hub.head_check_interval() == 0.2
+        redis.start()
+        await wait_until(lambda: hub.bus.attached, timeout=20, message="the bus to attach")
+        assert hub.head_check_interval() == 1.0
+    finally:
+        await hub.stop()
+        redis.close()
