@@ -137,7 +137,8 @@ async def client_main(args) -> None:
             attempt["hint"] = None  # one connection attempt starts here
             return HintTap(await websockets.connect(url, local_addr=(ip, 0), **kwargs), attempt)
 
-        # attempts_after_drop: [code, retry_after_ms or None] per failed attempt; the first is the
+        # attempts_after_drop: [code, retry_after_ms or None, the SDK's message when no hint] per
+        # failed attempt; the first is the
         # drop itself (its reset socket), every later one what a reconnect attempt was told.
         record = {"ip": ip, "live_again": None, "refusals": {}, "initial_refusals": {}, "attempts_after_drop": []}
         rejoined = asyncio.Event()
@@ -155,7 +156,9 @@ async def client_main(args) -> None:
                 bucket[event.code] = bucket.get(event.code, 0) + 1
                 if drop["at"] is not None and record["live_again"] is None:
                     hint = event.details.get("retry_after_ms") if isinstance(event.details, dict) else None
-                    record["attempts_after_drop"].append([event.code, hint if isinstance(hint, int) else attempt["hint"]])
+                    hint = hint if isinstance(hint, int) else attempt["hint"]
+                    # what the SDK said, for the attempts that carried no hint (why they did not)
+                    record["attempts_after_drop"].append([event.code, hint, None if hint is not None else event.message[:160]])
             elif getattr(event, "state", None) == State.LIVE and drop["at"] is not None and record["live_again"] is None:
                 record["live_again"] = time.time() - drop["at"]
                 rejoined.set()
@@ -272,14 +275,17 @@ def storm_admission(records: list[dict]) -> dict:
     ``retry_after_ms`` hint; a client never live again meets it only if its last attempt was such
     a refusal (it was still being told when to retry at the deadline)."""
     attempt_codes: dict[str, int] = {}
+    unhinted_messages: dict[str, int] = {}  # the first few distinct messages of attempts without a hint
     told = without_hint = never = never_untold = admitted_first = admitted_after_hints = 0
     failing = 0
     for r in records:
         failed = r["attempts_after_drop"][1:]  # the first is the drop itself
-        for code, hint in failed:
+        for code, hint, *message in failed:
             key = code if hint is not None else f"{code} (no retry hint)"
             attempt_codes[key] = attempt_codes.get(key, 0) + 1
-        unhinted = [code for code, hint in failed if hint is None]
+            if hint is None and message and message[0] and (message[0] in unhinted_messages or len(unhinted_messages) < 10):
+                unhinted_messages[message[0]] = unhinted_messages.get(message[0], 0) + 1
+        unhinted = [code for code, hint, *_ in failed if hint is None]
         live = r["live_again"] is not None
         told += any(hint is not None for _, hint in failed)
         without_hint += bool(unhinted)
@@ -301,6 +307,7 @@ def storm_admission(records: list[dict]) -> dict:
         "clients_missing_the_target": failing,
         "failed_attempts_by_code": attempt_codes,
         "failed_attempts_total": sum(attempt_codes.values()),
+        "messages_of_attempts_without_hint": unhinted_messages,
     }
 
 
@@ -668,6 +675,8 @@ def run(args, script: str, argv) -> int:
           f"{a['clients_with_a_failed_attempt_without_hint']} with a failed attempt without a hint; never rejoined {s['never_rejoined']}")
     print(f"  failed reconnect attempts by code {a['failed_attempts_by_code']} (total {a['failed_attempts_total']}); refusals counted by the "
           f"servers {refused_by_server} (total {sum(refused_by_server.values()):.0f})")
+    if a["messages_of_attempts_without_hint"]:
+        print(f"  what the SDK said on the attempts without a hint: {a['messages_of_attempts_without_hint']}")
     print(f"  db connections peak {db_peak} {db_by_app} vs pools' sum {2 * pool} (2 × DB_POOL_MAX_SIZE); "
           f"Postgres max_connections {max_connections}; phase 1 peak {db_peak_initial}")
     if latency:
