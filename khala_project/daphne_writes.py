@@ -60,10 +60,16 @@ def _write_through_server(base):
                 and not self._tempDataLen
                 and self.offset == len(self.dataBuffer)
             ):
-                sent = self.writeSomeData(data)  # at most SEND_LIMIT; 0 when the kernel buffer is full
-                if type(sent) is int and sent >= 0:
-                    if sent == len(data):
-                        return
+                # ``writeSomeData`` without its per-call memoryview and retry wrapper: Linux takes
+                # any size (Twisted's SEND_LIMIT is for Windows), an interrupted or full send is
+                # tried again by Twisted's buffered path, and any other error is left to it too.
+                try:
+                    sent = self.socket.send(data)
+                except OSError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                if sent:
                     data = data[sent:]
             base.write(self, data)
 

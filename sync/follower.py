@@ -255,7 +255,7 @@ class Follower:
         while not self.ended and not self.writer.closed:
             plan = merge_live(self.last_sent, self.buffer)
             for live, after in plan.deliver:
-                self._deliver(live, after)
+                metrics.LIVE_FRAMES.inc(self._deliver(live, after))
             self.last_sent = max(self.last_sent, plan.through)
             if plan.gap is None:
                 self.buffer, self.buffered_rows = [], 0
@@ -268,8 +268,8 @@ class Follower:
 
     # ---- live ----------------------------------------------------------------------------------
 
-    def offer(self, live: LiveRange) -> None:
-        """Apply one live range of the hub to ``last_sent``.
+    def offer(self, live: LiveRange) -> int:
+        """Apply one live range of the hub to ``last_sent``; returns how many live frames it queued.
 
         A range ending at or below ``last_sent`` is dropped (already sent); one overlapping it is
         sent from ``last_sent`` on; one starting above it, or a marker, is a gap: the topic goes
@@ -277,23 +277,24 @@ class Follower:
         gap triggers a journal read, never a skip. While the topic replays, ranges are buffered.
         A range of another stream epoch ends the follower with ``stale_cursor``."""
         if self.ended or self.writer.closed:
-            return
+            return 0
         if live.stream_epoch and live.stream_epoch != self.stream_epoch:
             state = live.state
             self._stale(state.head_watermark if state else live.end, state.pruned_through if state else 0, live.stream_epoch)
-            return
+            return 0
         if self.status is TopicStatus.REPLAYING:
             self._buffer(live)
-            return
+            return 0
         if live.end <= self.last_sent:
-            return
+            return 0
         if live.rows is None or live.start > self.last_sent:
             self.status = TopicStatus.REPLAYING
             self._buffer(live)
             self.writer.schedule(self)
-            return
-        self._deliver(live, self.last_sent)
+            return 0
+        sent = self._deliver(live, self.last_sent)
         self.last_sent = live.end
+        return sent
 
     def _buffer(self, live: LiveRange) -> None:
         self.buffer.append(live)
@@ -304,18 +305,23 @@ class Follower:
             self.buffer = [LiveRange(start, end, None, self.stream_epoch)]
             self.buffered_rows = 0
 
-    def _deliver(self, live: LiveRange, after: int) -> None:
+    def _deliver(self, live: LiveRange, after: int) -> int:
+        """Queue the range's frames after ``after``; how many were queued (``khala_live_frames_total``,
+        counted by the hub once per pass)."""
         writer = self.writer
         if live.batch is None:
-            return
+            return 0
         if after == live.start:
             frames = live.batch.frames_for(writer.org_id, writer.frames)  # shared, encoded once
         else:
             frames = live.batch.frames_after(after, writer.org_id, writer.frames, writer.join_ref)
+        sent = 0
+        send = writer.send
         for text, committed_at in frames:
-            if not writer.send(text, committed_at):
-                return
-            metrics.LIVE_FRAMES.inc()
+            if not send(text, committed_at):
+                break
+            sent += 1
+        return sent
 
     # ---- journal reads ---------------------------------------------------------------------------
 

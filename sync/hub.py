@@ -230,12 +230,15 @@ class Hub:
             feed.pumping = False
 
     def _offer(self, feed: TopicFeed, live: LiveRange) -> None:
+        frames = 0
         for follower in list(feed.followers):
             try:
-                follower.offer(live)
+                frames += follower.offer(live)
             except Exception:  # one broken socket must not stop the fan-out
                 log.exception("offer to a follower failed")
                 follower.writer.close("internal")
+        if frames:
+            metrics.LIVE_FRAMES.inc(frames)  # once per pass: the counter takes a lock per call
 
     # ---- hints, head checks, ticks ------------------------------------------------------------
 

@@ -82,7 +82,8 @@ class OutboundQueue:
             items = self._items = deque()
         items.append((text, committed_at))
         self._size += length
-        self._release("_ready")
+        if self._ready is not None:
+            self._release("_ready")
         if self._on_offer is not None:
             self._on_offer()
         return True
@@ -99,7 +100,8 @@ class OutboundQueue:
         self._size -= len(text)
         if not items:
             self._items = None
-            self._release("_empty")
+            if self._empty is not None:
+                self._release("_empty")
         if self._room is not None and self.has_room:
             self._release("_room")
         return text, committed_at

@@ -139,6 +139,7 @@ class Session:
         self.limits = BatchLimits.from_settings(max_message_bytes)
         # Every frame of this socket goes out through here (``outbound`` is its bounded queue).
         self.out = Outbox(outbound, close_socket, wait_timeout=self.heartbeat_timeout, full_resync_required=self._full_resync_required)
+        self.send = self.out.send  # the followers' ``Writer.send``: bound once, called per live frame
         # Rate limits and this socket's place among its user's sockets (none given: no limits, e.g. tests).
         # The join and refresh policies are made when a join or refresh runs (``_join``, ``_refresh``),
         # not kept: an idle socket needs neither.
@@ -169,7 +170,6 @@ class Session:
     join_ref = property(lambda self: self.out.join_ref)
     frames = property(lambda self: self.out.frames)
     closed = property(lambda self: self.out.closed)
-    send = property(lambda self: self.out.send)
     wait_room = property(lambda self: self.out.wait_room)
     push_error = property(lambda self: self.out.push_error)
 

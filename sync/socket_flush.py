@@ -62,7 +62,8 @@ class DirectSocket:
     ``on_failure()`` is called (inside the exception handler) when a write failed; the caller
     closes the socket."""
 
-    __slots__ = ("queue", "writer", "flusher", "on_failure", "stopped", "_drain_waiter", "sampler", "wall_clock", "__weakref__")
+    __slots__ = ("queue", "writer", "flusher", "on_failure", "stopped", "_drain_waiter", "sampler", "wall_clock", "_ready", "_write",
+                 "__weakref__")
 
     def __init__(self, writer, max_items: int, max_bytes: int, *, on_failure, flusher=None, sampler=None, wall_clock=time.time):
         self.writer = writer
@@ -73,6 +74,10 @@ class DirectSocket:
         self._drain_waiter: asyncio.Task | None = None
         self.sampler = sampler or LIVE_LAG_SAMPLER
         self.wall_clock = wall_clock
+        # The writer's channel is fixed once the socket is accepted: its two calls of the common
+        # case, bound once (``flush``).
+        self._ready = writer.ready
+        self._write = writer.write_frames
 
     def schedule(self) -> None:
         if not self.stopped:
@@ -91,24 +96,26 @@ class DirectSocket:
         socket closing, or its transport full)."""
         queue, writer = self.queue, self.writer
         count = len(queue)
-        if self.stopped or queue.closed or not count or not writer.is_open():
-            return False
-        if not writer.writable():
-            self._wait_for_drain()
+        if self.stopped or queue.closed or not count:
             return False
         limit = writer.max_message_bytes
         flusher = self.flusher
-        if count == 1:  # the common case of live fan-out: one frame per socket per turn
+        if count == 1 and self._ready():  # the common case of live fan-out: one frame per socket per turn
             text, committed_at = queue.take_nowait()
             wire = wire_bytes(text)
-            if limit and len(wire) - _header_length(wire) > limit:
+            if limit and len(wire) > limit and len(wire) - _header_length(wire) > limit:
                 raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
-            writer.write_frames(wire)
+            self._write(wire)
             flusher.writes += 1
             flusher.frames += 1
             if committed_at is not None:
                 self.sampler.sent(committed_at, self.wall_clock)
             return True
+        if not writer.is_open():
+            return False
+        if not writer.writable():
+            self._wait_for_drain()
+            return False
         total = 0
         while True:
             chunks = []
@@ -117,7 +124,7 @@ class DirectSocket:
             while len(queue) and size < WRITE_BYTES:
                 text, committed_at = queue.take_nowait()
                 wire = wire_bytes(text)
-                if limit and len(wire) - _header_length(wire) > limit:
+                if limit and len(wire) > limit and len(wire) - _header_length(wire) > limit:
                     raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
                 chunks.append(wire)
                 size += len(wire)

@@ -138,6 +138,14 @@ class _DaphneChannel:
     def writable(self) -> bool:
         return self.producer.writable.is_set()
 
+    def ready(self) -> bool:
+        """``is_open() and writable()`` in one call (the flusher asks it once per socket and turn)."""
+        protocol = self.protocol
+        return (
+            self.producer.writable._open and protocol.state == protocol.STATE_OPEN and not protocol.send_queue
+            and protocol.transport is not None
+        )
+
     async def wait_writable(self) -> None:
         await self.producer.writable.wait()
 
@@ -162,6 +170,9 @@ class _UvicornChannel:
 
     def writable(self) -> bool:
         return self.protocol.writable.is_set()
+
+    def ready(self) -> bool:
+        return self.is_open() and self.protocol.writable.is_set()
 
     async def wait_writable(self) -> None:
         await self.protocol.writable.wait()
@@ -256,6 +267,11 @@ class SocketWriter:
     def writable(self) -> bool:
         """The transport's buffer is below the server's high-water mark."""
         return self._channel.writable()
+
+    @property
+    def ready(self):
+        """``() -> bool``: ``is_open() and writable()`` in one call (the channel's own method)."""
+        return self._channel.ready
 
     async def wait_writable(self) -> None:
         await self._channel.wait_writable()
