@@ -17,8 +17,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-from khala_project import daphne_accepts, daphne_close, daphne_handshake, daphne_writes, heap_snapshots  # noqa: E402
+from khala_project import daphne_accepts, daphne_close, daphne_handshake, daphne_writes, gc_tuning, heap_snapshots  # noqa: E402
 from khala_project.conf import khala_setting  # noqa: E402
+from khala_project.serve import SERVER_PROCESS_ENV  # noqa: E402
 from khala_project.origins import BrowserOriginValidator  # noqa: E402
 from projector.outbox_worker import start_in_process_drain  # noqa: E402
 from sync.routing import websocket_urlpatterns  # noqa: E402
@@ -42,6 +43,12 @@ if daphne_writes.running_under_daphne():
     daphne_close.install()
     daphne_handshake.install()
     daphne_accepts.install(khala_setting("ACCEPTS_PER_LOOP_TURN"))
+
+# In a server process started by khala_project.serve, the startup heap is frozen out of the
+# collector's full passes and collection pauses are measured (khala_project/gc_tuning.py). Not in a
+# test or a command that imports this module.
+if os.environ.get(SERVER_PROCESS_ENV):
+    gc_tuning.install(freeze=bool(khala_setting("GC_FREEZE_AT_STARTUP")))
 
 # Only with KHALA_TRACEMALLOC_DIR set (bench/connections.py --tracemalloc): heap snapshots on SIGUSR2.
 heap_snapshots.install_from_environment()

@@ -40,6 +40,9 @@ import sys
 from pathlib import Path
 
 SERVERS = ("daphne", "uvicorn")
+# Set in the server's environment by ``main``: the app module then knows it serves (not a test or
+# a management command importing it) and tunes the process for that (``khala_project.gc_tuning``).
+SERVER_PROCESS_ENV = "KHALA_SERVER_PROCESS"
 APPLICATION = "khala_project.asgi:application"
 
 
@@ -127,6 +130,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "khala_project.settings")
     args = parse_args(sys.argv[1:] if argv is None else argv)
     command = server_argv(args.server, host=args.host, port=args.port, fd=args.fd, proxy_headers=args.proxy_headers, extra=args.extra)
+    # Tells the app module it runs in a long-lived server process (``khala_project.gc_tuning``).
+    os.environ[SERVER_PROCESS_ENV] = args.server
     sys.stdout.flush()
     os.execv(command[0], command)
 
