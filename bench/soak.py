@@ -36,11 +36,12 @@ repeats, reconnects and sockets that did not catch up. Targets printed against:
   one per ingest request in flight (Django runs each request in its own thread and, with
   ``CONN_MAX_AGE`` 0, closes its connection when the request ends), i.e. the writer's 4 lanes;
 - no missing update, every socket at the head;
-- lag p99 back under 1 s within 30 s of each fault's end, and under 100 ms by the first sample
-  after it (resolution: the 10 s sample);
-- the same 100 ms target by send time, which is how it is meant: the p99 lag of the updates SENT
-  from 5 s to 15 s after each fault's end, whenever they arrived (clients keep a histogram per
-  second of sending); and the p50/p99 between faults by the same measure.
+- lag p99 back under 1 s within 30 s of each fault's end (resolution: the 10 s samples, by
+  receive time);
+- lag p99 under 100 ms for the updates SENT from 5 s to 15 s after each fault's end, whenever they
+  arrived (clients keep a histogram per second of sending); also printed: the p50/p99 between
+  faults by the same measure, and when the receive-time samples fell under 100 ms (not a target:
+  the first sample after a fault also holds what was sent during it).
 
 ``--report FILE`` prints the verdicts of a saved result again.
 
@@ -631,10 +632,15 @@ def evaluate(result: dict, minutes: float) -> dict:
             all(g["growth"] < limit for g in lives) if lives else None)
     checks["lag_p99_back_under_1s_within_30s_of_each_fault"] = all(
         f["p99_under_1s_after_s"] is not None and f["p99_under_1s_after_s"] <= TARGET_RECOVERY_S for f in result["faults"])
-    # The same, at the receive-time samples' resolution: the first sample after the fault's end.
-    checks["lag_p99_back_under_100ms_by_the_next_sample_after_each_fault"] = all(
-        f["p99_under_100ms_after_s"] is not None and f["p99_under_100ms_after_s"] <= SAMPLE_SECONDS for f in result["faults"])
-    if by_sent:
+    # The 100 ms target is judged by send time (below). The receive-time samples cannot judge it:
+    # the first sample after a fault's end also holds the updates sent DURING the fault and
+    # delivered after it, whatever happens once the fault is over; their figure
+    # (``p99_under_100ms_after_s``) is kept for the report. A result without send-time histograms
+    # (older runs) is judged by the samples, as it was recorded.
+    if not by_sent:
+        checks["lag_p99_back_under_100ms_by_the_next_sample_after_each_fault"] = all(
+            f["p99_under_100ms_after_s"] is not None and f["p99_under_100ms_after_s"] <= SAMPLE_SECONDS for f in result["faults"])
+    else:
         checks["lag_p99_under_100ms_for_updates_sent_5s_after_each_fault"] = all(
             f["updates_sent_5_to_15s_after_end"] and f["p99_sent_5_to_15s_after_end_s"] < 0.1 for f in result["faults"])
         # Between faults: every second sent outside [fault start, fault end + 15 s).
