@@ -91,14 +91,14 @@ def test_the_receive_time_samples_judge_only_results_without_send_time_histogram
     samples = [{"t": t, "lag_p99_s": p99, "worker_pids": [1, 2], "rss_mb": [100.0, 100.0], "fds": [50, 50]}
                for t, p99 in ((111.0, 2.0), (121.0, 0.05))]
     recent = _result({second: _lags((0.02, 20)) for second in range(1115, 1125)}, [dict(fault)])
-    recent["samples"] = samples
+    recent["samples"], recent["db_connections_max"] = samples, 8
     checks = evaluate(recent, minutes=30)["checks"]
     assert "lag_p99_back_under_100ms_by_the_next_sample_after_each_fault" not in checks
     assert checks["lag_p99_under_100ms_for_updates_sent_5s_after_each_fault"] is True
 
     older = _result({}, [dict(fault)])
     del older["lag_by_sent_second"]
-    older["samples"] = samples
+    older["samples"], older["db_connections_max"] = samples, 8
     checks = evaluate(older, minutes=30)["checks"]
     assert checks["lag_p99_back_under_100ms_by_the_next_sample_after_each_fault"] is False  # 11 s after the end
     assert "lag_p99_under_100ms_for_updates_sent_5s_after_each_fault" not in checks
