@@ -10,10 +10,11 @@ sockets' live updates waited behind them (p99 1.4–1.7 s; bench/README.md).
 
 What: ``install()`` caps each accept loop at ``ACCEPTS_PER_LOOP_TURN`` connections (a KHALA
 setting; 0 leaves Twisted's own sizing). The rest wait in the kernel's listen queue, which costs
-the worker nothing (``manage.py khala_serve`` gives daphne a backlog of ``LISTEN_BACKLOG``, the
-figure uvicorn uses, instead of Twisted's 50), and are accepted on the following turns, between
-which the loop runs everything else that is ready. The accept rate stays far above what a worker
-can handshake: a turn with nothing else to do takes well under a millisecond.
+the worker nothing (``python -m khala_project.serve`` gives daphne a backlog of
+``LISTEN_BACKLOG``, the figure uvicorn uses, instead of Twisted's 50), and are accepted on the
+following turns, between which the loop runs everything else that is ready. The accept rate stays
+far above what a worker can handshake: a turn with nothing else to do takes well under a
+millisecond.
 
 uvicorn accepts through asyncio (uvloop), which this does not touch.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 _installed_limit: int | None = None
 
-# daphne's listen backlog when started by ``manage.py khala_serve`` (uvicorn's default).
+# daphne's listen backlog when started by ``python -m khala_project.serve`` (uvicorn's default).
 LISTEN_BACKLOG = 2048
 
 
@@ -49,7 +50,3 @@ def install(limit: int) -> bool:
         tcp.Port.doRead = doRead
     _installed_limit = limit
     return True
-
-
-def installed_limit() -> int | None:
-    return _installed_limit

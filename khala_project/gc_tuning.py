@@ -3,8 +3,8 @@
 Why: CPython's full (generation 2) collection walks every tracked object. A worker's heap is
 mostly what it imported at startup (Django, the apps, Twisted or uvicorn: several hundred thousand
 objects that live as long as the process) plus a few hundred objects per socket. A full collection
-then took 95–157 ms on this benchmark machine in a daphne worker with 500 sockets while they
-reconnected, and every socket of that worker waited for it.
+then took 49–94 ms (up to 157 ms on a busy machine) in a daphne worker whose 500 sockets were
+reconnecting, and every socket of that worker waited for it.
 
 What: ``install()``, called by ``khala_project.asgi`` once the application is loaded, moves
 everything allocated so far to the collector's permanent generation (``gc.freeze()``): it is
