@@ -287,7 +287,7 @@ def storm_admission(records: list[dict]) -> dict:
                 unhinted_messages[message[0]] = unhinted_messages.get(message[0], 0) + 1
         unhinted = [code for code, hint, *_ in failed if hint is None]
         live = r["live_again"] is not None
-        told += any(hint is not None for _, hint in failed)
+        told += any(hint is not None for _, hint, *_ in failed)
         without_hint += bool(unhinted)
         if live:
             admitted_first += not failed
