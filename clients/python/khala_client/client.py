@@ -206,6 +206,11 @@ class _Subscriber:
                 self.dropped += 1
 
 
+# How long a send that failed on a socket the server closed waits for the reader to deliver that
+# close (and the frames before it) in order, before it reports the failed send itself.
+CLOSE_HANDOVER_SECONDS = 5.0
+
+
 class _Connection:
     """One socket: refs, pending replies, the ordered inbound queue and the reason it ended."""
 
@@ -255,6 +260,15 @@ class _Connection:
             self.pending.pop(ref, None)
             if fut.done():
                 fut.exception()  # failed by a close that raced this send; the raise below reports it
+            if getattr(exc, "rcvd", None) is not None:
+                # The server closed the socket with a code. The reader hands that close, and what
+                # the server sent before it (e.g. a ``sync:error`` saying why, with the retry
+                # hint), to the ordered queue, which ends this connection with that reason: wait
+                # for it instead of reporting a bare failed send first.
+                try:
+                    await asyncio.wait_for(self.closed.wait(), CLOSE_HANDOVER_SECONDS)
+                except asyncio.TimeoutError:
+                    pass
             self.fail(TransientError("socket_closed", f"send failed: {exc}"))
             raise self.error from None
         return fut

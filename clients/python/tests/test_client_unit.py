@@ -416,3 +416,57 @@ async def test_a_hydration_answered_503_floors_the_reconnect_at_its_retry_after(
     assert client.documents(TOPIC)["d"].payload == GOOD_DOCUMENT and peer.connections == 2
     [reconnect] = [e for e in events if isinstance(e, Reconnecting)]
     assert (reconnect.reason, reconnect.retry_after_ms) == ("hydration_failed", 300) and reconnect.delay >= 0.3
+
+
+class _ReadsLate:
+    """The SDK's socket as a starved client sees it: its first send goes out only once the server
+    has closed the socket (so it fails), and the reader gets to the frames only after that."""
+
+    def __init__(self, ws):
+        self._ws = ws
+        self._send_failed = asyncio.Event()
+        self._first = True
+
+    def __getattr__(self, name):
+        return getattr(self._ws, name)
+
+    async def send(self, data):
+        if self._first:
+            self._first = False
+            await asyncio.wait_for(self._ws.wait_closed(), 5)
+        try:
+            await self._ws.send(data)
+        except websockets.ConnectionClosed:
+            self._send_failed.set()
+            raise
+
+    async def __aiter__(self):
+        await asyncio.wait_for(self._send_failed.wait(), 5)
+        async for text in self._ws:
+            yield text
+
+
+async def test_a_flood_refusal_is_reported_as_such_when_the_clients_own_send_fails_first():
+    """The server refuses the socket (push + 4429) while the client's join is on its way: the join's
+    send fails on the closed socket before the reader has handed over the push. The reconnect must
+    still say rate_limited and wait the hint, not report a bare socket_closed."""
+    refusal = {"code": "rate_limited", "message": "too many requests (connects_per_ip)", "limit": "connects_per_ip", "retry_after_ms": 300}
+
+    async def on_connect(ws):
+        if peer.connections == 1:
+            await ws.send(json.dumps([None, None, "phoenix", "sync:error", refusal]))
+            await ws.close(4429)
+            return False
+
+    async def on_frame(ws, frame):
+        await ws.send(reply(frame, response={"current_watermarks": []}))
+
+    async def connect(url, **kwargs):
+        ws = await websockets.connect(url, **kwargs)
+        return _ReadsLate(ws) if peer.connections == 1 else ws
+
+    async with Peer(on_frame, on_connect) as peer:
+        client, events = await live_then_closed(peer, connect=connect)
+    [first, *_] = [e for e in events if isinstance(e, Reconnecting)]
+    assert (first.reason, first.retry_after_ms) == ("rate_limited", 300)
+    assert client.connect_attempts[1] - client.connect_attempts[0] >= 0.3
