@@ -269,12 +269,15 @@ def hinted_client(url, **kw):
     return client, events
 
 
-async def live_then_closed(peer, **kw):
-    """A hinted client on ``peer``, run until live, then closed: the client and its events."""
+async def live_then_closed(peer, until=None, **kw):
+    """A hinted client on ``peer``, run until live (and then until ``until(client)``, when given),
+    then closed: the client and its events."""
     client, events = hinted_client(peer.url, **kw)
     client.start()
     try:
         await client.wait_live(timeout=10)
+        if until is not None:
+            await wait_until(lambda: until(client), timeout=5)
     finally:
         await client.close()
     return client, events
@@ -296,11 +299,14 @@ def refusing_first(event: str, error: dict):
     return on_frame, received
 
 
-async def test_a_connection_flood_refusal_makes_the_reconnect_wait_its_retry_after():
-    refusal = {"code": "rate_limited", "message": "too many requests (connects_per_ip)", "limit": "connects_per_ip", "retry_after_ms": 300}
+def refusing_the_first_connection() -> Peer:
+    """A peer that refuses its first socket as the server refuses a flood (a ``rate_limited`` push
+    on ``phoenix`` with ``retry_after_ms`` 300, then close 4429) and answers every request after."""
 
     async def on_connect(ws):
-        if peer.connections == 1:  # what the server does to a flood: a push on phoenix, then 4429
+        if peer.connections == 1:
+            refusal = {"code": "rate_limited", "message": "too many requests (connects_per_ip)", "limit": "connects_per_ip",
+                       "retry_after_ms": 300}
             await ws.send(json.dumps([None, None, "phoenix", "sync:error", refusal]))
             await ws.close(4429)
             return False
@@ -308,7 +314,12 @@ async def test_a_connection_flood_refusal_makes_the_reconnect_wait_its_retry_aft
     async def on_frame(ws, frame):
         await ws.send(reply(frame, response={"current_watermarks": []}))
 
-    async with Peer(on_frame, on_connect) as peer:
+    peer = Peer(on_frame, on_connect)
+    return peer
+
+
+async def test_a_connection_flood_refusal_makes_the_reconnect_wait_its_retry_after():
+    async with refusing_the_first_connection() as peer:
         client, events = await live_then_closed(peer)
     [first, *_] = [e for e in events if isinstance(e, Reconnecting)]
     assert (first.reason, first.retry_after_ms) == ("rate_limited", 300)
@@ -390,13 +401,7 @@ class FailingOnce:
 async def test_a_hydration_answered_429_is_retried_after_its_retry_after():
     docs = FailingOnce(HttpError("rate_limited", "too many requests; retry later", {"code": "rate_limited", "retry_after": 0.2}, 429, 0.2))
     async with Peer(_one_pointer) as peer:
-        client, events = hinted_client(peer.url, http=docs)
-        client.start()
-        try:
-            await client.wait_live(timeout=10)
-            await wait_until(lambda: client.watermark(TOPIC) == 1, timeout=5)
-        finally:
-            await client.close()
+        client, events = await live_then_closed(peer, until=lambda c: c.watermark(TOPIC) == 1, http=docs)
     assert client.documents(TOPIC)["d"].payload == GOOD_DOCUMENT and docs.calls == 2
     [limited] = [e for e in events if isinstance(e, RateLimited)]
     assert (limited.request, limited.retry_after_ms) == ("hydration", 200) and limited.delay >= 0.2
@@ -450,22 +455,11 @@ async def test_a_flood_refusal_is_reported_as_such_when_the_clients_own_send_fai
     """The server refuses the socket (push + 4429) while the client's join is on its way: the join's
     send fails on the closed socket before the reader has handed over the push. The reconnect must
     still say rate_limited and wait the hint, not report a bare socket_closed."""
-    refusal = {"code": "rate_limited", "message": "too many requests (connects_per_ip)", "limit": "connects_per_ip", "retry_after_ms": 300}
-
-    async def on_connect(ws):
-        if peer.connections == 1:
-            await ws.send(json.dumps([None, None, "phoenix", "sync:error", refusal]))
-            await ws.close(4429)
-            return False
-
-    async def on_frame(ws, frame):
-        await ws.send(reply(frame, response={"current_watermarks": []}))
-
     async def connect(url, **kwargs):
         ws = await websockets.connect(url, **kwargs)
         return _ReadsLate(ws) if peer.connections == 1 else ws
 
-    async with Peer(on_frame, on_connect) as peer:
+    async with refusing_the_first_connection() as peer:
         client, events = await live_then_closed(peer, connect=connect)
     [first, *_] = [e for e in events if isinstance(e, Reconnecting)]
     assert (first.reason, first.retry_after_ms) == ("rate_limited", 300)
