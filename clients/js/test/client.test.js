@@ -6,6 +6,7 @@ import { test } from 'node:test';
 import WebSocket, { WebSocketServer } from 'ws';
 
 import { Backoff, HttpError, KhalaClient, State, payloadHash, toWire } from '../src/index.js';
+import { waitUntil } from './support/server.js';
 
 const TOPIC = 'runtime.run_summaries';
 const reply = (frame, status = 'ok', response = {}) => JSON.stringify([frame[0], frame[1], frame[2], 'phx_reply', { status, response }]);
@@ -56,8 +57,7 @@ test('a silent socket is detected and replaced, with a fresh token each time', a
     backoff: new Backoff({ baseMs: 10, capMs: 50 }),
   });
   client.start();
-  const deadline = Date.now() + 20000;
-  while (client.connects < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  await waitUntil(() => client.connects >= 3, { timeoutMs: 20000, message: 'three connects' });
   await client.close();
   await p.close();
   assert.ok(client.connects >= 3, `reconnected after dead sockets (${client.connects})`);
@@ -106,8 +106,7 @@ test('an ok subscribe reply followed by a stale_cursor push is recovered (snapsh
   const client = new KhalaClient({ url: p.url, WebSocket, tokenProvider: counter(), topics: [TOPIC], http });
   client.start();
   await client.waitLive({ timeoutMs: 10000 });
-  const deadline = Date.now() + 10000;
-  while (subscribes.length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  await waitUntil(() => subscribes.length >= 2, { timeoutMs: 10000, message: 'a second subscribe' });
   await client.close();
   await p.close();
   assert.equal(snapshots, 1);
@@ -253,8 +252,7 @@ test('a hydration answered 429 is retried after its Retry-After', async () => {
   client.start();
   try {
     await client.waitLive({ timeoutMs: 10000 });
-    const deadline = Date.now() + 5000;
-    while ((await client.watermark(TOPIC)) < 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    await waitUntil(async () => (await client.watermark(TOPIC)) >= 1, { timeoutMs: 5000, message: 'the pointer applied' });
   } finally {
     await client.close();
     await p.close();
@@ -274,8 +272,7 @@ test('a hydration answered 503 floors the reconnect at its Retry-After', async (
   const client = hintedClient(p.url, { http });
   client.start();
   try {
-    const deadline = Date.now() + 10000;
-    while ((await client.watermark(TOPIC)) < 1 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    await waitUntil(async () => (await client.watermark(TOPIC)) >= 1, { timeoutMs: 10000, message: 'the pointer applied' });
   } finally {
     await client.close();
     await p.close();

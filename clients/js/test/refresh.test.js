@@ -9,6 +9,7 @@ import WebSocket, { WebSocketServer } from 'ws';
 
 import { FakeClock, FatalError, KhalaClient, REFRESH_FRACTION, State, TokenRefresher, TransientError, refreshDelay, remainingMs, tokenClaims } from '../src/index.js';
 import { rng } from './support/random.js';
+import { waitUntil } from './support/server.js';
 
 const SUBJECT = 'user:7';
 const SESSION = 'sess_abc';
@@ -176,8 +177,7 @@ test('the client refreshes in band and surfaces a failed refresh as a state', as
   const events = [];
   client.onEvent = (e) => events.push(e);
   client.start();
-  const deadline = Date.now() + 20000;
-  while (events.filter((e) => e.type === 'token_refreshed').length < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  await waitUntil(() => events.filter((e) => e.type === 'token_refreshed').length >= 2, { timeoutMs: 20000, message: 'two refreshes' });
   await client.close();
   await new Promise((resolve) => { for (const c of server.clients) c.terminate(); server.close(resolve); });
   const states = events.filter((e) => e.type === 'state').map((e) => e.state);
