@@ -140,7 +140,6 @@ class Session:
         # Every frame of this socket goes out through here (``outbound`` is its bounded queue).
         self.out = Outbox(outbound, close_socket, wait_timeout=self.heartbeat_timeout, full_resync_required=self._full_resync_required)
         self.send = self.out.send  # the followers' ``Writer.send``: bound once, called per live frame
-        self.frames = False  # the client asked for ``sync:frame`` envelopes (at join; the outbox's framing too)
         # Rate limits and this socket's place among its user's sockets (none given: no limits, e.g. tests).
         # The join and refresh policies are made when a join or refresh runs (``_join``, ``_refresh``),
         # not kept: an idle socket needs neither.
@@ -176,6 +175,7 @@ class Session:
     # ---- the followers' writer (``sync.follower.Writer``): the outbox's, plus schedule and end --
 
     join_ref = property(lambda self: self.out.join_ref)
+    frames = property(lambda self: self.out.frames)
     closed = property(lambda self: self.out.closed)
     wait_room = property(lambda self: self.out.wait_room)
     push_error = property(lambda self: self.out.push_error)
@@ -276,7 +276,7 @@ class Session:
         self.expires_at = session_deadline(principal, self.clock())
         self.out.join_ref = frame.join_ref
         self.subscription_id = "sub_" + secrets.token_hex(8)
-        self.out.frames = self.frames = frame.payload.get("frames") is True
+        self.out.frames = frame.payload.get("frames") is True
         self.next_heartbeat = self.clock() + self.rng.uniform(0, self.heartbeat_interval)
         metrics.JOINS.labels(result="ok").inc()
         self.send(encode_ok(frame, {
