@@ -647,11 +647,9 @@ def evaluate(result: dict, minutes: float) -> dict:
         quiet = {second: h for second, h in by_sent.items()
                  if not any(result["started_at"] + f["started"] - 1 <= second < result["started_at"] + f["ended"] + RECOVERED_AFTER_S + SAMPLE_SECONDS
                             for f in result["faults"])}
-        result["lag_between_faults"] = {
-            "p50_s": sent_window_percentile(quiet, 0, float("inf"), 50)[0],
-            "p99_s": sent_window_percentile(quiet, 0, float("inf"), 99)[0],
-            "updates": sent_window_percentile(quiet, 0, float("inf"), 99)[1],
-        }
+        p50, _ = sent_window_percentile(quiet, 0, float("inf"), 50)
+        p99, updates = sent_window_percentile(quiet, 0, float("inf"), 99)
+        result["lag_between_faults"] = {"p50_s": p50, "p99_s": p99, "updates": updates}
     result["settle_seconds"] = settle
     result["growth"] = growth
     result["checks"] = checks
