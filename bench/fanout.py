@@ -220,8 +220,9 @@ def start_kind(kind: Kind, env: dict, args, user) -> None:
           f"in {time.monotonic() - started:.1f} s", flush=True)
 
 
-def server_cpu(kind: Kind) -> float:
-    return sum(harness.proc_cpu_seconds(s.pid) for s in kind.servers)
+def server_cpu(kind: Kind) -> list[float]:
+    """CPU seconds of each of the kind's server processes so far."""
+    return [harness.proc_cpu_seconds(s.pid) for s in kind.servers]
 
 
 def write_round(kind: Kind, args, number: int, first_doc: int) -> None:
@@ -243,11 +244,12 @@ def write_round(kind: Kind, args, number: int, first_doc: int) -> None:
     commits, late, write_seconds = writer.commits, writer.late, writer.seconds
     harness.tell_clients(kind.clients, f"MARK {max(commits)}")
     not_seen = sum(int(proc.stdout.readline().split()[1]) for proc in kind.clients)
-    cpu_seconds = server_cpu(kind) - cpu_before
+    cpu_by_server = [after - before for after, before in zip(server_cpu(kind), cpu_before)]
+    cpu_seconds = sum(cpu_by_server)
     for profiler in profilers:
         print(f"  profile: {harness.stop_profiler(profiler)}")
     kind.rounds.append({
-        "commits": commits, "cpu_seconds": cpu_seconds, "write_seconds": write_seconds, "writer_late_slots": late,
+        "commits": commits, "cpu_seconds": cpu_seconds, "cpu_by_server": cpu_by_server, "write_seconds": write_seconds, "writer_late_slots": late,
         "sockets_without_last_update": not_seen, "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
     })
@@ -303,6 +305,9 @@ def round_figures(kind: Kind, results: list[dict], rnd: dict) -> dict:
             label: {q: round(harness.percentile(sorted(values), q), 2) for q in (50, 90, 99)}
             for label, values in (("this_tree", by_server[0]), ("compare_tree", by_server[1]))
         }
+        # Each tree's worker serves half the sockets of the same writes: its CPU compares directly.
+        figures["by_tree"]["this_tree"]["cpu_seconds"] = round(rnd["cpu_by_server"][0], 3)
+        figures["by_tree"]["compare_tree"]["cpu_seconds"] = round(rnd["cpu_by_server"][1], 3)
     return figures
 
 
@@ -419,6 +424,9 @@ def main(argv=None) -> int:
                 last = kind.rounds[-1]
                 print(f"  round {number + 1} {kind.name}: written in {last['write_seconds']:.1f} s, server CPU {last['cpu_seconds']:.2f} s, "
                       f"sockets without the last update {last['sockets_without_last_update']}, load {last['loadavg_after']}", flush=True)
+                if getattr(kind, "compare_tree", None):
+                    this, other = last["cpu_by_server"]
+                    print(f"    CPU of this tree's worker {this:.2f} s, the compare tree's {other:.2f} s (×{this / other:.3f})", flush=True)
         for kind in kinds:
             results[kind.name] = finish_kind(kind)
     finally:

@@ -33,13 +33,14 @@ closed (1011), never sent a frame its server could not.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
 
 from sync import metrics
 from sync.outbound import LIVE_LAG_SAMPLER, OutboundQueue
-from sync.wire import wire_bytes
+from sync.wire import SharedFrame, websocket_text_frame, wire_bytes
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class DirectSocket:
 
     def __init__(self, writer, max_items: int, max_bytes: int, *, on_failure, flusher=None, sampler=None, wall_clock=time.time):
         self.writer = writer
-        self.queue = OutboundQueue(max_items, max_bytes, on_offer=self.schedule)
         self.flusher = flusher or flusher_of_running_loop()
+        # Queuing a frame marks the socket pending straight away (no ``schedule`` call per frame:
+        # a stopped socket marked pending is skipped by ``flush``).
+        self.queue = OutboundQueue(max_items, max_bytes, on_offer=functools.partial(self.flusher.add, self))
         self.on_failure = on_failure
         self.stopped = False
         self._drain_waiter: asyncio.Task | None = None
@@ -95,25 +98,28 @@ class DirectSocket:
         (at most ``FLUSH_MAX_BYTES`` this turn); False if nothing was written (nothing queued, the
         socket closing, or its transport full)."""
         queue, writer = self.queue, self.writer
-        count = len(queue)
-        if self.stopped or queue.closed or not count:
+        if self.stopped or queue.closed:
             return False
         limit = writer.max_message_bytes
         flusher = self.flusher
-        if count == 1 and self._ready():  # the common case of live fan-out: one frame per socket per turn
-            text, committed_at = queue.take_nowait()
-            wire = wire_bytes(text)
-            if limit and len(wire) > limit and len(wire) - _header_length(wire) > limit:
-                raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
-            self._write(wire)
-            flusher.writes += 1
-            flusher.frames += 1
-            if committed_at is not None:
-                self.sampler.sent(committed_at, self.wall_clock)
-            return True
-        if not writer.is_open():
+        if self._ready():
+            single = queue.take_single()
+            if single is not None:  # the common case of live fan-out: one frame per socket per turn
+                text, committed_at = single
+                wire = text.wire if type(text) is SharedFrame else websocket_text_frame(text)
+                if limit and len(wire) > limit and len(wire) - _header_length(wire) > limit:
+                    raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
+                self._write(wire)
+                flusher.writes += 1
+                flusher.frames += 1
+                if committed_at is not None:
+                    self.sampler.sent(committed_at, self.wall_clock)
+                return True
+            if not len(queue):
+                return False
+        elif not len(queue) or not writer.is_open():
             return False
-        if not writer.writable():
+        elif not writer.writable():
             self._wait_for_drain()
             return False
         total = 0

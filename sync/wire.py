@@ -9,16 +9,24 @@ each socket's transport, as ``websockets.broadcast`` does.
 
 ``SharedFrame`` marks such a text: the hub's live batches (``sync.follower.LiveBatch``) encode
 each distinct frame once per worker — ``join_ref`` null, the rows one owner filter lets through —
-and every socket that may see those rows queues the same ``SharedFrame``. ``wire_bytes`` frames it
-on first use and keeps the bytes on it; any other text (replies, replay batches, errors: they
-carry the socket's own ``join_ref`` or ``ref``) is framed for its one socket.
+and every socket that may see those rows queues the same ``SharedFrame``, which carries its
+framing (``wire``, built when the frame is made). Any other text (replies, replay batches, errors:
+they carry the socket's own ``join_ref`` or ``ref``) is framed for its one socket.
 """
 
 from __future__ import annotations
 
 
 class SharedFrame(str):
-    """A frame text sent to several sockets; ``wire_bytes`` keeps its framing on it."""
+    """A frame text sent to several sockets, with its WebSocket frame ``wire`` built once.
+
+    Built here rather than on first write: the flusher then reads ``wire`` per socket as a plain
+    attribute, with no call (``sync.socket_flush``)."""
+
+    def __new__(cls, text: str):
+        frame = super().__new__(cls, text)
+        frame.wire = websocket_text_frame(text)
+        return frame
 
 
 def websocket_text_frame(text: str) -> bytes:
@@ -33,10 +41,7 @@ def websocket_text_frame(text: str) -> bytes:
 
 
 def wire_bytes(text: str) -> bytes:
-    """The frame of ``text``; built once per ``SharedFrame``."""
+    """The frame of ``text``; a ``SharedFrame``'s was built once, with it."""
     if type(text) is SharedFrame:
-        wire = text.__dict__.get("wire")
-        if wire is None:
-            wire = text.wire = websocket_text_frame(text)
-        return wire
+        return text.wire
     return websocket_text_frame(text)
