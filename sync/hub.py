@@ -297,6 +297,7 @@ class Hub:
                 if not feed.pumping:
                     metrics.HUB_LOST_HINT_CATCHUPS.inc()
                 self._spawn(self._pump(feed, "head_check"), "khala-hub-pump")
+        metrics.HUB_HEAD_CHECKS.inc()
 
     def head_check_interval(self) -> float:
         """The head check is the only delivery path while the Redis subscription is down (on any

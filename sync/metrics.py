@@ -75,6 +75,10 @@ HUB_JOURNAL_READS = Counter(
     "Topic-wide journal reads by a worker's hub, by trigger (hint | head_check).",
     ["trigger"],
 )
+HUB_HEAD_CHECKS = Counter(
+    "khala_hub_head_checks_total",
+    "Head checks a worker's hub completed (periodic, and one each time its bus subscription attaches).",
+)
 HUB_LOST_HINT_CATCHUPS = Counter(
     "khala_hub_head_check_catchups_total",
     "Times a worker's periodic head check found rows no hint had announced (a lost or late hint).",

@@ -95,6 +95,11 @@ async def test_two_daphne_workers_deliver_through_redis_hints_and_a_deaf_worker_
     a, _ = await subscribed(one, mint(1))
     b, _ = await subscribed(two, mint(1))
     c, _ = await subscribed(deaf, mint(1))
+    # A hub's bus subscription attaches with its first followed topic, and then checks the heads
+    # once (hints sent before the attach are lost). Let that check finish before writing: on a
+    # slow machine it could otherwise read the writes below and count them as caught up.
+    for server in (one, two, deaf):
+        await wait_until(lambda: metric(server, "khala_hub_head_checks_total") >= 1, 10, message="the attach-time head check")
     await in_thread(write_rows, 1, 3)
     assert await collect_until(a, lambda s: len(s) >= 3, timeout=HINT_WINDOW_SECONDS) == [1, 2, 3]
     assert await collect_until(b, lambda s: len(s) >= 3, timeout=HINT_WINDOW_SECONDS) == [1, 2, 3]
