@@ -70,9 +70,13 @@ DEFAULTS: dict = {
     # The projector worker: entries per drain transaction, and how often it looks without a NOTIFY.
     "OUTBOX_BATCH_SIZE": 200,
     "OUTBOX_POLL_INTERVAL_SECONDS": 1.0,
-    # After a wake-up, a worker waits this long before draining so that commits arriving together
-    # share one batch (trades a few ms of latency for fewer, larger projection transactions).
+    # After a wake-up, and between passes while it drains, a worker waits this long so that commits
+    # arriving together share one batch (trades a few ms of latency for fewer, larger projection
+    # transactions). While this host's CPUs are saturated the wait grows towards
+    # OUTBOX_LINGER_MAX_SECONDS (projector.linger: the worker's CPU goes to the authority instead,
+    # as bigger batches); 0 keeps it fixed.
     "OUTBOX_WAKE_LINGER_SECONDS": 0.01,
+    "OUTBOX_LINGER_MAX_SECONDS": 0.1,
     # A failing projection is retried after min(BASE * 2**(attempts-1), MAX) seconds; after
     # OUTBOX_MAX_ATTEMPTS attempts the entry is quarantined (admin: Projection outbox → retry).
     "OUTBOX_MAX_ATTEMPTS": 8,

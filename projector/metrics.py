@@ -151,6 +151,14 @@ OUTBOX_OLDEST_PENDING_AGE = Gauge(
     "khala_outbox_oldest_pending_age_seconds",
     "Age of the oldest outbox entry not yet projected (0 when none): how far read models trail the authority.",
 )
+OUTBOX_LINGER = Gauge(
+    "khala_outbox_linger_seconds",
+    "How long this drainer now waits between passes while it drains (grows while the host's CPUs are saturated).",
+)
+CPU_PRESSURE = Gauge(
+    "khala_host_cpu_pressure_ratio",
+    "Share of recent wall time in which some task on this host waited for a CPU (Linux PSI), as the drainer last read it.",
+)
 OUTBOX_LAST_DRAIN = Gauge(
     "khala_outbox_last_drain_timestamp_seconds",
     "Unix time at which this drainer last completed a drain pass (empty passes included).",

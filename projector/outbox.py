@@ -1,9 +1,11 @@
 """The projection outbox: every committed authority change reaches the read models and the journal.
 
 Design (the argument is in docs/sync/SCHEMA.md, "Projection outbox"): an append-only table
-``khala_projection_outbox``, one row per authority change, inserted by ``runtime.commands`` in the
-SAME transaction as the change (``record_change``). No commit can exist without its projection
-intent, whatever happens to the process afterwards. Two alternatives were rejected:
+``khala_projection_outbox``, one row per authority change, inserted in the SAME transaction as the
+change: on PostgreSQL by a trigger on the authority's tables, in the writing statement itself
+(migration ``runtime/0003_projection_intent_triggers``), elsewhere by ``runtime.commands`` through
+``record_change``. No commit can exist without its projection intent, whatever happens to the
+process afterwards. Two alternatives were rejected:
 
 - a dirty mark on the entity row: a worker holding the mark's row lock would block the next
   authority write of that entity (the writer waits on the drainer), and clearing the mark needs a
@@ -12,8 +14,8 @@ intent, whatever happens to the process afterwards. Two alternatives were reject
   entities (or a new index over both tables) to find work, and has no place for attempts, errors
   or quarantine.
 
-An append-only row costs one INSERT per command, never blocks a writer, and carries the retry
-bookkeeping. The entity's state is folded when the entry is drained (not when it was recorded),
+An append-only row costs one INSERT per change (inside the writer's own statement, by trigger),
+never blocks a writer, and carries the retry bookkeeping. The entity's state is folded when the entry is drained (not when it was recorded),
 so several entries of one entity in a batch become one fold.
 
 Draining (``drain_once``, the body of ``manage.py projector_worker``), in ONE transaction:
@@ -76,56 +78,61 @@ def record_change(
 ) -> int:
     """Record "``entity`` needs projecting" in the caller's open transaction; returns the entry id.
 
-    Called by ``runtime.commands`` inside the authority transaction: the row commits or rolls back
-    with the change it describes. With ``wake_workers``, the workers are woken after the COMMIT
-    (``notify_workers``), unless a worker is draining right now: then it finds the entry without a
-    NOTIFY (``projector.outbox_draining``, which also closes the race with the end of its drain).
+    On PostgreSQL the authority's own tables record their changes by trigger (migration
+    ``runtime/0003_projection_intent_triggers``); this is how ``runtime.commands`` records them
+    elsewhere (SQLite), and how a tool or test records an entry by hand. The row commits or rolls
+    back with the caller's transaction. With ``wake_workers``, the workers are woken after the
+    COMMIT (``notify_workers``).
     """
     if not connection.in_atomic_block:
         raise RuntimeError("record_change must run inside the authority transaction")
     now = now or timezone.now()
-    postgresql = connection.vendor == "postgresql"
-    # One statement through the cursor, not ``objects.create``: this runs in every command, and the
-    # model instance it would build is never used (measured in one writer process: ORM create ≈
-    # 0.4 ms of CPU per command, this statement ≈ 0.15 ms, a whole authority command ≈ 1.5 ms). On
-    # PostgreSQL the same statement takes the recording lock and probes the draining flag.
-    columns = "(entity, entity_id, authority_seq, created_at, available_at, attempts, last_error)"
-    values = "%s, %s, %s, %s, %s, 0, ''"
-    if postgresql:
-        sql = (
-            f"{outbox_draining.RECORDING_CTE} INSERT INTO {ProjectionOutboxEntry._meta.db_table} {columns} "
-            f"SELECT {values} FROM recording RETURNING id, {outbox_draining.DRAINING_PROBE}"
-        )
-    else:
-        sql = f"INSERT INTO {ProjectionOutboxEntry._meta.db_table} {columns} VALUES ({values}) RETURNING id, false"
     with connection.cursor() as cursor:
-        cursor.execute(sql, [entity, entity_id, authority_seq, now, now])
-        entry_id, draining = cursor.fetchone()
-    if wake_workers and not draining:
+        cursor.execute(
+            f"INSERT INTO {ProjectionOutboxEntry._meta.db_table} "
+            "(entity, entity_id, authority_seq, created_at, available_at, attempts, last_error) "
+            "VALUES (%s, %s, %s, %s, %s, 0, '') RETURNING id",
+            [entity, entity_id, authority_seq, now, now],
+        )
+        entry_id = cursor.fetchone()[0]
+    if wake_workers:
         transaction.on_commit(notify_workers)
     return entry_id
 
 
 class _WorkerWaker:
-    """Sends ``NOTIFY khala_projection_outbox`` from one background thread per process.
+    """Sends ``NOTIFY khala_projection_outbox`` from one background thread per process, unless a
+    worker is draining anyway (``projector.outbox_draining``).
 
     Why a thread: a NOTIFY is a transaction of its own with a commit record to flush, and
     PostgreSQL serialises the commits of notifying transactions on one lock. Sent inline after
     every command it cost each writer a second, serialised commit; sent inside the authority
     transaction it would serialise every authority commit. Here a commit only sets a flag; the
-    thread clears the flag, then sends one NOTIFY, so every commit is followed by a NOTIFY that
-    started after it (a worker woken by it sees that commit), and commits that land while a NOTIFY
-    is in flight share the next one. A NOTIFY that never arrives (this process died) costs at most
-    one poll interval of the workers.
+    thread clears the flag, then sends one statement that NOTIFYs unless the draining flag is up,
+    so every commit is followed by a NOTIFY (or a look at the flag) that started after it, and
+    commits that land meanwhile share the next one.
+
+    When the statement finds the flag up, the process trusts that for
+    ``outbox_draining.LEASE_SECONDS``: commits until then neither wake the thread nor send
+    anything (the draining worker polls, and keeps polling for longer than that after it lowers
+    the flag). So under a steady load a writer process sends a few statements a second, not one
+    per command. A NOTIFY that never arrives (this process died) costs at most one poll interval
+    of the workers.
     """
 
-    def __init__(self):
+    IDLE_CLOSE_SECONDS = 0.5
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic):
         self._cond = threading.Condition()
         self._pending = False
         self._thread: threading.Thread | None = None
         self._pid = None
+        self.monotonic = monotonic
+        self.draining_until = 0.0  # ``monotonic()`` time until which a seen draining flag is trusted
 
     def request(self) -> None:
+        if self.monotonic() < self.draining_until:
+            return
         with self._cond:
             self._pending = True
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
@@ -134,8 +141,6 @@ class _WorkerWaker:
                 self._thread.start()
             self._cond.notify()
 
-    IDLE_CLOSE_SECONDS = 0.5
-
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -143,9 +148,14 @@ class _WorkerWaker:
                     connection.close()  # idle: hold no database connection between bursts
                     self._cond.wait_for(lambda: self._pending)
                 self._pending = False
+            if self.monotonic() < self.draining_until:
+                continue  # requested before the flag was seen: that worker's polls cover it
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_notify(%s, '')", [NOTIFY_CHANNEL])
+                    cursor.execute(outbox_draining.NOTIFY_UNLESS_DRAINING, [NOTIFY_CHANNEL])
+                    notified = cursor.fetchone()[0]
+                if not notified:
+                    self.draining_until = self.monotonic() + outbox_draining.LEASE_SECONDS
             except Exception:  # a wake-up is only a hint; the workers poll
                 log.warning("could not NOTIFY %s", NOTIFY_CHANNEL, exc_info=True)
                 connection.close()

@@ -1,30 +1,38 @@
-"""The draining flag: commands skip their NOTIFY while a ``projector_worker`` is draining anyway.
+"""The draining flag: writers skip their NOTIFY while a ``projector_worker`` is draining anyway.
 
-A NOTIFY per command costs the writer a wake-up of its NOTIFY thread and PostgreSQL a transaction,
-and it is useless while a worker is already draining (it polls again right after each batch). So
-the worker that drains raises a flag and the commands that see it skip their NOTIFY. Two advisory
-locks make the flag (PostgreSQL only):
+A NOTIFY per command costs the writer a statement and PostgreSQL a transaction, and it is useless
+while a worker is already draining (it polls again right after each batch). So the worker that
+drains raises a flag, and writers that see it skip their NOTIFY for a while.
 
-- ``DRAINING_LOCK``: held exclusively (session lock) by the one worker that is draining. A command
-  probes it in the same statement that inserts its outbox row (``record_change``): it takes and
-  at once releases a shared session lock on it; if that fails, a worker is draining.
-- ``RECORDING_LOCK``: held shared (transaction lock) by every command from its outbox row to its
-  COMMIT, taken BEFORE the probe.
+The flag is ``DRAINING_LOCK``, an advisory lock held exclusively (session lock) by the one worker
+that is draining. A writer process looks at it after a COMMIT, from its NOTIFY thread
+(``projector.outbox._WorkerWaker``), in the statement that would NOTIFY
+(``NOTIFY_UNLESS_DRAINING``): if the flag is down it NOTIFYs; if it is up it sends nothing and
+trusts the flag for ``LEASE_SECONDS``: the process's commits until then skip the NOTIFY without
+asking. Under a steady load a writer process thus sends a few statements a second, whatever its
+command rate, and the commands themselves send nothing (their outbox row is written by trigger
+inside their own statement).
 
-The race to close: a command sees the flag and skips its NOTIFY, the worker's last pass runs before
-that command commits, the worker lowers the flag and waits for a NOTIFY that never comes. So
-lowering (``DrainingFlag.lower``) is: release ``DRAINING_LOCK``, then try ``RECORDING_LOCK``
-exclusively without waiting. If that succeeds, no command is between its outbox row and its COMMIT:
-every command that saw the flag has committed (its entry is visible to the worker's next pass), and
-every later command probes after the release, sees no flag and sends its NOTIFY. If it fails, some
-command is in flight: the worker takes the flag again and keeps polling. Neither side ever waits
-for the other's lock (the writer's shared lock conflicts only with an exclusive holder, and the
-worker only ever tries); under a steady load the worker simply stays the drainer and no command
-sends a NOTIFY.
+The race to close: a commit that skipped its NOTIFY must still be seen by a drain pass, also
+when the worker lowers its flag and goes back to waiting for NOTIFYs. The worker's side
+(``projector.outbox_worker.OutboxDrainLoop``):
+
+1. after lowering the flag it always makes one more pass: every commit that happened before the
+   lowering is visible to it;
+2. then it keeps polling for ``COOLDOWN_SECONDS`` before it waits for NOTIFYs again. A commit
+   after the lowering that still skipped its NOTIFY did so because its process saw the flag up
+   less than ``LEASE_SECONDS`` before (so before the lowering): it committed less than
+   ``LEASE_SECONDS`` after the lowering, inside the cooldown, and one of those polls sees it.
+
+The margin between the two (``COOLDOWN_SECONDS - LEASE_SECONDS``) covers the probe's answer in
+flight: the lease starts when the answer is read, a little after the flag was seen. A writer
+process stalled for longer than that margin between the two could skip one NOTIFY too many; that
+entry then waits for the next poll (``OUTBOX_POLL_INTERVAL_SECONDS``), like an entry whose NOTIFY
+was lost. No entry is ever left behind: NOTIFY is only a wake-up, and workers poll.
 
 If the draining worker dies, its session ends and the flag goes with it; entries whose commands
-skipped the NOTIFY are then found by the next poll of another worker (or of the restarted one),
-as any entry whose NOTIFY was lost.
+skipped the NOTIFY are found by the next poll of another worker (or of the restarted one), as any
+entry whose NOTIFY was lost.
 """
 
 from __future__ import annotations
@@ -35,18 +43,21 @@ from django.db import Error as DatabaseError, connection
 
 log = logging.getLogger(__name__)
 
-# Two bigint advisory-lock keys of their own ("khala" + 1 / + 2); nothing else in Khala takes
-# advisory locks.
+# A bigint advisory-lock key of its own ("khala" + 1); nothing else in Khala takes advisory locks.
 DRAINING_LOCK = 0x6B68616C6101
-RECORDING_LOCK = 0x6B68616C6102
 
-# For ``record_change``'s INSERT: the CTE takes the recording lock before the row is inserted, and
-# the RETURNING expression probes the flag after; true if a worker is draining. (A probe that got
-# the shared lock releases it in the same expression.)
-RECORDING_CTE = f"WITH recording AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared({RECORDING_LOCK}))"
-DRAINING_PROBE = (
-    f"CASE WHEN pg_try_advisory_lock_shared({DRAINING_LOCK}) "
-    f"THEN NOT pg_advisory_unlock_shared({DRAINING_LOCK}) ELSE true END"
+# How long a writer process trusts a draining flag it saw, and how long the worker keeps polling
+# after lowering it (see the module docstring: the cooldown must be longer than the lease).
+LEASE_SECONDS = 0.2
+COOLDOWN_SECONDS = 0.35
+
+# The writer's statement (one parameter: the channel). True: it NOTIFYed; false: a worker is
+# draining. A shared try-lock on the flag succeeds only while no worker holds it exclusively, and
+# is released in the same statement.
+NOTIFY_UNLESS_DRAINING = (
+    f"SELECT CASE WHEN pg_try_advisory_lock_shared({DRAINING_LOCK}) "
+    f"THEN pg_advisory_unlock_shared({DRAINING_LOCK}) AND (SELECT true FROM pg_notify(%s, '')) "
+    "ELSE false END"
 )
 
 
@@ -58,8 +69,9 @@ def _scalar(sql: str) -> bool:
 
 class DrainingFlag:
     """The worker's side, on the worker's (Django) connection: ``raise_flag`` before draining,
-    ``lower`` when a pass found nothing. Never raises: after a database error the flag is down (the
-    connection, and with it the session lock, is dropped) and the caller falls back to polling."""
+    ``lower`` when a pass found nothing (then the cooldown of the module docstring). Never raises:
+    after a database error the flag is down (the connection, and with it the session lock, is
+    dropped) and the caller falls back to polling."""
 
     def __init__(self):
         self.held = False
@@ -73,21 +85,16 @@ class DrainingFlag:
                 self._lost()
         return self.held
 
-    def lower(self) -> bool:
-        """Release the flag; True if every command that saw it has committed since (see the module
-        docstring). False: some command may still commit without a NOTIFY; keep polling."""
+    def lower(self) -> None:
+        """Release the flag. Writers that saw it may skip NOTIFYs for up to ``LEASE_SECONDS``
+        more: the caller polls for ``COOLDOWN_SECONDS`` before relying on NOTIFYs again."""
         if not self.held:
-            return True
+            return
         try:
             _scalar(f"SELECT pg_advisory_unlock({DRAINING_LOCK})")
             self.held = False
-            return _scalar(
-                f"SELECT CASE WHEN pg_try_advisory_lock({RECORDING_LOCK}) "
-                f"THEN pg_advisory_unlock({RECORDING_LOCK}) ELSE false END"
-            )
         except DatabaseError:
             self._lost()
-            return False
 
     def forget(self) -> None:
         """The connection was closed (and the session lock with it)."""

@@ -12,9 +12,10 @@ waits for a wake-up:
 - ``PollWaiter``: just the poll interval (SQLite, or ``--no-listen``).
 
 With ``NotifyWaiter`` the loop raises the draining flag (``projector.outbox_draining``) when a
-wake-up starts a drain: while it holds the flag, commands skip their NOTIFY and the loop polls
+wake-up starts a drain: while it holds the flag, writers skip their NOTIFY and the loop polls
 after the linger instead, as long as passes find work; it lowers the flag once a pass finds
-nothing and no command that saw the flag can still commit unseen, then waits for NOTIFYs again.
+nothing, keeps polling for ``outbox_draining.COOLDOWN_SECONDS`` (writers may still skip their
+NOTIFY for a lease after they saw the flag), then waits for NOTIFYs again.
 
 ``stop()`` (SIGTERM/SIGINT in the command) ends the wait at once through the self-pipe; a batch
 in progress finishes (its transaction commits or rolls back as a whole), then the loop returns.
@@ -39,7 +40,8 @@ from django.db import Error as DatabaseError, connection
 
 from khala_project.conf import khala_setting
 from projector import metrics, outbox
-from projector.outbox_draining import DrainingFlag
+from projector.linger import Linger
+from projector.outbox_draining import COOLDOWN_SECONDS, DrainingFlag
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,7 @@ class OutboxDrainLoop:
         project=None,
         on_batch: Callable[[outbox.DrainResult], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        linger: Callable[[], float] | None = None,
     ):
         self.batch_size = batch_size or int(khala_setting("OUTBOX_BATCH_SIZE"))
         self.poll_interval = poll_interval if poll_interval is not None else float(khala_setting("OUTBOX_POLL_INTERVAL_SECONDS"))
@@ -172,6 +175,9 @@ class OutboxDrainLoop:
         self.project = project
         self.on_batch = on_batch
         self.monotonic = monotonic
+        # The wait between passes (``projector.linger``; default: from the settings, growing with
+        # the host's CPU pressure).
+        self.linger = linger
         self.totals = WorkerTotals()
         # The draining flag (``projector.outbox_draining``) only pays where commands NOTIFY, i.e.
         # with a LISTENing waiter; a polling loop leaves it alone.
@@ -189,28 +195,39 @@ class OutboxDrainLoop:
         return self._stop.is_set()
 
     def run(self) -> WorkerTotals:
-        linger = float(khala_setting("OUTBOX_WAKE_LINGER_SECONDS"))
+        linger = self.linger or Linger(float(khala_setting("OUTBOX_WAKE_LINGER_SECONDS")), float(khala_setting("OUTBOX_LINGER_MAX_SECONDS")))
+        cooling_until: float | None = None  # polling after lowering the flag (``outbox_draining``)
         try:
             while not self._stop.is_set():
                 full = self.pass_once()
                 if full or self._stop.is_set():
                     continue
-                if self.draining is not None and self.draining.held:
-                    # The commands skip their NOTIFY while we hold the flag: poll again after the
-                    # linger while passes find work, and lower the flag only once no command that
-                    # saw it can still commit unseen (``projector.outbox_draining``). After a
-                    # successful lower, one more pass (the ``continue``) finds every such entry.
-                    if self.last_claimed or not self.draining.lower():
-                        self.draining.raise_flag()
-                        self._stop.wait(max(linger, DRAINING_POLL_MIN_SECONDS))
-                    continue
+                if self.draining is not None and (self.draining.held or cooling_until is not None):
+                    # Writers skip their NOTIFY while we hold the flag, and for a lease after they
+                    # saw it: poll after the linger while passes find work; lower the flag once a
+                    # pass finds nothing, pass once more at once (it sees every commit made before
+                    # the lowering), then keep polling through the cooldown.
+                    if self.last_claimed:
+                        if self.draining.raise_flag():
+                            cooling_until = None
+                        self._stop.wait(max(linger(), DRAINING_POLL_MIN_SECONDS))
+                        continue
+                    if self.draining.held:
+                        self.draining.lower()
+                        cooling_until = self.monotonic() + COOLDOWN_SECONDS
+                        continue
+                    if self.monotonic() < cooling_until:
+                        self._stop.wait(max(linger(), DRAINING_POLL_MIN_SECONDS))
+                        continue
+                    cooling_until = None
                 self.waiter.wait(self.poll_interval)
                 if self.draining is not None:
                     self.draining.raise_flag()
-                if linger > 0:
+                wait = linger()
+                if wait > 0:
                     # Group commit: let the writers that commit right behind the one that woke
                     # us join this batch (one fold and one topic-row lock for all of them).
-                    self._stop.wait(linger)
+                    self._stop.wait(wait)
         finally:
             if self.draining is not None:
                 self.draining.lower()

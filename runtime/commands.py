@@ -4,16 +4,19 @@ Each command is one short transaction. ``seq`` is allocated under a row lock on 
 (``SELECT … FOR UPDATE``): concurrent appends to one run queue on that lock, so seqs are
 unique and gap-free; the (parent, seq) unique constraint is the backstop.
 
-Projection is durable: each command records its change in the projection outbox
-(``projector.outbox.record_change``) INSIDE its transaction, so no change can commit without its
-projection intent. ``manage.py projector_worker`` drains the outbox; the fast path
+Projection is durable: each change is recorded in the projection outbox INSIDE its transaction,
+so no change can commit without its projection intent. On PostgreSQL a trigger on the runs and
+workers tables records it in the very statement that writes the entity (migration
+``runtime/0003_projection_intent_triggers``: no round trip of its own, and writes made outside
+these commands are covered too); elsewhere (SQLite) the command calls
+``projector.outbox.record_change``. ``manage.py projector_worker`` drains the outbox; the fast path
 (``KHALA["OUTBOX_FAST_PATH"]``) projects the entity from this process right after COMMIT when no
 worker holds its entry. Either way the authority write never fails because projection did.
 ``KHALA["RUNTIME_PROJECTION"]`` keeps two non-durable modes for the benchmarks only
 (``khala_project.conf``).
 """
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from khala_project.api_errors import CodedError
@@ -54,10 +57,12 @@ def _record_projection_intent(entity: str, entity_id: str, authority_seq: int) -
         from projector import outbox
 
         fast_path = khala_setting("OUTBOX_FAST_PATH")
-        # Without the fast path the workers are woken after COMMIT (unless one is draining anyway).
-        outbox.record_change(entity, entity_id, authority_seq, wake_workers=not fast_path)
+        if connection.vendor != "postgresql":  # PostgreSQL's trigger has recorded it already
+            outbox.record_change(entity, entity_id, authority_seq, wake_workers=False)
         if fast_path:
             transaction.on_commit(lambda: outbox.project_after_commit(entity, entity_id))
+        else:  # the workers are woken after COMMIT (unless one is draining anyway)
+            transaction.on_commit(outbox.notify_workers)
     elif mode == "after_commit":  # the pre-outbox baseline of bench/commands.py: not durable
         from projector.projector import project_best_effort
 

@@ -9,6 +9,7 @@
 """
 
 import datetime as dt
+import math
 import os
 import re
 import signal
@@ -27,7 +28,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
-from projector import outbox, outbox_draining, parity
+from projector import outbox, outbox_draining, outbox_worker, parity
 from projector.models import (
     CODEX_WORKER_EVENTS,
     NOTIFICATIONS,
@@ -39,6 +40,7 @@ from projector.models import (
 )
 from projector.projector import notification_doc_key, project_entities, run_doc_key, worker_doc_key
 from runtime import commands
+from runtime.apps import set_session_projection_intent
 from runtime.models import CodexWorker, Run
 from tests.support.servers import REPO_ROOT, test_database_url as database_url_of_this_test_run
 
@@ -230,13 +232,9 @@ def test_writers_dying_after_commit_lose_nothing_once_a_worker_runs(topics, user
 def test_two_workers_drain_10000_entries_each_projected_exactly_once(topics, user, projector_worker):
     first = projector_worker("--batch-size", "100")
     second = projector_worker("--batch-size", "100")
-    now = dt.datetime.now(dt.timezone.utc)
-    with transaction.atomic():
-        runs = Run.objects.bulk_create([Run(owner=user, thread_id=f"bulk-{i}") for i in range(10_000)], batch_size=2000)
-        ProjectionOutboxEntry.objects.bulk_create(
-            [ProjectionOutboxEntry(entity="run", entity_id=r.id, created_at=now, available_at=now) for r in runs],
-            batch_size=2000,
-        )
+    with transaction.atomic():  # the trigger records one entry per inserted run, in the same statements
+        Run.objects.bulk_create([Run(owner=user, thread_id=f"bulk-{i}") for i in range(10_000)], batch_size=2000)
+    assert pending() == 10_000
     outbox.notify_workers()
     wait_for(lambda: pending() == 0, "two workers to drain 10,000 entries", timeout=300)
     a, b = stop(*first[:2]), stop(*second[:2])
@@ -424,6 +422,36 @@ def test_a_command_and_its_outbox_entry_commit_or_roll_back_together(topics, use
 
 
 @pytest.mark.django_db
+def test_every_authority_write_records_its_intent_by_trigger_even_outside_the_commands(topics, user, settings):
+    """On PostgreSQL the runs and workers tables record their own changes (migration
+    ``runtime/0003_projection_intent_triggers``): a write that bypasses ``runtime.commands`` (an
+    ORM update, the admin, a data fix) is projected too. An UPDATE that changes nothing records
+    nothing, and a session that switched intents off (the benchmarks' non-durable baselines)
+    records nothing."""
+    def entries():
+        return list(ProjectionOutboxEntry.objects.order_by("id").values_list("entity", "entity_id", "authority_seq"))
+
+    run = commands.create_run(user, thread_id="by command")
+    worker = commands.create_codex_worker(user, workspace_ref="ws")
+    assert entries() == [("run", run.id, 0), ("codex_worker", worker.id, 0)]
+    ProjectionOutboxEntry.objects.all().delete()
+
+    Run.objects.filter(id=run.id).update(latest_seq=7, status="running")  # not through the commands
+    Run.objects.filter(id=run.id).update(status="running")  # changes nothing
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE runtime_codex_workers SET adapter = 'by hand' WHERE id = %s", [worker.id])
+    assert entries() == [("run", run.id, 7), ("codex_worker", worker.id, 0)]
+    ProjectionOutboxEntry.objects.all().delete()
+
+    # A process whose mode is a non-durable baseline switches intents off as its sessions open
+    # (``runtime.apps``; the SET is undone with this test's transaction).
+    settings.KHALA = {"RUNTIME_PROJECTION": "off"}
+    set_session_projection_intent(sender=None, connection=connection)
+    commands.create_run(user, thread_id="baseline without intents")
+    assert entries() == []
+
+
+@pytest.mark.django_db
 def test_worker_command_argument_errors():
     with pytest.raises(CommandError, match="--batch-size"):
         call_command("projector_worker", "--once", "--batch-size", "0")
@@ -508,14 +536,14 @@ def notifications(listener) -> int:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_command_that_skips_its_notify_while_a_worker_drains_is_projected_when_the_drain_ends(
+def test_commands_that_commit_while_a_worker_drains_skip_their_notify_and_are_projected_by_its_polls(
     topics, user, projector_worker, settings
 ):
-    """The draining flag (``projector.outbox_draining``): a command recorded while the worker drains
-    sends no NOTIFY, and its entry is still projected, even though it commits only after the
-    worker's drain has run out of work (the worker lowers its flag only once no such command is in
-    flight; a poll of 60 s could not rescue it within the test)."""
+    """The draining flag (``projector.outbox_draining``): commands that commit while the worker
+    drains send no NOTIFY (their process sees the flag, and then trusts it for a lease), and the
+    draining worker's own polls project them, long before its poll interval of 60 s."""
     settings.KHALA = {"OUTBOX_FAST_PATH": False}  # commands NOTIFY after COMMIT
+    outbox._waker.draining_until = 0.0  # no lease left over from another test
     url = database_url_of_this_test_run()
     with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url) as blocker:
         listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
@@ -527,21 +555,141 @@ def test_a_command_that_skips_its_notify_while_a_worker_drains_is_projected_when
         wait_for(worker_blocked_on_topic_row, "the worker to block mid-batch")
         assert wait_for(lambda: notifications(listener), "the first command's NOTIFY") == 1
 
-        with transaction.atomic():
-            second = commands.create_run(user, thread_id="recorded while the worker drains")
-            blocker.rollback()  # the worker finishes its batch; it cannot see `second` before our COMMIT
-            wait_for(lambda: ReadModelDocument.objects.filter(doc_key=run_doc_key(first.id)).exists(), "the first batch")
-            # Not a wait for an event: the window in which the worker runs out of work and tries
-            # to lower its flag while this command is still uncommitted.
-            time.sleep(0.5)
+        later = [commands.create_run(user, thread_id=f"recorded while the worker drains {i}") for i in range(3)]
+        assert notifications(listener) == 0  # they saw the flag (or trusted it) and sent nothing
+        blocker.rollback()  # the worker finishes its batch, and its next polls find the others
+        runs = [first, *later]
         wait_for(
-            lambda: ReadModelDocument.objects.filter(doc_key=run_doc_key(second.id)).exists(),
-            "the entry committed without a NOTIFY to be projected",
+            lambda: ReadModelDocument.objects.filter(doc_key__in=[run_doc_key(r.id) for r in runs]).count() == len(runs),
+            "the entries committed without a NOTIFY to be projected",
             timeout=20,
         )
-        assert notifications(listener) == 0  # `second` skipped its NOTIFY
     totals = stop(process, log)
-    assert totals["projected"] == 2
+    assert totals["projected"] == len(runs)
+
+
+class ProbeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_writer_trusts_a_draining_flag_it_saw_for_the_lease_and_no_longer():
+    """The writer's side of the draining flag, on real PostgreSQL: while a worker holds the flag
+    the NOTIFY thread's statement sends nothing, and for ``LEASE_SECONDS`` after it saw the flag
+    the process does not even ask; once the lease is over it asks again, and with the flag down
+    it NOTIFYs."""
+    url = database_url_of_this_test_run()
+    clock = ProbeClock()
+    waker = outbox._WorkerWaker(monotonic=clock)
+    with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url, autocommit=True) as drainer:
+        listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
+        drainer.execute("SELECT pg_advisory_lock(%s)", [outbox_draining.DRAINING_LOCK])  # a worker drains
+
+        waker.request()
+        wait_for(lambda: waker.draining_until, "the NOTIFY thread to see the flag")
+        assert waker.draining_until == clock.now + outbox_draining.LEASE_SECONDS
+        assert notifications(listener) == 0
+
+        drainer.execute("SELECT pg_advisory_unlock(%s)", [outbox_draining.DRAINING_LOCK])  # the drain ends
+        clock.now += outbox_draining.LEASE_SECONDS / 2
+        waker.request()  # within the lease: nothing is sent (the worker's cooldown polls cover it)
+        assert notifications(listener) == 0
+
+        clock.now += outbox_draining.LEASE_SECONDS
+        waker.request()  # the lease is over: the flag is down, so it NOTIFYs
+        assert wait_for(lambda: notifications(listener), "a NOTIFY once the lease is over") == 1
+    # The worker keeps polling after lowering its flag for longer than a writer trusts the flag.
+    assert outbox_draining.COOLDOWN_SECONDS >= outbox_draining.LEASE_SECONDS + 0.1
+
+
+class ScriptedDrainLoop(outbox_worker.OutboxDrainLoop):
+    """The drain loop with scripted passes (how many entries each pass claims), a fake draining
+    flag and a fake clock that a poll advances by its wait; records what the loop did."""
+
+    def __init__(self, claims: list[int], clock: ProbeClock, linger: float):
+        class Flag:
+            held = False
+
+            def raise_flag(flag):
+                if not flag.held:
+                    flag.held = True
+                    self.events.append("raise")
+                return True
+
+            def lower(flag):
+                if flag.held:
+                    flag.held = False
+                    self.events.append("lower")
+
+        class Waiter:
+            listens = True
+
+            def wait(waiter, timeout):
+                self.events.append("wait_for_notify")
+                if not self.claims:
+                    self.stop()
+
+            def wake(waiter):
+                pass
+
+            def close(waiter):
+                pass
+
+        super().__init__(batch_size=10, poll_interval=60, waiter=Waiter(), monotonic=clock, linger=lambda: linger)
+        self.claims = list(claims)
+        self.clock = clock
+        self.events: list[str] = []
+        self.draining = Flag()
+        self._stop = self._ClockedStop(self, clock)
+
+    class _ClockedStop:
+        def __init__(self, loop, clock):
+            self.loop, self.clock, self.stopped = loop, clock, False
+
+        def is_set(self):
+            return self.stopped
+
+        def set(self):
+            self.stopped = True
+
+        def wait(self, seconds):
+            self.clock.now += seconds
+            return self.stopped
+
+    def pass_once(self) -> bool:
+        claimed = self.claims.pop(0) if self.claims else 0
+        self.events.append(f"pass:{claimed}")
+        self.last_claimed = claimed
+        return False
+
+
+def test_after_lowering_its_flag_the_worker_passes_at_once_then_polls_through_the_cooldown():
+    """The worker's side of the draining flag: once a pass finds nothing it lowers the flag, passes
+    once more at once (commits made before the lowering), then keeps polling for
+    ``COOLDOWN_SECONDS`` (writers may still trust the flag for a lease) before it waits for a
+    NOTIFY; work found during the cooldown raises the flag again."""
+    linger = 0.125  # the gap between polls; a binary fraction, so the fake clock adds up exactly
+    polls = math.ceil(outbox_draining.COOLDOWN_SECONDS / linger)
+
+    quiet = ScriptedDrainLoop([0, 3, 0], ProbeClock(), linger)  # woken: a pass of 3, then nothing more
+    quiet.run()
+    assert quiet.events[:6] == ["pass:0", "wait_for_notify", "raise", "pass:3", "pass:0", "lower"]
+    # Then the pass right after lowering and the cooldown's polls, all without the flag, and only
+    # then a wait for a NOTIFY.
+    assert quiet.events[6:6 + polls + 2] == ["pass:0"] * (polls + 1) + ["wait_for_notify"]
+
+    late = ScriptedDrainLoop([0, 3, 0, 0, 0, 2, 0], ProbeClock(), linger)  # an entry turns up during the cooldown
+    late.run()
+    lowered = late.events.index("lower")
+    assert late.events[lowered + 1:lowered + 6] == ["pass:0", "pass:0", "pass:2", "raise", "pass:0"]
+    relowered = late.events.index("lower", lowered + 1)  # that work done, a full cooldown again
+    assert late.events[relowered + 1:relowered + polls + 3] == ["pass:0"] * (polls + 1) + ["wait_for_notify"]
 
 
 def draining_flag_holders() -> set[int]:
