@@ -15,8 +15,9 @@ process afterwards. Two alternatives were rejected:
   or quarantine.
 
 An append-only row costs one INSERT per change (inside the writer's own statement, by trigger),
-never blocks a writer, and carries the retry bookkeeping. The entity's state is folded when the entry is drained (not when it was recorded),
-so several entries of one entity in a batch become one fold.
+never blocks a writer, and carries the retry bookkeeping. The entity's state is folded when the
+entry is drained (not when it was recorded), so several entries of one entity in a batch become
+one fold.
 
 Draining (``drain_once``, the body of ``manage.py projector_worker``), in ONE transaction:
 
