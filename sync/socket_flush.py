@@ -40,7 +40,7 @@ import weakref
 
 from sync import metrics
 from sync.outbound import LIVE_LAG_SAMPLER, OutboundQueue
-from sync.wire import SharedFrame, websocket_text_frame, wire_bytes
+from sync.wire import SharedFrame, websocket_text_frame
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,7 @@ class DirectSocket:
             single = queue.take_single()
             if single is not None:  # the common case of live fan-out: one frame per socket per turn
                 text, committed_at = single
-                wire = text.wire if type(text) is SharedFrame else websocket_text_frame(text)
-                if limit and len(wire) > limit and len(wire) - _header_length(wire) > limit:
-                    raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
-                self._write(wire)
+                self._write(_checked_frame(text, limit))
                 flusher.writes += 1
                 flusher.frames += 1
                 if committed_at is not None:
@@ -129,9 +126,7 @@ class DirectSocket:
             committed = []
             while len(queue) and size < WRITE_BYTES:
                 text, committed_at = queue.take_nowait()
-                wire = wire_bytes(text)
-                if limit and len(wire) > limit and len(wire) - _header_length(wire) > limit:
-                    raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
+                wire = _checked_frame(text, limit)
                 chunks.append(wire)
                 size += len(wire)
                 if committed_at is not None:
@@ -163,6 +158,15 @@ class DirectSocket:
         finally:
             self._drain_waiter = None
         self.schedule()
+
+
+def _checked_frame(text: str, limit: int | None) -> bytes:
+    """The WebSocket frame of ``text`` (a ``SharedFrame``'s was built once, with it), refused with
+    ``FrameTooLarge`` when its payload is above the server's message limit."""
+    wire = text.wire if type(text) is SharedFrame else websocket_text_frame(text)
+    if limit and len(wire) > limit and len(wire) - _header_length(wire) > limit:
+        raise FrameTooLarge(f"a {len(wire)}-byte frame is above the server's message limit of {limit} bytes")
+    return wire
 
 
 def _header_length(wire: bytes) -> int:

@@ -21,7 +21,7 @@ class SharedFrame(str):
     """A frame text sent to several sockets, with its WebSocket frame ``wire`` built once.
 
     Built here rather than on first write: the flusher then reads ``wire`` per socket as a plain
-    attribute, with no call (``sync.socket_flush``)."""
+    attribute, with no check whether it was built yet (``sync.socket_flush``)."""
 
     def __new__(cls, text: str):
         frame = super().__new__(cls, text)
@@ -38,10 +38,3 @@ def websocket_text_frame(text: str) -> bytes:
     if length < 65536:
         return b"\x81\x7e" + length.to_bytes(2, "big") + data
     return b"\x81\x7f" + length.to_bytes(8, "big") + data
-
-
-def wire_bytes(text: str) -> bytes:
-    """The frame of ``text``; a ``SharedFrame``'s was built once, with it."""
-    if type(text) is SharedFrame:
-        return text.wire
-    return websocket_text_frame(text)

@@ -4,14 +4,7 @@ import pytest
 
 from projector import linger as linger_module
 from projector.linger import PRESSURE_HIGH, PRESSURE_LOW, CpuPressure, Linger, linger_for
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def psi_file(tmp_path, stalled_us: int):
@@ -38,7 +31,7 @@ def test_without_pressure_figures_or_a_larger_maximum_the_wait_stays_the_minimum
 
 
 def test_the_pressure_is_the_lower_stalled_share_of_the_last_two_intervals(tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     step = linger_module.READ_INTERVAL_SECONDS
     psi_file(tmp_path, 1_000_000)
     pressure = CpuPressure(str(tmp_path / "cpu"), monotonic=clock)
@@ -70,7 +63,7 @@ def test_a_host_without_psi_gives_no_pressure_and_the_loop_keeps_the_minimum(tmp
 
 
 def test_the_loop_wait_follows_sustained_pressure_only(tmp_path):
-    clock = Clock()
+    clock = FakeClock()
     step = linger_module.READ_INTERVAL_SECONDS
     stalled = 0
     psi_file(tmp_path, stalled)

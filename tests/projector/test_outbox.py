@@ -42,6 +42,7 @@ from projector.projector import notification_doc_key, project_entities, run_doc_
 from runtime import commands
 from runtime.apps import set_session_projection_intent
 from runtime.models import CodexWorker, Run
+from tests.support.clock import FakeClock as MonotonicClock
 from tests.support.servers import REPO_ROOT, test_database_url as database_url_of_this_test_run
 
 
@@ -568,16 +569,6 @@ def test_commands_that_commit_while_a_worker_drains_skip_their_notify_and_are_pr
     assert totals["projected"] == len(runs)
 
 
-class ProbeClock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.mark.django_db(transaction=True)
 def test_a_writer_trusts_a_draining_flag_it_saw_for_the_lease_and_no_longer():
     """The writer's side of the draining flag, on real PostgreSQL: while a worker holds the flag
@@ -585,7 +576,7 @@ def test_a_writer_trusts_a_draining_flag_it_saw_for_the_lease_and_no_longer():
     the process does not even ask; once the lease is over it asks again, and with the flag down
     it NOTIFYs."""
     url = database_url_of_this_test_run()
-    clock = ProbeClock()
+    clock = MonotonicClock()
     waker = outbox._WorkerWaker(monotonic=clock)
     with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url, autocommit=True) as drainer:
         listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
@@ -612,7 +603,7 @@ class ScriptedDrainLoop(outbox_worker.OutboxDrainLoop):
     """The drain loop with scripted passes (how many entries each pass claims), a fake draining
     flag and a fake clock that a poll advances by its wait; records what the loop did."""
 
-    def __init__(self, claims: list[int], clock: ProbeClock, linger: float):
+    def __init__(self, claims: list[int], clock: MonotonicClock, linger: float):
         class Flag:
             held = False
 
@@ -677,14 +668,14 @@ def test_after_lowering_its_flag_the_worker_passes_at_once_then_polls_through_th
     linger = 0.125  # the gap between polls; a binary fraction, so the fake clock adds up exactly
     polls = math.ceil(outbox_draining.COOLDOWN_SECONDS / linger)
 
-    quiet = ScriptedDrainLoop([0, 3, 0], ProbeClock(), linger)  # woken: a pass of 3, then nothing more
+    quiet = ScriptedDrainLoop([0, 3, 0], MonotonicClock(), linger)  # woken: a pass of 3, then nothing more
     quiet.run()
     assert quiet.events[:6] == ["pass:0", "wait_for_notify", "raise", "pass:3", "pass:0", "lower"]
     # Then the pass right after lowering and the cooldown's polls, all without the flag, and only
     # then a wait for a NOTIFY.
     assert quiet.events[6:6 + polls + 2] == ["pass:0"] * (polls + 1) + ["wait_for_notify"]
 
-    late = ScriptedDrainLoop([0, 3, 0, 0, 0, 2, 0], ProbeClock(), linger)  # an entry turns up during the cooldown
+    late = ScriptedDrainLoop([0, 3, 0, 0, 0, 2, 0], MonotonicClock(), linger)  # an entry turns up during the cooldown
     late.run()
     lowered = late.events.index("lower")
     assert late.events[lowered + 1:lowered + 6] == ["pass:0", "pass:0", "pass:2", "raise", "pass:0"]
