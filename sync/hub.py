@@ -282,6 +282,7 @@ class Hub:
     async def head_check(self) -> None:
         """One query for all followed topics; pump every topic whose head is past its cursor."""
         if not self.feeds:
+            metrics.HUB_HEAD_CHECKS.inc()  # nothing followed: done at once (a bus attach before the first follow)
             return
         states = await self.journal.topic_states(list(self.feeds))
         for topic, state in states.items():

@@ -80,8 +80,9 @@ def metric(server, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-# Far longer than any wait below: within these tests only a Redis hint can trigger live delivery.
-NO_HEAD_CHECK = {"HEAD_CHECK_INTERVAL_SECONDS": 600.0}
+# Far longer than any wait below, also while the bus is not attached yet: within these tests only
+# a Redis hint, or the one head check a hub runs when its bus attaches, can trigger live delivery.
+NO_HEAD_CHECK = {"HEAD_CHECK_INTERVAL_SECONDS": 600.0, "HEAD_CHECK_DETACHED_INTERVAL_SECONDS": 600.0}
 HINT_WINDOW_SECONDS = 10.0
 
 
@@ -97,9 +98,13 @@ async def test_two_daphne_workers_deliver_through_redis_hints_and_a_deaf_worker_
     c, _ = await subscribed(deaf, mint(1))
     # A hub's bus subscription attaches with its first followed topic, and then checks the heads
     # once (hints sent before the attach are lost). Let that check finish before writing: on a
-    # slow machine it could otherwise read the writes below and count them as caught up.
+    # slow machine it could otherwise read the writes below and count them as caught up. With the
+    # detached interval as long as the other, it is the only head check a worker runs here.
     for server in (one, two, deaf):
-        await wait_until(lambda: metric(server, "khala_hub_head_checks_total") >= 1, 10, message="the attach-time head check")
+        await wait_until(
+            lambda server=server: metric(server, 'khala_bus_shard_attached{shard="0"}') == 1
+            and metric(server, "khala_hub_head_checks_total") >= 1, 10, message="the bus attached, and its head check",
+        )
     await in_thread(write_rows, 1, 3)
     assert await collect_until(a, lambda s: len(s) >= 3, timeout=HINT_WINDOW_SECONDS) == [1, 2, 3]
     assert await collect_until(b, lambda s: len(s) >= 3, timeout=HINT_WINDOW_SECONDS) == [1, 2, 3]
@@ -254,8 +259,6 @@ async def test_idle_socket_times_out_on_a_real_server(topics, mint, asgi_server)
 async def test_daphne_default_message_limit_caps_batch_frames(topics, mint, asgi_server):
     """Plain `daphne app` (1 MiB --websocket-max-message-size, which autobahn also applies to what
     the server sends): 2 MiB batches would be refused by the server, so frames are capped below it."""
-    from tests.support import servers
-
     await in_thread(write_rows, 1, 40, payload_bytes=60 * 1024)  # ~2.4 MB of replay
     server = asgi_server("daphne", extra_args=["--websocket-max-message-size", str(1024 * 1024)])
     client = await PhoenixClient.connect(server.ws_url(token=mint(1)))
