@@ -118,7 +118,7 @@ class SyncSocket(AsyncConsumer):
         limit, max_bytes = int(khala_setting("OUTBOUND_QUEUE_LIMIT")), int(khala_setting("OUTBOUND_QUEUE_MAX_BYTES"))
         if self.writer.direct and khala_setting("SOCKET_DIRECT_WRITES"):  # the loop's flusher writes; no writer task
             self.direct = DirectSocket(self.writer, limit, max_bytes, on_failure=self._write_failed)
-            self.outbound = self.direct.queue
+            self.outbound = self.direct  # the socket is its own queue
         else:
             self.outbound = OutboundQueue(limit, max_bytes)
         self.session = Session(

@@ -80,13 +80,15 @@ class LiveBatch:
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.encoded = {row.watermark: encode_update(row, inline_limit_bytes) for row in rows}
-        self._by_org: dict = {}
+        # ``frames_for``'s answers so far, by ``(org_id, with_frames)``: the follower looks here
+        # first (one dict lookup per socket instead of a call).
+        self.shared: dict = {}
         self._by_rows: dict = {}
 
     def frames_for(self, org_id: str, with_frames: bool) -> list:
         """Shared frames (``join_ref`` null) for a live socket whose position is ``start``."""
         key = (org_id, with_frames)
-        frames = self._by_org.get(key)
+        frames = self.shared.get(key)
         if frames is None:
             visible = tuple(row for row in self.rows if may_see(row, org_id))
             rows_key = (tuple(row.watermark for row in visible), with_frames)
@@ -94,7 +96,7 @@ class LiveBatch:
             if frames is None:
                 frames = self._encode(visible, with_frames, None)
                 self._by_rows[rows_key] = frames
-            self._by_org[key] = frames
+            self.shared[key] = frames
         return frames
 
     def frames_after(self, after: int, org_id: str, with_frames: bool, join_ref) -> list:
@@ -181,6 +183,9 @@ class Writer(Protocol):
     def send(self, text: str, committed_at: float | None = None) -> bool:
         """Queue a frame; False when the socket is closed or was just closed as a slow consumer."""
 
+    def send_many(self, frames: list) -> int:
+        """Queue ``(text, committed_at)`` frames to go out together; how many were queued."""
+
     async def wait_room(self) -> bool:
         """Until the outbound queue has room (replay pacing); False when the socket is gone."""
 
@@ -191,6 +196,9 @@ class Writer(Protocol):
 
     def end(self, follower: "Follower", reason: str) -> None:
         """The follower's topic cannot be continued (stale): stop following it."""
+
+    def fail(self) -> None:
+        """Work for this socket failed on a bug: close it as ``internal``."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +221,9 @@ class BatchLimits:
 
 
 class Follower:
+    __slots__ = ("topic", "writer", "journal", "limits", "status", "last_sent", "stream_epoch", "state", "known_head", "buffer",
+                 "buffered_rows", "ended")
+
     def __init__(self, topic: str, writer: Writer, journal, *, position: int, state: TopicState, limits: BatchLimits):
         self.topic = topic
         self.writer = writer
@@ -311,17 +322,16 @@ class Follower:
         writer = self.writer
         if live.batch is None:
             return 0
-        if after == live.start:
-            frames = live.batch.frames_for(writer.org_id, writer.frames)  # shared, encoded once
+        if after == live.start:  # shared, encoded once
+            frames = live.batch.shared.get((writer.org_id, writer.frames))
+            if frames is None:
+                frames = live.batch.frames_for(writer.org_id, writer.frames)
         else:
             frames = live.batch.frames_after(after, writer.org_id, writer.frames, writer.join_ref)
-        sent = 0
-        send = writer.send
-        for text, committed_at in frames:
-            if not send(text, committed_at):
-                break
-            sent += 1
-        return sent
+        if len(frames) == 1:  # the common case: one frame, which the socket may write at once
+            text, committed_at = frames[0]
+            return 1 if writer.send(text, committed_at) else 0
+        return writer.send_many(frames)  # several: queued together, so they go out in one write
 
     # ---- journal reads ---------------------------------------------------------------------------
 
@@ -390,9 +400,7 @@ class Follower:
         metrics.REPLAY_BATCHES.inc()
         metrics.REPLAY_ROWS.inc(len(piece))
         writer = self.writer
-        for text, _ in batch_frames(writer.join_ref, self.topic, piece, replay_complete, through, self.stream_epoch, writer.frames):
-            if not writer.send(text):
-                break
+        writer.send_many(batch_frames(writer.join_ref, self.topic, piece, replay_complete, through, self.stream_epoch, writer.frames))
         self.last_sent = max(self.last_sent, through)
         return True
 

@@ -236,7 +236,7 @@ class Hub:
                 frames += follower.offer(live)
             except Exception:  # one broken socket must not stop the fan-out
                 log.exception("offer to a follower failed")
-                follower.writer.close("internal")
+                follower.writer.fail()
         if frames:
             metrics.LIVE_FRAMES.inc(frames)  # once per pass: the counter takes a lock per call
 

@@ -88,6 +88,10 @@ class OutboundQueue:
             self._on_offer()
         return True
 
+    # Always queues, also where a subclass's ``offer`` may write a frame at once (``sync.socket_flush``):
+    # frames handed over together are then written together.
+    enqueue = offer
+
     @property
     def has_room(self) -> bool:
         """At most half full (the mark replay waits for, and below which replies are sent)."""
@@ -194,6 +198,18 @@ class Outbox:
         self.slow_consumer()
         return False
 
+    def send_many(self, frames) -> int:
+        """Queue ``(text, committed_at)`` frames that go out together (one transport write on the
+        direct path); how many were queued before the socket closed (as with ``send``)."""
+        if self.closed:
+            return 0
+        enqueue = self.queue.enqueue
+        for count, (text, committed_at) in enumerate(frames):
+            if not enqueue(text, committed_at):
+                self.slow_consumer()
+                return count
+        return len(frames)
+
     async def wait_room(self) -> bool:
         """Replay is paced by the socket: it waits while the outbound queue is over half full,
         so catching up a large backlog never grows memory. A socket that takes no frame for a
@@ -285,13 +301,15 @@ class LagSampler:
 
     def __init__(self, every: int = LIVE_LAG_SAMPLE_EVERY):
         self.every = max(int(every), 1)
-        self._left = 1
+        self.left = 1  # pairs until the next observation: a hot path may count down itself and call ``observe`` at 0
 
     def sent(self, committed_at: float, wall_clock) -> None:
-        self._left -= 1
-        if self._left:
-            return
-        self._left = self.every
+        self.left -= 1
+        if not self.left:
+            self.observe(committed_at, wall_clock)
+
+    def observe(self, committed_at: float, wall_clock) -> None:
+        self.left = self.every
         metrics.LIVE_DELIVERY_LAG.observe(max(wall_clock() - committed_at, 0.0))
 
 

@@ -186,6 +186,13 @@ class Session:
     def _full_resync_required(self) -> bool:
         return any(f.pruned_past(self.hub.topic_state(f.topic)) for f in self.followers.values())
 
+    def send_many(self, frames: list) -> int:
+        return self.out.send_many(frames)
+
+    def fail(self) -> None:
+        """Work for this socket failed on a bug: tell the client ``internal`` and close (4500)."""
+        self.out.close("internal", error_payload("internal"))
+
     def schedule(self, follower: Follower) -> None:
         self._commands.put((CATCHUP, follower))  # never refused: the server asked for it
 
@@ -249,7 +256,7 @@ class Session:
             raise
         except Exception:
             log.exception("sync session command %s failed", route.handler)
-            self.out.close("internal", error_payload("internal"))
+            self.fail()
         finally:
             # Only once the join has run: a frame that arrives while it awaits (the token and
             # revocation checks) must queue behind it, not be refused as "join first"

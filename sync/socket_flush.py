@@ -1,19 +1,26 @@
-"""Queued frames reach their sockets once per loop turn, each socket's in ONE transport write.
+"""Frames reach their sockets in few writes: at once when nothing waits, else once per loop turn in ONE write.
 
 The per-socket writer task (``sync.outbound.run_writer``) wakes once per frame and hands each frame
 to the server separately: a task switch, an ASGI ``send`` and a transport write per (socket,
 frame). When the server's transport takes ready-made frames (``SocketWriter.direct``: daphne and
 uvicorn's default implementation), sockets use this module instead:
 
-- ``DirectSocket.queue`` is the socket's ``OutboundQueue`` (the same bounds, ``offer`` result and
-  waits as on the writer-task path, so the session's slow-consumer and backpressure rules are
-  unchanged); queuing a frame marks the socket pending with the event loop's ``Flusher``;
-- the ``Flusher`` runs once per loop turn (``call_soon`` when the first socket becomes pending) and
-  flushes every pending socket: everything queued for it, in order, becomes one transport write
-  of WebSocket frames (``sync.wire``; a frame shared by many sockets is framed once), or several
-  of about ``WRITE_BYTES`` when more is queued. So the frames the hub offers to all followers of
-  a topic in one pass go out together at the end of that pass, one write per socket, with no
-  task switch per socket;
+- ``DirectSocket`` is the socket's ``OutboundQueue`` (the same bounds, ``offer`` result and waits
+  as on the writer-task path, so the session's slow-consumer and backpressure rules are
+  unchanged);
+- a frame offered to a socket with nothing queued, whose transport is open and below its
+  high-water mark, is written at once, if the socket was not already written at once in this
+  flusher turn: the common case of live fan-out (one frame per socket per commit) costs one
+  transport write and no queue, no pending mark and no flush. A frame can only be written at once
+  when nothing waits before it, so nothing is reordered;
+- any other frame is queued, which marks the socket pending with the event loop's ``Flusher``.
+  It runs once per loop turn (``call_soon`` when the first socket becomes pending, or after the
+  first write at once) and flushes every pending socket: everything queued for it, in order,
+  becomes one transport write of WebSocket frames (``sync.wire``; a frame shared by many sockets
+  is framed once), or several of about ``WRITE_BYTES`` when more is queued. So a socket gets at
+  most one write at once and one flush per turn, and frames handed over together (a range the
+  hub cut into several batch frames, a batch with its ``sync:frame`` envelope: ``Outbox.send_many``)
+  are always queued, so they go out as one write;
 - a socket whose transport is above its high-water mark (the client stopped reading) is skipped:
   its frames stay queued, one small task waits for the transport to drain and marks it pending
   again. Its queue fills while it is stuck, and the session closes it as ``slow_consumer`` as
@@ -57,30 +64,64 @@ class FrameTooLarge(Exception):
     """A frame above the server's message limit (``SocketWriter.max_message_bytes``)."""
 
 
-class DirectSocket:
-    """One socket's outbound queue, written by the loop's ``Flusher`` (see module docstring).
+class DirectSocket(OutboundQueue):
+    """One socket's outbound queue, written by the loop's ``Flusher`` or, when nothing waits, at once
+    (see module docstring). The socket is its own queue: ``offer`` is the one call per frame.
 
     ``on_failure()`` is called (inside the exception handler) when a write failed; the caller
     closes the socket."""
 
-    __slots__ = ("queue", "writer", "flusher", "on_failure", "stopped", "_drain_waiter", "sampler", "wall_clock", "_ready", "_write",
-                 "__weakref__")
+    __slots__ = ("writer", "flusher", "on_failure", "stopped", "_drain_waiter", "sampler", "wall_clock", "_is_ready", "_write",
+                 "_limit", "_written_turn", "__weakref__")
 
     def __init__(self, writer, max_items: int, max_bytes: int, *, on_failure, flusher=None, sampler=None, wall_clock=time.time):
-        self.writer = writer
-        self.flusher = flusher or flusher_of_running_loop()
+        flusher = flusher or flusher_of_running_loop()
         # Queuing a frame marks the socket pending straight away (no ``schedule`` call per frame:
         # a stopped socket marked pending is skipped by ``flush``).
-        self.queue = OutboundQueue(max_items, max_bytes, on_offer=functools.partial(self.flusher.add, self))
+        super().__init__(max_items, max_bytes, on_offer=functools.partial(flusher.add, self))
+        self.writer = writer
+        self.flusher = flusher
         self.on_failure = on_failure
         self.stopped = False
         self._drain_waiter: asyncio.Task | None = None
         self.sampler = sampler or LIVE_LAG_SAMPLER
         self.wall_clock = wall_clock
         # The writer's channel is fixed once the socket is accepted: its two calls of the common
-        # case, bound once (``flush``).
-        self._ready = writer.ready
+        # case, and the server's message limit, bound once.
+        self._is_ready = writer.ready
         self._write = writer.write_frames
+        self._limit = writer.max_message_bytes
+        self._written_turn = -1  # the flusher turn in which ``offer`` last wrote at once
+
+    def offer(self, text: str, committed_at: float | None = None) -> bool:
+        """Queue a frame, or write it at once when that cannot reorder or multiply writes: nothing
+        is queued, the socket was not written at once earlier in this flusher turn (a second frame
+        of the turn is queued and goes out with the flusher's one write), and the transport is
+        open and below its high-water mark. False when the queue is full (the caller closes the
+        socket as ``slow_consumer``)."""
+        if self._items is None and self._written_turn != self.flusher.turn and not self.stopped and not self.closed and self._is_ready():
+            wire = text.wire if type(text) is SharedFrame else websocket_text_frame(text)
+            limit = self._limit
+            if not limit or len(wire) <= limit:  # a larger one is queued: ``flush`` decides exactly
+                try:
+                    self._write(wire)
+                except Exception:
+                    log.warning("socket write failed; closing the socket", exc_info=True)
+                    self.fail()
+                    return True  # the socket is closing: nothing to queue
+                flusher = self.flusher
+                self._written_turn = flusher.turn
+                flusher.writes += 1
+                flusher.frames += 1
+                if not flusher.scheduled:
+                    flusher.schedule()  # ends the turn (and publishes the counts)
+                if committed_at is not None:  # ``LagSampler.sent``, inline: this runs per (socket, frame)
+                    sampler = self.sampler
+                    sampler.left -= 1
+                    if not sampler.left:
+                        sampler.observe(committed_at, self.wall_clock)
+                return True
+        return OutboundQueue.offer(self, text, committed_at)
 
     def schedule(self) -> None:
         if not self.stopped:
@@ -93,18 +134,27 @@ class DirectSocket:
             self._drain_waiter.cancel()
             self._drain_waiter = None
 
+    def fail(self) -> None:
+        """A write failed (inside its exception handler): stop and have the socket closed."""
+        self.stop()
+        self.close()
+        try:
+            self.on_failure()
+        except Exception:
+            log.exception("closing a socket after a failed write failed")
+
     def flush(self) -> bool:
         """Write what is queued, in writes of about ``WRITE_BYTES``, while the transport takes them
         (at most ``FLUSH_MAX_BYTES`` this turn); False if nothing was written (nothing queued, the
         socket closing, or its transport full)."""
-        queue, writer = self.queue, self.writer
-        if self.stopped or queue.closed:
+        writer = self.writer
+        if self.stopped or self.closed:
             return False
-        limit = writer.max_message_bytes
+        limit = self._limit
         flusher = self.flusher
-        if self._ready():
-            single = queue.take_single()
-            if single is not None:  # the common case of live fan-out: one frame per socket per turn
+        if self._is_ready():
+            single = self.take_single()
+            if single is not None:  # one frame queued: a reply, or a live frame behind an earlier one
                 text, committed_at = single
                 self._write(_checked_frame(text, limit))
                 flusher.writes += 1
@@ -112,9 +162,9 @@ class DirectSocket:
                 if committed_at is not None:
                     self.sampler.sent(committed_at, self.wall_clock)
                 return True
-            if not len(queue):
+            if not len(self):
                 return False
-        elif not len(queue) or not writer.is_open():
+        elif not len(self) or not writer.is_open():
             return False
         elif not writer.writable():
             self._wait_for_drain()
@@ -124,8 +174,8 @@ class DirectSocket:
             chunks = []
             size = 0
             committed = []
-            while len(queue) and size < WRITE_BYTES:
-                text, committed_at = queue.take_nowait()
+            while len(self) and size < WRITE_BYTES:
+                text, committed_at = self.take_nowait()
                 wire = _checked_frame(text, limit)
                 chunks.append(wire)
                 size += len(wire)
@@ -137,7 +187,7 @@ class DirectSocket:
             for committed_at in committed:
                 self.sampler.sent(committed_at, self.wall_clock)
             total += size
-            if not len(queue):
+            if not len(self):
                 return True
             if not writer.writable():
                 # Above the transport's high-water mark, as a ``send`` of the same frames would
@@ -175,15 +225,21 @@ def _header_length(wire: bytes) -> int:
 
 
 class Flusher:
-    """The event loop's one flush per turn over every pending socket."""
+    """The event loop's one flush per turn over every pending socket.
+
+    A turn is the time between two runs: ``DirectSocket.offer`` writes a socket at once at most
+    once per turn and schedules the run that ends the turn; what the socket is sent after that
+    within the turn is queued and flushed together."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.pending: dict = {}
         self.scheduled = False
+        self.turn = 0
         self.flushes = 0  # loop turns that flushed
         self.writes = 0  # transport writes (about one per socket written in a turn)
         self.frames = 0  # frames in those writes
+        self._published = (0, 0)  # ``writes``, ``frames`` as last added to the metrics
 
     def add(self, socket: DirectSocket) -> None:
         self.pending[socket] = None
@@ -191,24 +247,27 @@ class Flusher:
             self.scheduled = True
             self.loop.call_soon(self._run)
 
+    def schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._run)
+
     def _run(self) -> None:
         self.scheduled = False
+        self.turn += 1
         pending, self.pending = self.pending, {}
-        self.flushes += 1
-        writes, frames = self.writes, self.frames
+        if pending:
+            self.flushes += 1
         for socket in pending:
             try:
                 socket.flush()
             except Exception:
                 log.warning("socket write failed; closing the socket", exc_info=True)
-                socket.stop()
-                socket.queue.close()
-                try:
-                    socket.on_failure()
-                except Exception:
-                    log.exception("closing a socket after a failed write failed")
+                socket.fail()
+        writes, frames = self._published
         _WRITES.inc(self.writes - writes)
         _FRAMES.inc(self.frames - frames)
+        self._published = (self.writes, self.frames)
 
 
 _WRITES = metrics.TRANSPORT_WRITES.labels(path="direct")

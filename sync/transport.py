@@ -172,7 +172,12 @@ class _UvicornChannel:
         return self.protocol.writable.is_set()
 
     def ready(self) -> bool:
-        return self.is_open() and self.protocol.writable.is_set()
+        """``is_open() and writable()`` in one call (asked once per frame written at once)."""
+        protocol = self.protocol
+        return (
+            protocol.writable._value and not protocol.close_sent and not protocol.disconnected
+            and protocol.conn.state is _WS_OPEN and not protocol.transport.is_closing()
+        )
 
     async def wait_writable(self) -> None:
         await self.protocol.writable.wait()

@@ -71,6 +71,11 @@ class RecordingWriter:
         self.watermarks += [u["watermark"] for u in frame[4]["updates"]]
         return True
 
+    def send_many(self, frames):
+        for text, committed_at in frames:
+            self.send(text, committed_at)
+        return len(frames)
+
     async def wait_room(self):
         return True
 
