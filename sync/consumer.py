@@ -61,9 +61,10 @@ class SyncSocket(AsyncConsumer):
     each frame is handled synchronously and slow work is queued with a bound (``Session``).
 
     Writing: where the server's transport takes ready-made frames (``SocketWriter.direct``: daphne,
-    uvicorn's default WebSocket implementation) the outbound queue is a ``DirectSocket``'s and the
-    loop's flusher writes everything queued for the socket within one loop turn as one transport
-    write (``sync.socket_flush``); elsewhere one writer task per socket drains the queue through
+    uvicorn's default WebSocket implementation) the outbound queue is a ``DirectSocket``, which
+    writes a frame at once when nothing is queued before it, and the loop's flusher writes
+    everything queued for the socket within one loop turn as one transport write
+    (``sync.socket_flush``); elsewhere one writer task per socket drains the queue through
     ``send`` (``sync.outbound.run_writer``). Either way every frame of the session goes through its
     one queue, in order; only the last error frame of a closing socket and the close itself are
     handed to ``send`` directly (after the queue was stopped).

@@ -103,8 +103,8 @@ REPLICA_LAG_BYTES = Gauge(
     "(-1: the last probe failed).",
     ["replica"],
 )
-# Queued frames reach the socket either by the loop's flusher ("direct": everything queued for a
-# socket within one loop turn in one transport write, sync.socket_flush) or one ASGI send each
+# Frames reach the socket either directly ("direct": at once when nothing is queued, else
+# everything queued for a socket within one loop turn in one transport write, sync.socket_flush) or one ASGI send each
 # ("send"). frames ÷ writes of "direct" is the coalescing achieved.
 FRAMES_WRITTEN = Counter("khala_ws_frames_written_total", "WebSocket frames handed to the server's transport.", ["path"])
 TRANSPORT_WRITES = Counter("khala_ws_transport_writes_total", "Transport writes (or ASGI sends) of those frames.", ["path"])

@@ -42,7 +42,8 @@ class OutboundQueue:
     ``slow_consumer``); ``has_room``/``wait_room`` are the half mark replay waits for and below
     which replies are sent; ``wait_empty`` waits until every queued frame was taken. Two consumers
     take frames: the consumer's writer task (``get``, through ``run_writer``) or the loop's flusher
-    (``take_nowait``; ``on_offer()`` tells it a frame was queued, ``sync.socket_flush``).
+    (``take_nowait``; ``on_offer()`` tells it a frame was queued, ``sync.socket_flush``, whose
+    ``DirectSocket`` is a queue that may also write a frame at once instead of queuing it).
 
     It allocates nothing while idle: the deque exists only while frames are queued and each event
     only while someone waits for it (idle sockets are most sockets; measured in bench/README.md,

@@ -21,8 +21,8 @@ only the slow-consumer bound then relies on the outbound queue alone, which no l
 
 **Direct writes** (``direct``): on daphne (with the producer attached) and on uvicorn's default
 WebSocket implementation (``websockets-sansio``, no extension negotiated) the writer also reaches
-the server's transport itself, so ``sync.socket_flush`` can write everything queued for a socket
-within one loop turn as ONE transport write of ready-made WebSocket frames (``sync.wire``), the
+the server's transport itself, so ``sync.socket_flush`` can write a frame at once when nothing is
+queued, and everything queued for a socket within one loop turn as ONE transport write of ready-made WebSocket frames (``sync.wire``), the
 frames many sockets share framed once. It writes only while the server's own WebSocket state is
 open (daphne: autobahn ``STATE_OPEN`` with nothing in its chopped-write queue; uvicorn: no close
 sent, ``websockets`` state OPEN, transport not closing), so its frames never follow a close frame;
@@ -139,7 +139,7 @@ class _DaphneChannel:
         return self.producer.writable.is_set()
 
     def ready(self) -> bool:
-        """``is_open() and writable()`` in one call (the flusher asks it once per socket and turn)."""
+        """``is_open() and writable()`` in one call (asked once per frame written at once)."""
         protocol = self.protocol
         return (
             self.producer.writable._open and protocol.state == protocol.STATE_OPEN and not protocol.send_queue
@@ -287,7 +287,7 @@ class SocketWriter:
         """Whole WebSocket frames, written as one transport write (only while ``is_open()``).
 
         ``attach`` replaces this method on the instance with the transport's own ``write``
-        (a connection keeps its transport): the flusher calls it once per socket and turn, and
+        (a connection keeps its transport): it is called once per frame written at once, and
         two wrapper calls per delivered frame were measurable there."""
         self._channel.write(data)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 class SharedFrame(str):
     """A frame text sent to several sockets, with its WebSocket frame ``wire`` built once.
 
-    Built here rather than on first write: the flusher then reads ``wire`` per socket as a plain
+    Built here rather than on first write: each socket's write then reads ``wire`` as a plain
     attribute, with no check whether it was built yet (``sync.socket_flush``)."""
 
     def __new__(cls, text: str):
