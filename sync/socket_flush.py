@@ -236,7 +236,6 @@ class Flusher:
         self.pending: dict = {}
         self.scheduled = False
         self.turn = 0
-        self.flushes = 0  # loop turns that flushed
         self.writes = 0  # transport writes (about one per socket written in a turn)
         self.frames = 0  # frames in those writes
         self._published = (0, 0)  # ``writes``, ``frames`` as last added to the metrics
@@ -244,8 +243,7 @@ class Flusher:
     def add(self, socket: DirectSocket) -> None:
         self.pending[socket] = None
         if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self._run)
+            self.schedule()
 
     def schedule(self) -> None:
         if not self.scheduled:
@@ -256,8 +254,6 @@ class Flusher:
         self.scheduled = False
         self.turn += 1
         pending, self.pending = self.pending, {}
-        if pending:
-            self.flushes += 1
         for socket in pending:
             try:
                 socket.flush()

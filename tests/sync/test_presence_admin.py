@@ -7,7 +7,6 @@ import secrets
 
 import pytest
 import redis
-from django.conf import settings
 from django.urls import reverse
 
 from tests.support.wsclient import PhoenixClient, updates_of

@@ -3,7 +3,6 @@
 The session's deadline is the token's ``exp`` (wall clock, read through ``tokens.verifier.clock``)
 plus ``SESSION_EXPIRY_GRACE_SECONDS``, carried onto the session's own (fake) clock at join."""
 
-import asyncio
 import json
 
 import pytest
