@@ -136,12 +136,14 @@ def worker_blocked_on_topic_row() -> bool:
         return cursor.fetchone()[0] == 1
 
 
-def worker_listening() -> bool:
-    """A worker's LISTEN connection is up (it LISTENs lazily, when its first wait begins)."""
+def worker_listening(besides) -> bool:
+    """A worker's LISTEN connection is up (it LISTENs lazily, when its first wait begins).
+    ``besides``: the test's own LISTENing connection, which must not count as the worker's."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle' AND query = %s",
-            [f"LISTEN {outbox.NOTIFY_CHANNEL}"],
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle' AND query = %s "
+            "AND pid <> %s",
+            [f"LISTEN {outbox.NOTIFY_CHANNEL}", besides.info.backend_pid],
         )
         return cursor.fetchone()[0] > 0
 
@@ -549,7 +551,7 @@ def test_commands_that_commit_while_a_worker_drains_skip_their_notify_and_are_pr
     with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url) as blocker:
         listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
         process, log, _port = projector_worker("--poll-interval", "60")
-        wait_for(worker_listening, "the worker to LISTEN")  # a NOTIFY sent before would be lost
+        wait_for(lambda: worker_listening(besides=listener), "the worker to LISTEN")  # a NOTIFY sent before would be lost
         # Hold the topic's sequence row: the woken worker raises its flag and blocks mid-batch.
         blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
         first = commands.create_run(user, thread_id="wakes the worker")
@@ -705,7 +707,7 @@ def test_a_worker_killed_while_holding_the_draining_flag_leaves_nothing_unprojec
     with psycopg.connect(url, autocommit=True) as listener, psycopg.connect(url) as blocker:
         listener.execute(f"LISTEN {outbox.NOTIFY_CHANNEL}")
         drainer, drainer_log, _ = projector_worker("--poll-interval", "60")
-        wait_for(worker_listening, "the first worker to LISTEN")
+        wait_for(lambda: worker_listening(besides=listener), "the first worker to LISTEN")
         blocker.execute("SELECT 1 FROM sync_topic_sequences WHERE topic = %s FOR UPDATE", [RUN_SUMMARIES])
         first = commands.create_run(user, thread_id="wakes the first worker")
         wait_for(worker_blocked_on_topic_row, "the first worker to block mid-batch")
