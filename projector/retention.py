@@ -1,8 +1,10 @@
 """Journal retention (KHALA-009): tail-prune each topic by its window, in bounded batches.
 
 What is deleted: a *prefix* of the topic's journal in watermark order, never a middle row. The
-cutoff watermark is the watermark of the newest row inserted before ``now - retention_seconds``;
-every row at or below it goes, oldest first, ``batch_size`` rows per statement (each batch its own
+cutoff watermark is the watermark of the newest row inserted before ``now - retention_seconds``
+(newest by ``inserted_at``, its transaction's start: a writer that waited for the topic's row
+commits a higher watermark with an earlier time, and such a row above the cutoff stays until a
+later pass); every row at or below it goes, oldest first, ``batch_size`` rows per statement (each batch its own
 short transaction: no long locks, no per-row deletes).
 
 The retention floor: each batch statement deletes its rows AND raises
