@@ -111,21 +111,6 @@ class OutboundQueue:
             self._release("_room")
         return text, committed_at
 
-    def take_single(self) -> tuple[str, float | None] | None:
-        """The one queued frame, when exactly one is queued (else None, taking nothing): the
-        flusher's common case, in one call instead of ``len`` and ``take_nowait``."""
-        items = self._items
-        if items is None or len(items) != 1:
-            return None
-        item = items[0]
-        self._items = None
-        self._size = 0
-        if self._empty is not None:
-            self._release("_empty")
-        if self._room is not None:  # an empty queue has room
-            self._release("_room")
-        return item
-
     async def get(self) -> tuple[str, float | None]:
         """The oldest frame, waiting for one."""
         while not len(self):

@@ -148,27 +148,14 @@ class DirectSocket(OutboundQueue):
         (at most ``FLUSH_MAX_BYTES`` this turn); False if nothing was written (nothing queued, the
         socket closing, or its transport full)."""
         writer = self.writer
-        if self.stopped or self.closed:
+        if self.stopped or self.closed or not len(self):
+            return False
+        if not self._is_ready():
+            if writer.is_open() and not writer.writable():
+                self._wait_for_drain()  # the client stopped reading: written once the transport drains
             return False
         limit = self._limit
         flusher = self.flusher
-        if self._is_ready():
-            single = self.take_single()
-            if single is not None:  # one frame queued: a reply, or a live frame behind an earlier one
-                text, committed_at = single
-                self._write(_checked_frame(text, limit))
-                flusher.writes += 1
-                flusher.frames += 1
-                if committed_at is not None:
-                    self.sampler.sent(committed_at, self.wall_clock)
-                return True
-            if not len(self):
-                return False
-        elif not len(self) or not writer.is_open():
-            return False
-        elif not writer.writable():
-            self._wait_for_drain()
-            return False
         total = 0
         while True:
             chunks = []
@@ -181,7 +168,7 @@ class DirectSocket(OutboundQueue):
                 size += len(wire)
                 if committed_at is not None:
                     committed.append(committed_at)
-            writer.write_frames(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
             flusher.writes += 1
             flusher.frames += len(chunks)
             for committed_at in committed:
