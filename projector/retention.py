@@ -4,8 +4,8 @@ What is deleted: a *prefix* of the topic's journal in watermark order, never a m
 cutoff watermark is the watermark of the newest row inserted before ``now - retention_seconds``
 (newest by ``inserted_at``, its transaction's start: a writer that waited for the topic's row
 commits a higher watermark with an earlier time, and such a row above the cutoff stays until a
-later pass); every row at or below it goes, oldest first, ``batch_size`` rows per statement (each batch its own
-short transaction: no long locks, no per-row deletes).
+later pass); every row at or below it goes, oldest first, ``batch_size`` rows per statement
+(each batch its own short transaction: no long locks, no per-row deletes).
 
 The retention floor: each batch statement deletes its rows AND raises
 ``sync_topic_sequences.pruned_through`` to the highest watermark it deleted, atomically
