@@ -1,0 +1,171 @@
+"""``sync.transport._UvicornChannel`` on a real, in-process uvicorn (``websockets-sansio``, on the
+asyncio and the uvloop event loop): every way a socket stops being writable, the peer's or the
+server's, makes ``ready()`` and ``is_open()`` false.
+
+The channel reads only the WebSocket state and ``transport.is_closing()``, not uvicorn's own
+``close_sent`` and ``disconnected`` flags: these tests hold it to the claim that those flags are
+never up while the other two still say open."""
+
+import asyncio
+
+import pytest
+import uvicorn
+import websockets
+
+from sync.transport import _UvicornChannel, _uvicorn_protocol
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request):
+    """Runs a scenario on a fresh loop of each kind uvicorn runs on (``uvicorn[standard]`` picks
+    uvloop when it is installed)."""
+    if request.param == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+
+    def run_on_loop(scenario):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(scenario())
+
+    return run_on_loop
+
+
+def closed_by_uvicorn(protocol) -> bool:
+    return protocol.close_sent or protocol.disconnected
+
+
+class Server:
+    """A uvicorn server in this event loop whose app hands each accepted socket's channel to the
+    test and then waits until the test lets it return."""
+
+    def __init__(self):
+        self.accepted: asyncio.Queue = asyncio.Queue()
+        self.release = asyncio.Event()
+
+    async def app(self, scope, receive, send):
+        assert scope["type"] == "websocket"
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        protocol = _uvicorn_protocol(send)
+        await self.accepted.put((_UvicornChannel(protocol), protocol, send))
+        await self.release.wait()
+
+    async def __aenter__(self):
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, ws="websockets-sansio", lifespan="off", interface="asgi3",
+                                log_level="warning", ws_per_message_deflate=False, ws_ping_interval=None)
+        self.server = uvicorn.Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            await asyncio.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"ws://127.0.0.1:{port}/"
+        return self
+
+    async def __aexit__(self, *exc):
+        self.release.set()
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 10)
+
+    async def connect(self):
+        client = await websockets.connect(self.url)
+        channel, protocol, send = await asyncio.wait_for(self.accepted.get(), 5)
+        assert channel.ready() and channel.is_open()
+        return client, channel, protocol, send
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def assert_shut(channel, protocol) -> None:
+    assert closed_by_uvicorn(protocol)
+    assert not channel.ready()
+    assert not channel.is_open()
+
+
+def test_the_server_closing_the_socket_shuts_the_channel(run):
+    async def scenario():
+        async with Server() as server:
+            client, channel, protocol, send = await server.connect()
+            await send({"type": "websocket.close", "code": 4000})
+            assert_shut(channel, protocol)  # at once, before the peer answers
+            await client.close()
+
+    run(scenario)
+
+
+def test_the_peer_closing_the_socket_shuts_the_channel(run):
+    async def scenario():
+        async with Server() as server:
+            client, channel, protocol, _ = await server.connect()
+            await client.close(code=1000)
+            await until(lambda: closed_by_uvicorn(protocol) or not channel.is_open())
+            assert not channel.ready() and not channel.is_open()
+            await until(lambda: protocol.disconnected)
+            assert_shut(channel, protocol)
+
+    run(scenario)
+
+
+def test_the_peer_vanishing_shuts_the_channel(run):
+    async def scenario():
+        async with Server() as server:
+            client, channel, protocol, _ = await server.connect()
+            client.transport.abort()  # no close frame: a reset
+            await until(lambda: protocol.disconnected)
+            assert_shut(channel, protocol)
+
+    run(scenario)
+
+
+def test_a_keepalive_timeout_shuts_the_channel(run):
+    async def scenario():
+        async with Server() as server:
+            client, channel, protocol, _ = await server.connect()
+            protocol.keepalive_timeout()  # what uvicorn calls when a ping goes unanswered
+            assert_shut(channel, protocol)
+            await client.close()
+
+    run(scenario)
+
+
+def test_a_full_transport_is_open_but_not_ready(run):
+    async def scenario():
+        async with Server() as server:
+            client, channel, protocol, _ = await server.connect()
+            protocol.pause_writing()  # what the transport calls above its high-water mark
+            assert channel.is_open() and not channel.ready()
+            protocol.resume_writing()
+            assert channel.ready()
+            await client.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("close", ["server", "peer", "reset"])
+def test_a_shut_channel_stays_shut(run, close):
+    """Once shut, no later step of uvicorn's closing makes the channel writable again."""
+
+    async def scenario():
+        async with Server() as server:
+            client, channel, protocol, send = await server.connect()
+            if close == "server":
+                await send({"type": "websocket.close", "code": 1000})
+            elif close == "peer":
+                await client.close()
+            else:
+                client.transport.abort()
+            for _ in range(50):
+                await asyncio.sleep(0.005)
+                if closed_by_uvicorn(protocol):
+                    assert not channel.ready()
+            await until(lambda: protocol.disconnected)
+            assert not channel.ready() and not channel.is_open()
+
+    run(scenario)
