@@ -54,6 +54,9 @@ from bench import harness  # noqa: E402
 CLIENT_HEARTBEAT_SECONDS = 25.0  # under the server's 60 s idle timeout, like the phoenix client's 30 s
 KINDS = ("daphne", "uvicorn", "raw")
 ROUND_DRAIN_SECONDS = 20.0
+# Scraped from each Khala server after the run: why rows were read, live lag, slow consumers, and
+# the collector's pauses (a full collection stalls every socket of the worker: a latency tail).
+FANOUT_METRICS = ("khala_hub_", "khala_live_", "khala_slow_", "khala_gc_")
 
 
 # --- client process ------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def finish_kind(kind: Kind) -> dict:
         "rounds": rounds,
         "server_rss_bytes": [s.rss_bytes() for s in kind.servers],
         # Why a row was read (hint vs periodic head check) tells lost/late hints from slow sends.
-        "server_metrics": [harness.scrape_metrics(s.http_url) for s in kind.servers if s.http_url],
+        "server_metrics": [harness.scrape_metrics(s.http_url, FANOUT_METRICS) for s in kind.servers if s.http_url],
         "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in results],
     }
 

@@ -392,7 +392,15 @@ def add_client_options(parser: argparse.ArgumentParser) -> None:
 def start_clients(clients: list, script: str, sockets: int, processes: int, *args: str) -> None:
     """Start ``processes`` load clients of ``script`` sharing ``sockets`` evenly; each gets ``args``,
     its own ``--client-sockets`` and a result file. Appended to ``clients`` one by one, so the
-    caller's cleanup kills whatever started even if a later start fails."""
+    caller's cleanup kills whatever started even if a later start fails.
+
+    Each client runs in a session of its own, like each server: with the kernel's autogroup
+    scheduling on (``/proc/sys/kernel/sched_autogroup_enabled``, the default of most distributions)
+    CPU is shared fairly between sessions first. Left in the benchmark's session, all the clients
+    and the writer shared one session's share against each server process's. At 2,000 sockets ×
+    50/s (``fanout.py``) each client then ran about 40 % of the time and waited for the CPU about
+    half of it; their late receive stamps counted as delivery latency, and the writer missed a
+    fifth of its slots."""
     tmpdir = tempfile.mkdtemp(prefix=f"khala-{Path(script).stem}-")
     for i in range(processes):
         n = sockets // processes + (1 if i < sockets % processes else 0)
@@ -400,7 +408,7 @@ def start_clients(clients: list, script: str, sockets: int, processes: int, *arg
         clients.append(
             subprocess.Popen(
                 [sys.executable, script, "--client", *args, "--client-sockets", str(n), "--out", out],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT, start_new_session=True,
             )
         )
 
