@@ -161,24 +161,23 @@ class _UvicornChannel:
     def __init__(self, protocol):
         self.protocol = protocol
 
-    # Open means: the WebSocket state machine is OPEN and the transport is not closing. uvicorn's
-    # own ``close_sent`` and ``disconnected`` flags need no check of their own: every path that
-    # sets ``close_sent`` has first moved the state out of OPEN (``send_close``, ``fail``, or a
-    # handshake that never reached OPEN), and ``disconnected`` is set in ``connection_lost``,
-    # which the transport calls only once it is closing. ``ready`` runs once per frame written
-    # at once, so each attribute read there is paid per delivery.
-
     def is_open(self) -> bool:
         protocol = self.protocol
-        return protocol.conn.state is _WS_OPEN and not protocol.transport.is_closing()
+        return (
+            not protocol.close_sent and not protocol.disconnected and protocol.conn.state is _WS_OPEN
+            and not protocol.transport.is_closing()
+        )
 
     def writable(self) -> bool:
         return self.protocol.writable.is_set()
 
     def ready(self) -> bool:
-        """``is_open() and writable()`` in one call."""
+        """``is_open() and writable()`` in one call (asked once per frame written at once)."""
         protocol = self.protocol
-        return protocol.writable._value and protocol.conn.state is _WS_OPEN and not protocol.transport.is_closing()
+        return (
+            protocol.writable._value and not protocol.close_sent and not protocol.disconnected
+            and protocol.conn.state is _WS_OPEN and not protocol.transport.is_closing()
+        )
 
     async def wait_writable(self) -> None:
         await self.protocol.writable.wait()

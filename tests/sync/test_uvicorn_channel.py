@@ -2,9 +2,10 @@
 asyncio and the uvloop event loop): every way a socket stops being writable, the peer's or the
 server's, makes ``ready()`` and ``is_open()`` false.
 
-The channel reads only the WebSocket state and ``transport.is_closing()``, not uvicorn's own
-``close_sent`` and ``disconnected`` flags: these tests hold it to the claim that those flags are
-never up while the other two still say open."""
+Direct writes bypass uvicorn's ``send``, so these checks are all that keeps a frame from being
+written after a close frame or to a lost connection: the channel must see each of these closes
+at once, on both loops.
+"""
 
 import asyncio
 
