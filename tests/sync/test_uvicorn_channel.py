@@ -28,8 +28,14 @@ def run(request):
         factory = asyncio.new_event_loop
 
     def run_on_loop(scenario):
+        """``scenario(client, channel, protocol, send)`` on one accepted socket of a fresh server."""
+
+        async def main():
+            async with Server() as server:
+                await scenario(*await server.connect())
+
         with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(scenario())
+            runner.run(main())
 
     return run_on_loop
 
@@ -59,8 +65,8 @@ class Server:
                                 log_level="warning", ws_per_message_deflate=False, ws_ping_interval=None)
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())
-        while not self.server.started:
-            await asyncio.sleep(0.01)
+        await until(lambda: self.server.started or self.task.done())
+        assert self.server.started, "uvicorn did not start"
         port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/"
         return self
@@ -90,83 +96,51 @@ def assert_shut(channel, protocol) -> None:
     assert not channel.is_open()
 
 
-def test_the_server_closing_the_socket_shuts_the_channel(run):
-    async def scenario():
-        async with Server() as server:
-            client, channel, protocol, send = await server.connect()
-            await send({"type": "websocket.close", "code": 4000})
-            assert_shut(channel, protocol)  # at once, before the peer answers
-            await client.close()
+def test_the_server_closing_the_socket_shuts_the_channel_at_once(run):
+    async def scenario(client, channel, protocol, send):
+        await send({"type": "websocket.close", "code": 4000})
+        assert_shut(channel, protocol)  # before the peer answers
+        await client.close()
 
     run(scenario)
 
 
-def test_the_peer_closing_the_socket_shuts_the_channel(run):
-    async def scenario():
-        async with Server() as server:
-            client, channel, protocol, _ = await server.connect()
-            await client.close(code=1000)
-            await until(lambda: closed_by_uvicorn(protocol) or not channel.is_open())
-            assert not channel.ready() and not channel.is_open()
-            await until(lambda: protocol.disconnected)
-            assert_shut(channel, protocol)
-
-    run(scenario)
-
-
-def test_the_peer_vanishing_shuts_the_channel(run):
-    async def scenario():
-        async with Server() as server:
-            client, channel, protocol, _ = await server.connect()
-            client.transport.abort()  # no close frame: a reset
-            await until(lambda: protocol.disconnected)
-            assert_shut(channel, protocol)
-
-    run(scenario)
-
-
-def test_a_keepalive_timeout_shuts_the_channel(run):
-    async def scenario():
-        async with Server() as server:
-            client, channel, protocol, _ = await server.connect()
-            protocol.keepalive_timeout()  # what uvicorn calls when a ping goes unanswered
-            assert_shut(channel, protocol)
-            await client.close()
+def test_a_keepalive_timeout_shuts_the_channel_at_once(run):
+    async def scenario(client, channel, protocol, send):
+        protocol.keepalive_timeout()  # what uvicorn calls when a ping goes unanswered
+        assert_shut(channel, protocol)
+        await client.close()
 
     run(scenario)
 
 
 def test_a_full_transport_is_open_but_not_ready(run):
-    async def scenario():
-        async with Server() as server:
-            client, channel, protocol, _ = await server.connect()
-            protocol.pause_writing()  # what the transport calls above its high-water mark
-            assert channel.is_open() and not channel.ready()
-            protocol.resume_writing()
-            assert channel.ready()
-            await client.close()
+    async def scenario(client, channel, protocol, send):
+        protocol.pause_writing()  # what the transport calls above its high-water mark
+        assert channel.is_open() and not channel.ready()
+        protocol.resume_writing()
+        assert channel.ready()
+        await client.close()
 
     run(scenario)
 
 
 @pytest.mark.parametrize("close", ["server", "peer", "reset"])
-def test_a_shut_channel_stays_shut(run, close):
-    """Once shut, no later step of uvicorn's closing makes the channel writable again."""
+def test_a_closed_socket_never_looks_writable_again(run, close):
+    """From the first of uvicorn's flags going up to the connection being lost, whoever closed."""
 
-    async def scenario():
-        async with Server() as server:
-            client, channel, protocol, send = await server.connect()
-            if close == "server":
-                await send({"type": "websocket.close", "code": 1000})
-            elif close == "peer":
-                await client.close()
-            else:
-                client.transport.abort()
-            for _ in range(50):
-                await asyncio.sleep(0.005)
-                if closed_by_uvicorn(protocol):
-                    assert not channel.ready()
-            await until(lambda: protocol.disconnected)
-            assert not channel.ready() and not channel.is_open()
+    async def scenario(client, channel, protocol, send):
+        if close == "server":
+            await send({"type": "websocket.close", "code": 1000})
+        elif close == "peer":
+            await client.close()
+        else:
+            client.transport.abort()  # no close frame: a reset
+        for _ in range(50):
+            await asyncio.sleep(0.005)
+            if closed_by_uvicorn(protocol):
+                assert not channel.ready() and not channel.is_open()
+        await until(lambda: protocol.disconnected)
+        assert_shut(channel, protocol)
 
     run(scenario)
