@@ -398,9 +398,9 @@ def start_clients(clients: list, script: str, sockets: int, processes: int, *arg
     scheduling on (``/proc/sys/kernel/sched_autogroup_enabled``, the default of most distributions)
     CPU is shared fairly between sessions first. Left in the benchmark's session, all the clients
     and the writer shared one session's share against each server process's. At 2,000 sockets ×
-    50/s (``fanout.py``) each client then ran about 40 % of the time and waited for the CPU about
-    half of it; their late receive stamps counted as delivery latency, and the writer missed a
-    fifth of its slots."""
+    50/s (``fanout.py``) each client was then on the CPU about 40 % of the time and waiting for it
+    about half of the time; their late receive stamps counted as delivery latency, and the writer
+    missed a fifth of its slots."""
     tmpdir = tempfile.mkdtemp(prefix=f"khala-{Path(script).stem}-")
     for i in range(processes):
         n = sockets // processes + (1 if i < sockets % processes else 0)
