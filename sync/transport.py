@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import socket
 
 try:  # Twisted (and zope.interface) come with daphne; uvicorn-only deployments may lack them.
     from twisted.internet.interfaces import IPushProducer
@@ -205,6 +206,27 @@ def _uvicorn_protocol(send):
     return protocol
 
 
+def _no_delay(transport) -> None:
+    """Turn Nagle's algorithm off on the TCP connection under an asyncio ``transport``.
+
+    Why: uvicorn started with ``--fd`` (how ``khala_project.serve --fd``, the test harness and the
+    benchmarks start it) wraps the inherited descriptor as ``socket.fromfd(fd, AF_UNIX, …)``, so
+    both uvloop and asyncio take the TCP listener for a Unix-domain one and never set
+    ``TCP_NODELAY`` on what it accepts (with ``--host``/``--port`` they do). With Nagle on, a
+    frame written while the previous one is still unacknowledged waits for that ACK, which Linux
+    delays by 40 ms or more when it acknowledges lazily. daphne needs nothing: autobahn sets
+    ``TCP_NODELAY`` itself. A Unix-domain connection refuses the option, which is then left
+    alone."""
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    sock = get_extra_info("socket") if get_extra_info is not None else None
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+
+
 class SocketWriter:
     """``send_text`` returns once the server's transport can take more (see module docstring)."""
 
@@ -223,6 +245,7 @@ class SocketWriter:
         global _warned
         protocol = _daphne_protocol(self._send)
         if protocol is None:
+            _no_delay(getattr(getattr(self._send, "__self__", None), "transport", None))
             uvicorn = _uvicorn_protocol(self._send)
             if uvicorn is not None:
                 self.server = "uvicorn"

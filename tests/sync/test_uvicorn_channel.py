@@ -4,16 +4,18 @@ server's, makes ``ready()`` and ``is_open()`` false.
 
 Direct writes bypass uvicorn's ``send``, so these checks are all that keeps a frame from being
 written after a close frame or to a lost connection: the channel must see each of these closes
-at once, on both loops.
+at once, on both loops. Also: Nagle's algorithm is off on the connection whichever way uvicorn
+was given its listening socket.
 """
 
 import asyncio
+import socket
 
 import pytest
 import uvicorn
 import websockets
 
-from sync.transport import _UvicornChannel, _uvicorn_protocol
+from sync.transport import SocketWriter, _UvicornChannel, _uvicorn_protocol
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -27,11 +29,11 @@ def run(request):
     else:
         factory = asyncio.new_event_loop
 
-    def run_on_loop(scenario):
+    def run_on_loop(scenario, **server_options):
         """``scenario(client, channel, protocol, send)`` on one accepted socket of a fresh server."""
 
         async def main():
-            async with Server() as server:
+            async with Server(**server_options) as server:
                 await scenario(*await server.connect())
 
         with asyncio.Runner(loop_factory=factory) as runner:
@@ -48,26 +50,35 @@ class Server:
     """A uvicorn server in this event loop whose app hands each accepted socket's channel to the
     test and then waits until the test lets it return."""
 
-    def __init__(self):
+    def __init__(self, *, fd: bool = False):
         self.accepted: asyncio.Queue = asyncio.Queue()
         self.release = asyncio.Event()
+        self.fd = fd  # serve an inherited listening socket, as ``uvicorn --fd`` does
 
     async def app(self, scope, receive, send):
         assert scope["type"] == "websocket"
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
+        SocketWriter(send).attach()  # what Khala's consumer does after the accept
         protocol = _uvicorn_protocol(send)
         await self.accepted.put((_UvicornChannel(protocol), protocol, send))
         await self.release.wait()
 
     async def __aenter__(self):
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, ws="websockets-sansio", lifespan="off", interface="asgi3",
-                                log_level="warning", ws_per_message_deflate=False, ws_ping_interval=None)
+        options = dict(ws="websockets-sansio", lifespan="off", interface="asgi3", log_level="warning",
+                       ws_per_message_deflate=False, ws_ping_interval=None)
+        if self.fd:
+            self.listener = socket.create_server(("127.0.0.1", 0))
+            config = uvicorn.Config(self.app, fd=self.listener.fileno(), **options)
+            port = self.listener.getsockname()[1]
+        else:
+            config = uvicorn.Config(self.app, host="127.0.0.1", port=0, **options)
         self.server = uvicorn.Server(config)
         self.task = asyncio.create_task(self.server.serve())
         await until(lambda: self.server.started or self.task.done())
         assert self.server.started, "uvicorn did not start"
-        port = self.server.servers[0].sockets[0].getsockname()[1]
+        if not self.fd:
+            port = self.server.servers[0].sockets[0].getsockname()[1]
         self.url = f"ws://127.0.0.1:{port}/"
         return self
 
@@ -75,6 +86,8 @@ class Server:
         self.release.set()
         self.server.should_exit = True
         await asyncio.wait_for(self.task, 10)
+        if self.fd:
+            self.listener.close()
 
     async def connect(self):
         client = await websockets.connect(self.url)
@@ -144,3 +157,16 @@ def test_a_closed_socket_never_looks_writable_again(run, close):
         assert_shut(channel, protocol)
 
     run(scenario)
+
+
+@pytest.mark.parametrize("fd", [False, True], ids=["host-port", "fd"])
+def test_nagle_is_off_also_when_uvicorn_serves_an_inherited_socket(run, fd):
+    """``uvicorn --fd`` takes the TCP listener for a Unix-domain one and leaves Nagle on for what
+    it accepts; ``SocketWriter.attach`` turns it off (``sync.transport._no_delay``)."""
+
+    async def scenario(client, channel, protocol, send):
+        tcp = protocol.transport.get_extra_info("socket")
+        assert tcp.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        await client.close()
+
+    run(scenario, fd=fd)
