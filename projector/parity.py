@@ -36,7 +36,7 @@ import datetime as dt
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 from django.db import connection
 from prometheus_client import Counter, Gauge

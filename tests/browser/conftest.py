@@ -8,7 +8,6 @@ install; it never skips silently.
 import json
 import os
 import queue
-import shutil
 import subprocess
 import threading
 import urllib.request

@@ -272,7 +272,6 @@ def test_bump_epoch_after_confirmation_changes_only_the_selected_topics(admin_cl
 
 
 def test_run_retention_now_deletes_rows_past_the_window(admin_client, journal):
-    from django.db.models import F
     from django.utils import timezone
 
     # Age the first three rows of the run summaries past a one-hour window.
