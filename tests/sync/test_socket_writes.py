@@ -98,23 +98,28 @@ async def test_a_burst_goes_out_in_order_in_few_frames_and_one_write_per_socket(
     assert writes == 2, f"{frames} frames in {writes} writes: one write per socket expected"
 
 
+@pytest.mark.parametrize("burst", [4, 1], ids=["bursts", "single-frames"])
 @pytest.mark.parametrize("kind", SERVER_KINDS)
-async def test_a_stuck_socket_never_delays_a_reading_one(topics, mint, asgi_server, kind):
-    """Bursts of four 32 KiB rows (one batch frame each: the batch limit is 1 here, so every burst
-    is four frames queued in one turn, written together) to a socket that reads and one that never
-    reads: the reading socket gets every row, in order, burst after burst, while the silent one's
-    transport stays full and its queue grows until it is closed as ``slow_consumer`` (4008). Each
-    burst is written only after the reading socket got the previous one, so its queue never holds
-    more than one burst, however slow the machine."""
+async def test_a_stuck_socket_never_delays_a_reading_one(topics, mint, asgi_server, kind, burst):
+    """Bursts of ``burst`` 32 KiB rows (one batch frame each: the batch limit is 1 here, so a burst
+    of four is four frames queued in one turn, written together; a burst of one is a frame the
+    socket would write at once) to a socket that reads and one that never reads: the reading
+    socket gets every row, in order, burst after burst, while the silent one's transport stays
+    full and its queue grows until it is closed as ``slow_consumer`` (4008). Single frames also
+    prove that a frame is written at once only while the transport is below its high-water mark:
+    were that check missed, each frame would go into the full transport's buffer, the queue would
+    stay empty and the socket would never be closed. Each burst is written only after the reading
+    socket got the previous one, so its queue never holds more than one burst, however slow the
+    machine."""
     limit = 12
     server = asgi_server(kind, khala={"OUTBOUND_QUEUE_LIMIT": limit, "OUTBOUND_QUEUE_MAX_BYTES": 8 * 1024 * 1024, "REPLAY_BATCH_MAX_SIZE": 1})
     reader = await subscribed(server, mint(1))
     silent = await subscribed(server, mint(1), client=await PhoenixClient.raw(server.ws_url(token=mint(1))))
     seen = []
     first = 1
-    for _ in range(200):  # up to 200 bursts of 4 × 32 KiB: far more than kernel and transport buffers hold
-        watermarks = await asyncio.to_thread(write_burst, first, 4, "user:1", 32 * 1024)
-        first += 4
+    for _ in range(800 // burst):  # up to 800 rows of 32 KiB: far more than kernel and transport buffers hold
+        watermarks = await asyncio.to_thread(write_burst, first, burst, "user:1", 32 * 1024)
+        first += burst
         batches = await batches_until(reader, watermarks[-1])
         seen += [u["watermark"] for b in batches for u in b[4]["updates"]]
         if metric(server, "khala_ws_slow_consumer_closes_total") >= 1:
