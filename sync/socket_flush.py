@@ -72,7 +72,7 @@ class DirectSocket(OutboundQueue):
     closes the socket."""
 
     __slots__ = ("writer", "flusher", "on_failure", "stopped", "_drain_waiter", "sampler", "wall_clock", "_is_ready", "_write",
-                 "_limit", "_written_turn", "__weakref__")
+                 "_limit", "_written_turn", "ready_now", "__weakref__")
 
     def __init__(self, writer, max_items: int, max_bytes: int, *, on_failure, flusher=None, sampler=None, wall_clock=time.time):
         flusher = flusher or flusher_of_running_loop()
@@ -92,6 +92,11 @@ class DirectSocket(OutboundQueue):
         self._write = writer.write_frames
         self._limit = writer.max_message_bytes
         self._written_turn = -1  # the flusher turn in which ``offer`` last wrote at once
+        # ``ready()``'s answer, refreshed whenever the server changes what it reads (the transport
+        # pausing or resuming, its WebSocket leaving the open state): ``offer`` reads this slot
+        # instead of the server's objects, which no other step of a delivery touches.
+        writer.watch_readiness(self._readiness_changed)
+        self.ready_now = self._is_ready()
 
     def offer(self, text: str, committed_at: float | None = None) -> bool:
         """Queue a frame, or write it at once when that cannot reorder or multiply writes: nothing
@@ -99,7 +104,7 @@ class DirectSocket(OutboundQueue):
         of the turn is queued and goes out with the flusher's one write), and the transport is
         open and below its high-water mark. False when the queue is full (the caller closes the
         socket as ``slow_consumer``)."""
-        if self._items is None and self._written_turn != self.flusher.turn and not self.stopped and not self.closed and self._is_ready():
+        if self._items is None and self._written_turn != self.flusher.turn and not self.stopped and not self.closed and self.ready_now:
             wire = text.wire if type(text) is SharedFrame else websocket_text_frame(text)
             limit = self._limit
             if not limit or len(wire) <= limit:  # a larger one is queued: ``flush`` decides exactly
@@ -122,6 +127,14 @@ class DirectSocket(OutboundQueue):
                         sampler.observe(committed_at, self.wall_clock)
                 return True
         return OutboundQueue.offer(self, text, committed_at)
+
+    def _readiness_changed(self) -> None:
+        """Called by the server's objects as they change (inside their own code: never raises)."""
+        try:
+            self.ready_now = self._is_ready()
+        except Exception:
+            self.ready_now = False  # ``flush`` asks the server itself
+            log.exception("reading a socket's readiness failed")
 
     def schedule(self) -> None:
         if not self.stopped:
@@ -150,7 +163,8 @@ class DirectSocket(OutboundQueue):
         writer = self.writer
         if self.stopped or self.closed or not len(self):
             return False
-        if not self._is_ready():
+        ready = self.ready_now = self._is_ready()  # asked, not kept: a flush is rare and must be exact
+        if not ready:
             if writer.is_open() and not writer.writable():
                 self._wait_for_drain()  # the client stopped reading: written once the transport drains
             return False

@@ -28,7 +28,9 @@ open (daphne: autobahn ``STATE_OPEN`` with nothing in its chopped-write queue; u
 sent, ``websockets`` state OPEN, transport not closing), so its frames never follow a close frame;
 whole frames only, so the server's own pings, pongs and close frames interleave at frame
 boundaries as they do with ``send``. Backpressure is the same signal: daphne's producer, uvicorn's
-``writable`` event (set by the transport's ``pause_writing``/``resume_writing``). Any other server
+``writable`` event (set by the transport's ``pause_writing``/``resume_writing``). A socket keeps
+that answer (open and writable) and is told whenever the server changes what it is made of
+(``SocketWriter.watch_readiness``), instead of asking before each frame. Any other server
 (or uvicorn's ``websockets``/``wsproto`` implementations) gets ``send`` only.
 """
 
@@ -46,6 +48,7 @@ except ImportError:  # pragma: no cover
     IPushProducer = implementer = None
 
 from sync import metrics
+from sync.attribute_watch import watch
 
 log = logging.getLogger(__name__)
 _warned = False
@@ -83,22 +86,28 @@ class _Gate:
 
 
 class _Writability:
-    """A Twisted streaming producer that mirrors the transport's pause state into a ``_Gate``."""
+    """A Twisted streaming producer that mirrors the transport's pause state into a ``_Gate`` and
+    tells ``listener`` (``_DaphneChannel.watch``) after each change."""
 
     def __init__(self):
         self.writable = _Gate()
         self.pauses = 0
+        self.listener = None
 
     def pauseProducing(self):
         log.debug("transport paused")
         self.pauses += 1
         self.writable.clear()
+        if self.listener is not None:
+            self.listener()
 
     def resumeProducing(self):
         self.writable.set()
+        if self.listener is not None:
+            self.listener()
 
     def stopProducing(self):  # connection lost: release any waiter
-        self.writable.set()
+        self.resumeProducing()
 
 
 if IPushProducer is not None:
@@ -147,6 +156,14 @@ class _DaphneChannel:
             and protocol.transport is not None
         )
 
+    def watch(self, listener) -> None:
+        """``listener()`` after every change of what ``ready()`` reads: the producer's pause state
+        and autobahn's ``state`` (every close, whoever starts it, moves it off ``STATE_OPEN``; the
+        connection's loss sets ``STATE_CLOSED``). The chopped-write queue is not watched: it fills
+        only on ``sendData(sync=True)`` or with a ``chopsize``, which daphne never asks for."""
+        self.producer.listener = listener
+        watch(self.protocol, ("state",), listener)
+
     async def wait_writable(self) -> None:
         await self.producer.writable.wait()
 
@@ -179,6 +196,31 @@ class _UvicornChannel:
             protocol.writable._value and not protocol.close_sent and not protocol.disconnected
             and protocol.conn.state is _WS_OPEN and not protocol.transport.is_closing()
         )
+
+    def watch(self, listener) -> None:
+        """``listener()`` after every change of what ``ready()`` reads.
+
+        - ``writable``: the transport calls the protocol's ``pause_writing``/``resume_writing`` by
+          name, so wrappers set on the instance see both;
+        - ``close_sent``, ``disconnected`` and the ``websockets`` state: every assignment
+          (``sync.attribute_watch``);
+        - the transport closing is not watched (uvloop's transport is C): uvicorn closes it only
+          after one of the above changed (a close sent or received, the connection lost, a
+          keepalive timeout, shutdown), or once the ASGI app returned, when the socket is gone.
+        ``tests/sync/test_uvicorn_channel.py`` checks each close on both loops."""
+        protocol = self.protocol
+
+        def pause_writing() -> None:
+            type(protocol).pause_writing(protocol)  # the class's: a second watch does not wrap the first
+            listener()
+
+        def resume_writing() -> None:
+            type(protocol).resume_writing(protocol)
+            listener()
+
+        protocol.pause_writing, protocol.resume_writing = pause_writing, resume_writing
+        watch(protocol, ("close_sent", "disconnected"), listener)
+        watch(protocol.conn, ("state",), listener)
 
     async def wait_writable(self) -> None:
         await self.protocol.writable.wait()
@@ -302,6 +344,13 @@ class SocketWriter:
     def ready(self):
         """``() -> bool``: ``is_open() and writable()`` in one call (the channel's own method)."""
         return self._channel.ready
+
+    def watch_readiness(self, listener) -> None:
+        """Call ``listener()`` after anything ``ready()`` depends on may have changed: the
+        transport pausing or resuming, the server's WebSocket leaving the open state (one
+        listener per socket: the last one set). A socket that keeps ``ready()``'s answer and
+        refreshes it then need not ask before each frame (``sync.socket_flush.DirectSocket``)."""
+        self._channel.watch(listener)
 
     async def wait_writable(self) -> None:
         await self._channel.wait_writable()

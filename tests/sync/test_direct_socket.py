@@ -12,11 +12,21 @@ class FakeWriter:
     max_message_bytes = None
 
     def __init__(self):
+        self.listener = None
         self.writes: list[bytes] = []
         self.open = True
         self.room = True
         self.fail = False
         self.drained = asyncio.Event()
+
+    def __setattr__(self, name, value):
+        """The transport pausing or resuming, or closing, tells the socket, as a server's does."""
+        super().__setattr__(name, value)
+        if name in ("open", "room") and self.listener is not None:
+            self.listener()
+
+    def watch_readiness(self, listener):
+        self.listener = listener
 
     def ready(self):
         return self.open and self.room
@@ -114,3 +124,27 @@ async def test_a_closed_websocket_is_not_written_at_once():
     assert sock.offer("a")
     await turn()
     assert writer.writes == [] and len(sock) == 1
+
+
+async def test_the_socket_keeps_the_transports_readiness_as_it_is_told():
+    """``offer`` reads the socket's own copy of ``ready()``, refreshed by the writer's listener."""
+    writer = FakeWriter()
+    writer.room = False
+    sock = socket_on(writer)
+    assert not sock.ready_now  # created on a full transport
+    assert sock.offer("a")
+    assert writer.writes == [] and len(sock) == 1
+    writer.room = True
+    assert sock.ready_now
+    writer.drained.set()
+    await turn()
+    await turn()
+    assert writer.writes == [frames("a")]
+    await turn()
+    assert sock.offer("b")  # nothing queued, ready: at once
+    assert writer.writes[-1] == frames("b")
+    writer.open = False  # the server's WebSocket is closing
+    assert not sock.ready_now
+    await turn()
+    assert sock.offer("c")  # not written after the close
+    assert writer.writes[-1] == frames("b")

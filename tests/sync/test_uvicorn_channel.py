@@ -1,6 +1,7 @@
 """``sync.transport._UvicornChannel`` on a real, in-process uvicorn (``websockets-sansio``, on the
 asyncio and the uvloop event loop): every way a socket stops being writable, the peer's or the
-server's, makes ``ready()`` and ``is_open()`` false.
+server's, makes ``ready()`` and ``is_open()`` false, and is told to the channel's watcher at once
+(``_UvicornChannel.watch``: a direct-writing socket reads only what it was told).
 
 Direct writes bypass uvicorn's ``send``, so these checks are all that keeps a frame from being
 written after a close frame or to a lost connection: the channel must see each of these closes
@@ -16,6 +17,7 @@ import uvicorn
 import websockets
 
 from sync.transport import SocketWriter, _UvicornChannel, _uvicorn_protocol
+from sync.wire import websocket_text_frame
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -42,6 +44,24 @@ def run(request):
     return run_on_loop
 
 
+class WatchedChannel(_UvicornChannel):
+    """The channel with ``told``: ``ready()`` as last told by ``watch`` (what a ``DirectSocket``
+    keeps and reads before each frame). It must equal ``ready()`` whenever it is asked."""
+
+    __slots__ = ("told",)
+
+    def __init__(self, protocol):
+        super().__init__(protocol)
+        self.watch(self._changed)
+        self.told = self.ready()
+
+    def _changed(self):
+        self.told = self.ready()
+
+    def consistent(self) -> bool:
+        return self.told == self.ready()
+
+
 def closed_by_uvicorn(protocol) -> bool:
     return protocol.close_sent or protocol.disconnected
 
@@ -61,7 +81,7 @@ class Server:
         await send({"type": "websocket.accept"})
         SocketWriter(send).attach()  # what Khala's consumer does after the accept
         protocol = _uvicorn_protocol(send)
-        await self.accepted.put((_UvicornChannel(protocol), protocol, send))
+        await self.accepted.put((WatchedChannel(protocol), protocol, send))
         await self.release.wait()
 
     async def __aenter__(self):
@@ -107,6 +127,7 @@ def assert_shut(channel, protocol) -> None:
     assert closed_by_uvicorn(protocol)
     assert not channel.ready()
     assert not channel.is_open()
+    assert not channel.told
 
 
 def test_the_server_closing_the_socket_shuts_the_channel_at_once(run):
@@ -127,12 +148,65 @@ def test_a_keepalive_timeout_shuts_the_channel_at_once(run):
     run(scenario)
 
 
+def test_the_peers_close_frame_is_told_as_it_arrives(run):
+    """The peer's close frame moves ``websockets``' state off OPEN before uvicorn sets any flag of
+    its own: the watcher must be told by that change itself."""
+
+    async def scenario(client, channel, protocol, send):
+        close_1000 = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # masked (key 0) close frame, code 1000
+        protocol.data_received(close_1000)  # as if it had just arrived from the peer
+        assert not protocol.disconnected and not protocol.close_sent
+        assert not channel.ready() and not channel.told
+        await client.close()
+
+    run(scenario)
+
+
 def test_a_full_transport_is_open_but_not_ready(run):
     async def scenario(client, channel, protocol, send):
         protocol.pause_writing()  # what the transport calls above its high-water mark
-        assert channel.is_open() and not channel.ready()
+        assert channel.is_open() and not channel.ready() and not channel.told
         protocol.resume_writing()
-        assert channel.ready()
+        assert channel.ready() and channel.told
+        await client.close()
+
+    run(scenario)
+
+
+def test_the_transport_itself_tells_the_watcher_when_it_pauses_and_resumes(run):
+    """A peer that stops reading fills the transport, which calls the protocol's
+    ``pause_writing`` and, once the peer reads again, ``resume_writing``, by name, on either loop:
+    the wrappers ``watch`` sets on the instance see both."""
+
+    async def scenario(client, channel, protocol, send):
+        assert channel.told
+        client.transport.pause_reading()
+        frame = websocket_text_frame("x" * 65536)
+        sent = 0
+        while channel.ready() and sent < 2000:  # the kernel's buffers fill first, then the transport's
+            protocol.transport.write(frame)
+            sent += 1
+            await asyncio.sleep(0)
+        assert not channel.ready(), f"the transport never paused after {sent} frames of 64 KiB"
+        assert not channel.told and channel.is_open()
+        client.transport.resume_reading()
+        for _ in range(sent):
+            await asyncio.wait_for(client.recv(), 5)
+        await until(channel.ready)
+        assert channel.told
+        await client.close()
+
+    run(scenario)
+
+
+def test_a_second_watch_replaces_the_listener(run):
+    async def scenario(client, channel, protocol, send):
+        seen = []
+        channel.watch(lambda: seen.append(channel.ready()))
+        protocol.pause_writing()
+        assert seen == [False] and channel.told  # the first listener is no longer told
+        protocol.resume_writing()
+        assert seen == [False, True]
         await client.close()
 
     run(scenario)
@@ -151,6 +225,7 @@ def test_a_closed_socket_never_looks_writable_again(run, close):
             client.transport.abort()  # no close frame: a reset
         for _ in range(50):
             await asyncio.sleep(0.005)
+            assert channel.consistent()
             if closed_by_uvicorn(protocol):
                 assert not channel.ready() and not channel.is_open()
         await until(lambda: protocol.disconnected)
