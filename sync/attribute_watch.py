@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 
 _LISTENER = "_khala_watch"  # the instance's listener, kept in its ``__dict__``
+_ABSENT = object()
 _SUBCLASSES: dict = {}  # (class, names) -> watched subclass
 _WATCHED = set()  # the watched subclasses
 
@@ -40,8 +41,8 @@ def watch(obj, names: tuple[str, ...], listener) -> None:
 def _watched_subclass(cls: type, names: tuple[str, ...]) -> type:
     attrs = {}
     for name in names:
-        existing = inspect.getattr_static(cls, name, None)
-        attrs[name] = _told_property(existing) if isinstance(existing, property) else _told_attribute(name)
+        existing = inspect.getattr_static(cls, name, _ABSENT)
+        attrs[name] = _told_property(existing) if isinstance(existing, property) else _told_attribute(name, existing)
     sub = type(cls.__name__, (cls,), attrs)
     sub.__qualname__, sub.__module__ = cls.__qualname__, cls.__module__  # log lines keep their names
     return sub
@@ -53,14 +54,17 @@ def _tell(obj) -> None:
         listener()
 
 
-def _told_attribute(name: str) -> property:
-    """A plain instance attribute, still kept in the instance's ``__dict__`` under ``name``."""
+def _told_attribute(name: str, class_value=_ABSENT) -> property:
+    """A plain instance attribute, still kept in the instance's ``__dict__`` under ``name``; until
+    the instance has one, the class's value (if any) is read, as before."""
 
     def get(self):
         try:
             return self.__dict__[name]
         except KeyError:
-            raise AttributeError(name) from None
+            if class_value is _ABSENT:
+                raise AttributeError(name) from None
+            return class_value
 
     def set_(self, value) -> None:
         self.__dict__[name] = value
