@@ -29,7 +29,7 @@ sent, ``websockets`` state OPEN, transport not closing), so its frames never fol
 whole frames only, so the server's own pings, pongs and close frames interleave at frame
 boundaries as they do with ``send``. Backpressure is the same signal: daphne's producer, uvicorn's
 ``writable`` event (set by the transport's ``pause_writing``/``resume_writing``). A socket keeps
-that answer (open and writable) and is told whenever the server changes what it is made of
+that answer (open and writable) and is told whenever anything it is made of changes
 (``SocketWriter.watch_readiness``), instead of asking before each frame. Any other server
 (or uvicorn's ``websockets``/``wsproto`` implementations) gets ``send`` only.
 """
