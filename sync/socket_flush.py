@@ -163,7 +163,7 @@ class DirectSocket(OutboundQueue):
         writer = self.writer
         if self.stopped or self.closed or not len(self):
             return False
-        ready = self.ready_now = self._is_ready()  # asked, not kept: a flush is rare and must be exact
+        ready = self.ready_now = self._is_ready()  # asked afresh: a flush is rare and must be exact
         if not ready:
             if writer.is_open() and not writer.writable():
                 self._wait_for_drain()  # the client stopped reading: written once the transport drains

@@ -29,12 +29,10 @@ class Watched:
         self.producer = _Writability()
         self.protocol.registerProducer(self.producer, True)  # as ``SocketWriter.attach`` does
         self.channel = _DaphneChannel(self.protocol, self.producer)
-        self.told_count = 0
         self.channel.watch(self._changed)
         self.told = self.channel.ready()
 
     def _changed(self):
-        self.told_count += 1
         self.told = self.channel.ready()
 
 
